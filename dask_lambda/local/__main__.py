@@ -1,0 +1,52 @@
+"""``python -m dask_lambda.local``: serve the embedded local Lambda until told to stop.
+
+Prints one JSON line (``{"endpoint_url": ..., "pid": ...}``) on stdout once it accepts requests.
+Stops on SIGTERM or SIGINT, or when the process named by ``--parent-pid`` is gone, and then kills
+its runtimes and removes its temporary folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+import threading
+
+from .server import LocalLambdaServer
+
+
+def serve(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m dask_lambda.local")
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--concurrency-limit", type=int, default=1000)
+    parser.add_argument("--idle-timeout", type=float, default=300.0)
+    parser.add_argument("--parent-pid", type=int, default=0)
+    args = parser.parse_args(argv)
+
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    if args.parent_pid:
+        threading.Thread(target=_watch_parent, args=(args.parent_pid, stop), daemon=True).start()
+
+    server = LocalLambdaServer(
+        port=args.port, concurrency_limit=args.concurrency_limit, idle_timeout=args.idle_timeout
+    ).start()
+    try:
+        print(json.dumps({"endpoint_url": server.endpoint_url, "pid": os.getpid()}), flush=True)
+        while not stop.wait(0.5):
+            pass
+    finally:
+        server.close()
+
+
+def _watch_parent(parent_pid: int, stop: threading.Event) -> None:
+    while not stop.wait(0.25):
+        if os.getppid() != parent_pid:
+            stop.set()
+
+
+if __name__ == "__main__":
+    serve(sys.argv[1:])

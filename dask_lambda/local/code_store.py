@@ -1,0 +1,89 @@
+"""Deployed code of the embedded local Lambda: function and layer zips, unpacked once.
+
+Zips are recorded as they pass through ``CreateFunction``, ``UpdateFunctionCode`` and
+``PublishLayerVersion`` and unpacked into folders named by their content hash, so runtimes run the
+code exactly as it was deployed, and two functions with the same zip share one folder. Lambda's
+packaging limits are checked here, before moto sees the request.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import io
+import threading
+import zipfile
+from pathlib import Path
+
+ZIP_UNPACKED_LIMIT = 262_144_000  # 250 MB, code and layers together
+
+
+class InvalidCode(ValueError):
+    """The uploaded code is not something Lambda would accept."""
+
+
+def code_sha256(data: bytes) -> str:
+    """Lambda's ``CodeSha256``: the base64 SHA-256 of the zip."""
+    return base64.b64encode(hashlib.sha256(data).digest()).decode()
+
+
+class CodeStore:
+    """Content-addressed folders of unpacked zips under ``root``."""
+
+    def __init__(self, root: Path):
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        self._by_sha: dict[str, Path] = {}
+        self._layers: dict[str, Path] = {}
+        self._unpacked_size: dict[Path, int] = {}
+
+    def add(self, data: bytes) -> str:
+        """Unpack a function or layer zip; return its ``CodeSha256``."""
+        sha = code_sha256(data)
+        with self._lock:
+            if sha in self._by_sha:
+                return sha
+        try:
+            archive = zipfile.ZipFile(io.BytesIO(data))
+        except zipfile.BadZipFile:
+            raise InvalidCode("Could not unzip uploaded file. Please check your file, then try to upload again.")
+        with archive:
+            size = sum(info.file_size for info in archive.infolist())
+            if size > ZIP_UNPACKED_LIMIT:
+                raise InvalidCode(
+                    f"Unzipped size must be smaller than {ZIP_UNPACKED_LIMIT} bytes"
+                )
+            target = self.root / hashlib.sha256(data).hexdigest()
+            if not target.exists():
+                partial = target.with_suffix(".partial")
+                archive.extractall(partial)
+                partial.rename(target)
+        with self._lock:
+            self._by_sha[sha] = target
+            self._unpacked_size[target] = size
+        return sha
+
+    def code_dir(self, sha: str) -> Path | None:
+        with self._lock:
+            return self._by_sha.get(sha)
+
+    def add_layer(self, layer_version_arn: str, sha: str) -> None:
+        with self._lock:
+            self._layers[layer_version_arn] = self._by_sha[sha]
+
+    def layer_dirs(self, layer_arns: list[str]) -> tuple[str, ...]:
+        """The folders of a function's layers, last layer first (later layers win, as on Lambda)."""
+        dirs = []
+        with self._lock:
+            for arn in reversed(layer_arns):
+                folder = self._layers.get(arn)
+                if folder is not None:
+                    dirs.append(str(folder / "python"))
+                    dirs.append(str(folder))
+        return tuple(dirs)
+
+    def unpacked_size(self, sha: str, layer_arns: list[str]) -> int:
+        with self._lock:
+            folders = [self._by_sha.get(sha)] + [self._layers.get(a) for a in layer_arns]
+            return sum(self._unpacked_size.get(f, 0) for f in folders if f is not None)

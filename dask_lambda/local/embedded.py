@@ -1,0 +1,178 @@
+"""The client's handle on an embedded local Lambda running in a child process.
+
+:class:`LocalLambda` starts ``python -m dask_lambda.local`` (see :mod:`.server`), waits until it
+answers, and tells boto3 how to reach it. The server runs in its own process so that moto and the
+runtimes never compete with the client for its GIL, and it dies with the client: it watches its
+parent, and its runtimes are tied to it by ``PR_SET_PDEATHSIG``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import selectors
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import weakref
+from typing import Any
+
+from .server import ACCESS_KEY, DEFAULT_REGION, SECRET_KEY
+
+
+class LocalLambdaError(RuntimeError):
+    """The embedded local Lambda could not be started."""
+
+
+class LocalLambda:
+    """An embedded AWS Lambda + S3 + IAM on 127.0.0.1, reached with plain boto3.
+
+    Parameters
+    ----------
+    port
+        Port on 127.0.0.1 (0 picks a free one).
+    region
+        The region that :meth:`env` and :meth:`client` use.
+    concurrency_limit
+        Concurrent executions allowed across all functions (Lambda's account limit).
+    idle_timeout
+        Seconds a warm runtime is kept before it is reaped.
+    startup_timeout
+        Seconds to wait for the server to answer.
+
+    Examples
+    --------
+    >>> with LocalLambda() as local:                                    # doctest: +SKIP
+    ...     s3 = boto3.client("s3", **local.client_kwargs())
+    ...     s3.create_bucket(Bucket="data")
+    """
+
+    def __init__(
+        self,
+        port: int = 0,
+        region: str = DEFAULT_REGION,
+        concurrency_limit: int = 1000,
+        idle_timeout: float = 300.0,
+        startup_timeout: float = 60.0,
+    ):
+        self.port = port
+        self.region = region
+        self.concurrency_limit = concurrency_limit
+        self.idle_timeout = idle_timeout
+        self.startup_timeout = startup_timeout
+        self.endpoint_url: str | None = None
+        self.pid: int | None = None
+        self._proc: subprocess.Popen | None = None
+        self._finalizer: weakref.finalize | None = None
+
+    def start(self) -> LocalLambda:
+        """Start the server process and wait until it answers."""
+        if self._proc is not None:
+            return self
+        stderr = tempfile.TemporaryFile()
+        proc = subprocess.Popen(
+            [
+                sys.executable, "-m", "dask_lambda.local",
+                "--port", str(self.port),
+                "--concurrency-limit", str(self.concurrency_limit),
+                "--idle-timeout", str(self.idle_timeout),
+                "--parent-pid", str(os.getpid()),
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=stderr,
+        )
+        self._finalizer = weakref.finalize(self, _stop, proc, stderr)
+        line = _read_line(proc, self.startup_timeout)
+        if not line:
+            self._finalizer()
+            stderr.seek(0)
+            detail = stderr.read().decode(errors="replace")[-3000:]
+            raise LocalLambdaError(
+                "The embedded local Lambda did not start. Is the 'local' extra installed"
+                f" (pip install 'dask-lambda[local]')?\n{detail}"
+            )
+        ready = json.loads(line)
+        self._proc, self.endpoint_url, self.pid = proc, ready["endpoint_url"], ready["pid"]
+        return self
+
+    def close(self) -> None:
+        """Stop the server, its runtimes and remove its files. Safe to call twice."""
+        if self._finalizer is not None:
+            self._finalizer()
+        self._proc = None
+
+    @property
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    def env(self) -> dict[str, str]:
+        """Environment variables that point boto3 (in any process) at this server."""
+        self._require_running()
+        return {
+            "AWS_ENDPOINT_URL": self.endpoint_url,
+            "AWS_ENDPOINT_URL_S3": self.endpoint_url,
+            "AWS_ENDPOINT_URL_LAMBDA": self.endpoint_url,
+            "AWS_ENDPOINT_URL_IAM": self.endpoint_url,
+            "AWS_ACCESS_KEY_ID": ACCESS_KEY,
+            "AWS_SECRET_ACCESS_KEY": SECRET_KEY,
+            "AWS_REGION": self.region,
+            "AWS_DEFAULT_REGION": self.region,
+        }
+
+    def client_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments for ``boto3.client(service, **kwargs)``."""
+        self._require_running()
+        return {
+            "endpoint_url": self.endpoint_url,
+            "region_name": self.region,
+            "aws_access_key_id": ACCESS_KEY,
+            "aws_secret_access_key": SECRET_KEY,
+        }
+
+    def client(self, service: str, **kwargs: Any):
+        """A boto3 client for ``service`` on this server."""
+        import boto3
+
+        return boto3.client(service, **{**self.client_kwargs(), **kwargs})
+
+    def _require_running(self) -> None:
+        if not self.running:
+            raise LocalLambdaError("The local Lambda is not running: call start() first")
+
+    def __enter__(self) -> LocalLambda:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = self.endpoint_url if self.running else "stopped"
+        return f"<LocalLambda {state}>"
+
+
+def _read_line(proc: subprocess.Popen, timeout: float) -> bytes:
+    with selectors.DefaultSelector() as selector:
+        selector.register(proc.stdout, selectors.EVENT_READ)
+        deadline = time.monotonic() + timeout
+        while (left := deadline - time.monotonic()) > 0:
+            if selector.select(left) and (line := proc.stdout.readline()):
+                return line
+            if proc.poll() is not None:
+                return b""
+    return b""
+
+
+def _stop(proc: subprocess.Popen, stderr) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    if proc.stdout:
+        proc.stdout.close()
+    stderr.close()

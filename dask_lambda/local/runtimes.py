@@ -1,0 +1,488 @@
+"""Runtime processes of the embedded local Lambda: spawning, reuse, limits and reaping.
+
+A *runtime* is one ``python -m awslambdaric HANDLER`` process (started through ``_bootstrap.py``)
+plus the Runtime API listener it polls. It runs one invocation at a time, like a Lambda execution
+environment. The :class:`RuntimeManager` owns every runtime of the server:
+
+- ``acquire(spec)`` hands out an idle runtime whose function revision matches ``spec`` (warm) or
+  starts a new one (cold), after checking the account-wide and the function's reserved
+  concurrency; over either limit it raises :class:`Throttled`. Runtimes of an older revision of
+  the function are retired, so new code always runs in new runtimes.
+- A monitor thread samples the resident memory of busy runtimes and kills any that exceed the
+  function's ``MemorySize`` (Lambda's cgroup limit), and reaps runtimes idle for longer than
+  ``idle_timeout``.
+- Processes are started by one long-lived spawner thread, because ``PR_SET_PDEATHSIG`` (set by the
+  bootstrap) fires when the *thread* that forked the child exits. Runtimes therefore die with the
+  server, even when the server is killed.
+
+An :class:`Invocation` travels from the front door to a runtime and back; whoever finishes it first
+(the runtime's response, the timeout, or the exit watcher) decides its result.
+"""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures
+import itertools
+import json
+import os
+import queue
+import select
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .runtime_api import RuntimeAPIServer
+
+MiB = 1024 * 1024
+_PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
+_BOOTSTRAP = str(Path(__file__).with_name("_bootstrap.py"))
+# Variables of the server's own environment that a runtime inherits; Lambda passes nothing else.
+_INHERITED_ENV = ("PATH", "LANG", "LC_ALL", "TMPDIR", "OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
+LOG_LINES_KEPT = 20_000
+
+
+class Throttled(Exception):
+    """Raised by :meth:`RuntimeManager.acquire` when a concurrency limit is reached."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class FunctionSpec:
+    """What a runtime needs to run one revision of a function (from ``GetFunction``)."""
+
+    name: str
+    arn: str
+    handler: str
+    memory_mb: int
+    timeout_s: float
+    environment: dict[str, str]
+    code_dir: str
+    layer_dirs: tuple[str, ...]
+    reserved_concurrency: int | None
+    revision: str
+
+
+@dataclass
+class Invocation:
+    """One invocation on its way through a runtime."""
+
+    payload: bytes
+    function_arn: str
+    timeout_s: float
+    request_id: str = field(default_factory=lambda: str(uuid.uuid4()))
+    picked: threading.Event = field(default_factory=threading.Event)
+    done: threading.Event = field(default_factory=threading.Event)
+    body: bytes = b""
+    error_type: str | None = None
+    started: float = 0.0
+    ended: float = 0.0
+    init_duration_ms: float | None = None
+    max_rss: int = 0
+    log_lines: list[str] = field(default_factory=list)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def finish(self, body: bytes, error_type: str | None) -> bool:
+        """Set the result if nobody has yet; return whether this call set it."""
+        with self._lock:
+            if self.done.is_set():
+                return False
+            self.body, self.error_type = body, error_type
+            self.ended = time.monotonic()
+            self.done.set()
+            self.picked.set()
+            return True
+
+    def fail(self, error_type: str, message: str) -> bool:
+        """Finish with a Lambda service error (``{errorType, errorMessage}``)."""
+        text = f"RequestId: {self.request_id} Error: {message}"
+        body = json.dumps({"errorType": error_type, "errorMessage": text}).encode()
+        return self.finish(body, "Unhandled")
+
+
+class _Spawner:
+    """Starts every runtime process from one long-lived thread (see the module docstring)."""
+
+    def __init__(self) -> None:
+        self._requests: queue.SimpleQueue = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, daemon=True, name="dask-lambda-spawner")
+        self._thread.start()
+
+    def _run(self) -> None:
+        while (request := self._requests.get()) is not None:
+            future, args, kwargs = request
+            try:
+                future.set_result(subprocess.Popen(*args, **kwargs))
+            except BaseException as e:  # noqa: BLE001 - handed to the waiting thread
+                future.set_exception(e)
+
+    def popen(self, *args, **kwargs) -> subprocess.Popen:
+        future: concurrent.futures.Future = concurrent.futures.Future()
+        self._requests.put((future, args, kwargs))
+        return future.result()
+
+    def close(self) -> None:
+        self._requests.put(None)
+
+
+class Runtime:
+    """One runtime process and its Runtime API listener."""
+
+    _ids = itertools.count(1)
+
+    def __init__(self, manager: RuntimeManager, spec: FunctionSpec):
+        self.manager = manager
+        self.spec = spec
+        self.id = next(self._ids)
+        self.created = time.monotonic()
+        self.last_used = self.created
+        self.initialized = False
+        self.kill_reason: str | None = None
+        self.current: Invocation | None = None
+        self._next: Invocation | None = None
+        self._closing = False
+        self._cond = threading.Condition()
+        self._log_lock = threading.Lock()
+        self._partial = b""
+        self.log_stream = f"{time.strftime('%Y/%m/%d')}/[$LATEST]{uuid.uuid4().hex}"
+        self.api = RuntimeAPIServer(self)
+        self.proc = manager.spawner.popen(
+            [sys.executable, "-u", _BOOTSTRAP, spec.handler],
+            env=self._environment(),
+            cwd=spec.code_dir,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            close_fds=True,
+        )
+        for target, name in ((self._read_logs, "logs"), (self._watch_exit, "exit")):
+            threading.Thread(target=target, daemon=True, name=f"runtime-{self.id}-{name}").start()
+
+    def _environment(self) -> dict[str, str]:
+        spec = self.spec
+        env = {k: os.environ[k] for k in _INHERITED_ENV if k in os.environ}
+        env.update(self.manager.service_env)
+        env.update(spec.environment)
+        env.update(
+            {
+                "AWS_LAMBDA_RUNTIME_API": self.api.address,
+                "AWS_LAMBDA_FUNCTION_NAME": spec.name,
+                "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": str(spec.memory_mb),
+                "AWS_LAMBDA_FUNCTION_VERSION": "$LATEST",
+                "AWS_LAMBDA_LOG_GROUP_NAME": f"/aws/lambda/{spec.name}",
+                "AWS_LAMBDA_LOG_STREAM_NAME": self.log_stream,
+                "AWS_LAMBDA_INITIALIZATION_TYPE": "on-demand",
+                "LAMBDA_TASK_ROOT": spec.code_dir,
+                "LAMBDA_RUNTIME_DIR": str(Path(_BOOTSTRAP).parent),
+                "_HANDLER": spec.handler,
+                "PYTHONPATH": os.pathsep.join([spec.code_dir, *spec.layer_dirs]),
+                "PYTHONUNBUFFERED": "1",
+                "PYTHONDONTWRITEBYTECODE": "1",
+                "TZ": ":UTC",
+                "_DASK_LAMBDA_PARENT_PID": str(os.getpid()),
+            }
+        )
+        return env
+
+    # -- called by the Runtime API server -------------------------------------------------------
+    def next_invocation(self) -> tuple[bytes, dict[str, str]] | None:
+        with self._cond:
+            if not self.initialized:
+                self.initialized = True
+                if self._next is not None:
+                    self._next.init_duration_ms = (time.monotonic() - self.created) * 1000
+            while self._next is None and not self._closing:
+                self._cond.wait()
+            if self._closing:
+                return None
+            inv, self._next = self._next, None
+            self.current = inv
+        inv.started = time.monotonic()
+        inv.picked.set()
+        deadline_ms = int((time.time() + inv.timeout_s) * 1000)
+        headers = {
+            "Content-Type": "application/json",
+            "Lambda-Runtime-Aws-Request-Id": inv.request_id,
+            "Lambda-Runtime-Deadline-Ms": str(deadline_ms),
+            "Lambda-Runtime-Invoked-Function-Arn": inv.function_arn,
+            "Lambda-Runtime-Trace-Id": f"Root=1-{int(time.time()):08x}-{uuid.uuid4().hex[:24]}",
+        }
+        return inv.payload, headers
+
+    def post_result(self, request_id: str, body: bytes, error_type: str | None) -> None:
+        inv = self.current
+        if inv is not None and inv.request_id == request_id:
+            inv.finish(body, error_type)
+
+    def post_init_error(self, body: bytes, error_type: str | None) -> None:
+        with self._cond:
+            inv = self._next or self.current
+        if inv is not None:
+            inv.finish(body, "Unhandled")
+
+    # -- called by the front door ---------------------------------------------------------------
+    def assign(self, inv: Invocation) -> None:
+        with self._cond:
+            self.current = None
+            self._next = inv
+            self._cond.notify_all()
+
+    def kill(self, reason: str) -> None:
+        """Kill the process; the exit watcher then fails any invocation it still holds."""
+        if self.kill_reason is None:
+            self.kill_reason = reason
+        try:
+            self.proc.send_signal(signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+    @property
+    def alive(self) -> bool:
+        return self.proc.returncode is None and not self._closing
+
+    def rss(self) -> int:
+        try:
+            with open(f"/proc/{self.proc.pid}/statm", "rb") as f:
+                return int(f.read().split()[1]) * _PAGE_SIZE
+        except (OSError, ValueError, IndexError):
+            return 0
+
+    # -- logs -----------------------------------------------------------------------------------
+    def _read_logs(self) -> None:
+        fd = self.proc.stdout.fileno()
+        while True:
+            try:
+                select.select([fd], [], [])
+            except (OSError, ValueError):
+                return
+            with self._log_lock:
+                try:
+                    data = os.read(fd, 65536)
+                except OSError:
+                    data = b""
+                if not data:
+                    self._emit(self._partial, final=True)
+                    return
+                self._emit(data)
+
+    def drain_logs(self) -> None:
+        """Take in everything the process has written so far (it writes unbuffered)."""
+        fd = self.proc.stdout.fileno()
+        with self._log_lock:
+            try:
+                while select.select([fd], [], [], 0)[0]:
+                    data = os.read(fd, 65536)
+                    if not data:
+                        break
+                    self._emit(data)
+            except (OSError, ValueError):
+                pass
+
+    def _emit(self, data: bytes, final: bool = False) -> None:
+        data = self._partial + data
+        lines = data.split(b"\n")
+        self._partial = b"" if final else lines.pop()
+        inv = self.current
+        for raw in lines:
+            if not raw and final:
+                continue
+            line = raw.decode("utf-8", "replace")
+            if inv is not None and not inv.done.is_set():
+                inv.log_lines.append(line)
+            self.manager.record_log(self.spec.name, self.log_stream, line)
+
+    # -- exit -----------------------------------------------------------------------------------
+    def _watch_exit(self) -> None:
+        code = self.proc.wait()
+        with self._cond:
+            self._closing = True
+            self._cond.notify_all()
+            inv = self._next or self.current
+        if inv is not None and not inv.done.is_set():
+            self.drain_logs()
+            inv.fail("Runtime.ExitError", self._exit_message(code, inv))
+        self.manager.on_exit(self)
+        self.api.close()
+        if self.proc.stdout:
+            self.proc.stdout.close()
+
+    def _exit_message(self, code: int, inv: Invocation) -> str:
+        if code < 0:
+            how = f"signal: {signal.Signals(-code).name.removeprefix('SIG').lower()}"
+            how = "signal: killed" if code == -signal.SIGKILL else how
+        else:
+            how = f"exit status {code}"
+        message = f"Runtime exited with error: {how}"
+        if self.kill_reason == "memory":
+            used = inv.max_rss // MiB
+            message += (
+                f" (Runtime.OutOfMemory: the function used {used} MB, more than its MemorySize"
+                f" of {self.spec.memory_mb} MB)"
+            )
+        return message
+
+
+class RuntimeManager:
+    """Owns every runtime of the server; see the module docstring."""
+
+    def __init__(
+        self,
+        service_env: dict[str, str],
+        concurrency_limit: int = 1000,
+        idle_timeout: float = 300.0,
+        memory_check_interval: float = 0.02,
+    ):
+        self.service_env = service_env
+        self.concurrency_limit = concurrency_limit
+        self.idle_timeout = idle_timeout
+        self.memory_check_interval = memory_check_interval
+        self.spawner = _Spawner()
+        self._lock = threading.Lock()
+        self._idle: dict[str, list[Runtime]] = collections.defaultdict(list)
+        self._busy: set[Runtime] = set()
+        self._all: set[Runtime] = set()
+        self._in_flight: collections.Counter[str] = collections.Counter()
+        self._in_flight_total = 0
+        self._logs: dict[str, collections.deque] = collections.defaultdict(
+            lambda: collections.deque(maxlen=LOG_LINES_KEPT)
+        )
+        self._closed = threading.Event()
+        self._monitor = threading.Thread(target=self._watch, daemon=True, name="dask-lambda-monitor")
+        self._monitor.start()
+
+    def acquire(self, spec: FunctionSpec) -> tuple[Runtime, bool]:
+        """Return ``(runtime, cold)`` for ``spec``, or raise :class:`Throttled`.
+
+        Every successful ``acquire`` must be paired with one :meth:`release`.
+        """
+        with self._lock:
+            if self._closed.is_set():
+                raise Throttled("ServiceShuttingDown")
+            if self._in_flight_total >= self.concurrency_limit:
+                raise Throttled("ConcurrentInvocationLimitExceeded")
+            reserved = spec.reserved_concurrency
+            if reserved is not None and self._in_flight[spec.name] >= reserved:
+                raise Throttled("ReservedFunctionConcurrentInvocationLimitExceeded")
+            self._in_flight_total += 1
+            self._in_flight[spec.name] += 1
+            stale = [
+                runtime
+                for revision in [r for r in self._idle if r != spec.revision]
+                if self._idle[revision] and self._idle[revision][0].spec.name == spec.name
+                for runtime in self._idle.pop(revision)
+            ]
+            runtime = None
+            idle = self._idle.get(spec.revision)
+            while idle and runtime is None:
+                candidate = idle.pop()
+                runtime = candidate if candidate.alive else None
+            if runtime is not None:
+                self._busy.add(runtime)
+        for old in stale:
+            old.kill("retired")
+        if runtime is not None:
+            return runtime, False
+        try:
+            runtime = Runtime(self, spec)
+        except BaseException:
+            self._count_out(spec.name)
+            raise
+        with self._lock:
+            self._busy.add(runtime)
+            self._all.add(runtime)
+        return runtime, True
+
+    def _count_out(self, function_name: str) -> None:
+        with self._lock:
+            self._in_flight_total -= 1
+            self._in_flight[function_name] -= 1
+
+    def release(self, runtime: Runtime) -> None:
+        """Return a runtime after its invocation; it stays warm unless dead or closing."""
+        runtime.last_used = time.monotonic()
+        self._count_out(runtime.spec.name)
+        with self._lock:
+            self._busy.discard(runtime)
+            if runtime.alive and not self._closed.is_set():
+                self._idle[runtime.spec.revision].append(runtime)
+                return
+        runtime.kill("released")
+
+    def on_exit(self, runtime: Runtime) -> None:
+        with self._lock:
+            self._busy.discard(runtime)
+            self._all.discard(runtime)
+            idle = self._idle.get(runtime.spec.revision)
+            if idle and runtime in idle:
+                idle.remove(runtime)
+
+    def record_log(self, function_name: str, log_stream: str, line: str) -> None:
+        self._logs[function_name].append((int(time.time() * 1000), log_stream, line))
+
+    def logs(self, function_name: str) -> list[tuple[int, str, str]]:
+        """``(timestamp_ms, log_stream, message)`` lines kept for a function, oldest first."""
+        return list(self._logs.get(function_name, ()))
+
+    def stats(self) -> dict[str, int]:
+        with self._lock:
+            return {
+                "runtimes": len(self._all),
+                "busy": self._in_flight_total,
+                "idle": sum(len(v) for v in self._idle.values()),
+            }
+
+    def pids(self) -> list[int]:
+        with self._lock:
+            return [r.proc.pid for r in self._all]
+
+    def _watch(self) -> None:
+        next_reap = time.monotonic() + 1.0
+        while not self._closed.wait(self.memory_check_interval):
+            with self._lock:
+                busy = list(self._busy)
+            for runtime in busy:
+                inv = runtime.current
+                if inv is None or inv.done.is_set():
+                    continue
+                rss = runtime.rss()
+                inv.max_rss = max(inv.max_rss, rss)
+                if rss > runtime.spec.memory_mb * MiB:
+                    runtime.kill("memory")
+            now = time.monotonic()
+            if now >= next_reap:
+                next_reap = now + 1.0
+                self._reap(now)
+
+    def _reap(self, now: float) -> None:
+        expired: list[Runtime] = []
+        with self._lock:
+            for runtimes in self._idle.values():
+                for runtime in list(runtimes):
+                    if now - runtime.last_used > self.idle_timeout:
+                        runtimes.remove(runtime)
+                        expired.append(runtime)
+        for runtime in expired:
+            runtime.kill("idle")
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Kill every runtime and wait for the processes to be gone."""
+        self._closed.set()
+        with self._lock:
+            runtimes = list(self._all)
+        for runtime in runtimes:
+            runtime.kill("shutdown")
+        deadline = time.monotonic() + timeout
+        for runtime in runtimes:
+            try:
+                runtime.proc.wait(max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                pass
+        self.spawner.close()

@@ -1,0 +1,289 @@
+"""The embedded local Lambda's HTTP front door: moto for the control plane, our runtimes for Invoke.
+
+One WSGI application on 127.0.0.1 answers every AWS API the product uses. Requests are routed by
+the service named in their SigV4 ``Authorization`` header, as AWS's endpoints would be:
+
+- ``lambda`` ``POST .../functions/{name}/invocations`` is answered by
+  :class:`~dask_lambda.local.invoke.InvokeService`, which runs the function's deployed code in
+  ``awslambdaric`` runtime processes (moto cannot run code without Docker);
+- ``lambda`` ``CreateFunction``, ``UpdateFunctionCode`` and ``PublishLayerVersion`` pass through
+  moto, and their zips are recorded in the :class:`~dask_lambda.local.code_store.CodeStore` on
+  the way; every other write to a function drops its cached spec;
+- everything else (S3, IAM, the rest of Lambda's API, ``/moto-api``) is moto's public server app.
+
+A function's :class:`~dask_lambda.local.runtimes.FunctionSpec` is read through moto's own
+``GetFunction`` and ``GetFunctionConcurrency`` and cached until the next write to that function.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import re
+import socket
+import tempfile
+import threading
+import urllib.parse
+from pathlib import Path
+from typing import Any
+
+from moto.moto_server.werkzeug_app import (
+    DomainDispatcherApplication,
+    MotoRequestHandler,
+    create_backend_app,
+)
+from werkzeug.serving import make_server
+from werkzeug.test import EnvironBuilder, run_wsgi_app
+
+from .code_store import CodeStore, InvalidCode, code_sha256
+from .invoke import InvokeService, Response, error_response
+from .runtimes import FunctionSpec, RuntimeManager
+
+ACCESS_KEY = "testing"
+SECRET_KEY = "testing"
+DEFAULT_REGION = "us-east-1"
+CODE_REQUEST_LIMIT = 69_905_067  # a 50 MB zip, base64-encoded, in a JSON request
+
+_CREDENTIAL = re.compile(r"Credential=[^/]+/\d+/(?P<region>[^/]+)/(?P<service>[^/]+)/aws4_request")
+_FUNCTION_PATH = re.compile(r"^/(?P<api>[^/]+)/functions/(?P<name>[^/]+)(?P<rest>/.*)?$")
+_LAYER_PUBLISH = re.compile(r"^/[^/]+/layers/[^/]+/versions/?$")
+
+
+def function_name_from(identifier: str) -> str:
+    """The bare name from a name, ``name:qualifier``, or (partial) function ARN."""
+    identifier = urllib.parse.unquote(identifier)
+    if identifier.startswith("arn:"):
+        return identifier.split(":")[6]
+    parts = identifier.split(":")
+    if len(parts) >= 3 and parts[1] == "function":  # "123456789012:function:name"
+        return parts[2]
+    return parts[0]
+
+
+class _NoDelayHandler(MotoRequestHandler):
+    def setup(self) -> None:
+        super().setup()
+        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def log_request(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+
+class LocalLambdaServer:
+    """Everything of the embedded local Lambda that lives in the serving process.
+
+    Parameters
+    ----------
+    port
+        TCP port on 127.0.0.1; 0 picks a free one.
+    workdir
+        Where deployed code is unpacked; a temporary folder (removed on close) by default.
+    concurrency_limit
+        The account's concurrent executions (AWS's default is 1000).
+    idle_timeout
+        Seconds an idle runtime is kept warm.
+    """
+
+    def __init__(
+        self,
+        port: int = 0,
+        workdir: str | Path | None = None,
+        concurrency_limit: int = 1000,
+        idle_timeout: float = 300.0,
+    ):
+        self._tmp = None if workdir else tempfile.TemporaryDirectory(prefix="dask-lambda-local-")
+        self.workdir = Path(workdir or self._tmp.name)
+        self.moto = DomainDispatcherApplication(create_backend_app)
+        self.code = CodeStore(self.workdir / "code")
+        self._server = make_server(
+            "127.0.0.1", port, self._wsgi, threaded=True, request_handler=_NoDelayHandler
+        )
+        self.endpoint_url = f"http://127.0.0.1:{self._server.server_port}"
+        self.runtimes = RuntimeManager(
+            service_env=self.service_env(),
+            concurrency_limit=concurrency_limit,
+            idle_timeout=idle_timeout,
+        )
+        self.invoker = InvokeService(self.runtimes)
+        self._specs: dict[tuple[str, str], FunctionSpec] = {}
+        self._specs_lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+
+    def service_env(self, region: str = DEFAULT_REGION) -> dict[str, str]:
+        """What boto3 (in any process) needs to reach this server as if it were AWS."""
+        return {
+            "AWS_ENDPOINT_URL": self.endpoint_url,
+            "AWS_ENDPOINT_URL_S3": self.endpoint_url,
+            "AWS_ENDPOINT_URL_LAMBDA": self.endpoint_url,
+            "AWS_ENDPOINT_URL_IAM": self.endpoint_url,
+            "AWS_ACCESS_KEY_ID": ACCESS_KEY,
+            "AWS_SECRET_ACCESS_KEY": SECRET_KEY,
+            "AWS_REGION": region,
+            "AWS_DEFAULT_REGION": region,
+        }
+
+    # -- lifecycle ------------------------------------------------------------------------------
+    def serve_forever(self) -> None:
+        self._server.serve_forever(poll_interval=0.2)
+
+    def start(self) -> LocalLambdaServer:
+        self._thread = threading.Thread(target=self.serve_forever, daemon=True, name="local-lambda")
+        self._thread.start()
+        return self
+
+    def close(self) -> None:
+        self.runtimes.close()
+        self._server.shutdown()
+        self._server.server_close()
+        if self._tmp is not None:
+            self._tmp.cleanup()
+
+    # -- routing --------------------------------------------------------------------------------
+    def _wsgi(self, environ: dict[str, Any], start_response: Any) -> Any:
+        match = _CREDENTIAL.search(environ.get("HTTP_AUTHORIZATION", ""))
+        if match and match["service"] == "lambda":
+            response = self._lambda(environ, match["region"])
+            if response is not None:
+                status, headers, body = response
+                start_response(_status_line(status), list(headers.items()))
+                return [body]
+        return self.moto(environ, start_response)
+
+    def _lambda(self, environ: dict[str, Any], region: str) -> Response | None:
+        method, path = environ["REQUEST_METHOD"], environ.get("PATH_INFO", "")
+        function = _FUNCTION_PATH.match(path)
+        if function and function["rest"] == "/invocations" and method == "POST":
+            return self._invoke(environ, region, function_name_from(function["name"]))
+        if method == "GET":
+            return None
+        if function:
+            self._forget(region, function_name_from(function["name"]))
+        if method == "POST" and re.fullmatch(r"/[^/]+/functions/?", path):
+            return self._record_code(environ, region, lambda req: req.get("Code", {}))
+        if method == "PUT" and function and function["rest"] in ("/code", "/code/"):
+            return self._record_code(environ, region, lambda req: req)
+        if method == "POST" and _LAYER_PUBLISH.match(path):
+            return self._record_code(environ, region, lambda req: req.get("Content", {}), layer=True)
+        return None
+
+    def _invoke(self, environ: dict[str, Any], region: str, name: str) -> Response:
+        payload = _read_body(environ)
+        spec_or_error = self._spec(region, name, environ["HTTP_AUTHORIZATION"])
+        if not isinstance(spec_or_error, FunctionSpec):
+            return spec_or_error
+        headers = {
+            k[5:].replace("_", "-").lower(): v for k, v in environ.items() if k.startswith("HTTP_")
+        }
+        return self.invoker.handle(spec_or_error, headers, payload)
+
+    def _record_code(self, environ: dict[str, Any], region: str, code_of, layer: bool = False):
+        body = _read_body(environ)
+        if len(body) > CODE_REQUEST_LIMIT:
+            return error_response(
+                413,
+                "RequestEntityTooLargeException",
+                f"Request must be smaller than {CODE_REQUEST_LIMIT} bytes for this operation."
+                " Upload larger zips to S3 and pass S3Bucket/S3Key.",
+            )
+        try:
+            code = code_of(json.loads(body or b"{}"))
+            sha = self.code.add(base64.b64decode(code["ZipFile"])) if "ZipFile" in code else None
+        except InvalidCode as e:
+            return error_response(400, "InvalidParameterValueException", str(e))
+        except (ValueError, TypeError, AttributeError):
+            return None  # let moto answer the malformed request as AWS would
+        status, headers, out = self._call_moto(environ, body)
+        if status < 300:
+            try:
+                if sha is None and "S3Bucket" in code:
+                    sha = self._fetch_s3_code(environ, region, code)
+                if layer and sha:
+                    self.code.add_layer(json.loads(out)["LayerVersionArn"], sha)
+            except InvalidCode as e:
+                return error_response(400, "InvalidParameterValueException", str(e))
+        return status, headers, out
+
+    def _fetch_s3_code(self, environ: dict[str, Any], region: str, code: dict) -> str | None:
+        key = urllib.parse.quote(code["S3Key"])
+        auth = environ["HTTP_AUTHORIZATION"].replace("/lambda/aws4_request", "/s3/aws4_request")
+        status, _, data = self.moto_call("GET", f"/{code['S3Bucket']}/{key}", auth)
+        return self.code.add(data) if status == 200 else None
+
+    # -- moto -----------------------------------------------------------------------------------
+    def _call_moto(self, environ: dict[str, Any], body: bytes) -> Response:
+        environ = dict(environ)
+        environ["wsgi.input"] = io.BytesIO(body)
+        environ["CONTENT_LENGTH"] = str(len(body))
+        app_iter, status, headers = run_wsgi_app(self.moto, environ)
+        out = b"".join(app_iter)
+        return int(status.split()[0]), dict(headers.to_wsgi_list()), out
+
+    def moto_call(self, method: str, path: str, authorization: str) -> Response:
+        """Call moto's API in-process, as the client whose ``authorization`` is given."""
+        environ = EnvironBuilder(
+            path=path,
+            method=method,
+            base_url=self.endpoint_url,
+            headers={"Authorization": authorization},
+        ).get_environ()
+        return self._call_moto(environ, b"")
+
+    def _forget(self, region: str, name: str) -> None:
+        with self._specs_lock:
+            self._specs.pop((region, name), None)
+
+    def _spec(self, region: str, name: str, authorization: str) -> FunctionSpec | Response:
+        with self._specs_lock:
+            cached = self._specs.get((region, name))
+        if cached is not None:
+            return cached
+        status, headers, body = self.moto_call("GET", f"/2015-03-31/functions/{name}", authorization)
+        if status != 200:
+            return status, headers, body
+        function = json.loads(body)
+        config = function["Configuration"]
+        _, _, concurrency = self.moto_call(
+            "GET", f"/2019-09-30/functions/{name}/concurrency", authorization
+        )
+        reserved = json.loads(concurrency or b"{}").get("ReservedConcurrentExecutions")
+        code_dir = self.code.code_dir(config["CodeSha256"])
+        if code_dir is None:
+            return error_response(
+                502,
+                "ServiceException",
+                f"The embedded local Lambda has no code recorded for {name}; deploy it again"
+                " through this endpoint (CreateFunction or UpdateFunctionCode).",
+            )
+        layers = [layer["Arn"] for layer in config.get("Layers") or []]
+        spec = FunctionSpec(
+            name=config["FunctionName"],
+            arn=config["FunctionArn"],
+            handler=config["Handler"],
+            memory_mb=int(config.get("MemorySize") or 128),
+            timeout_s=float(config.get("Timeout") or 3),
+            environment=dict((config.get("Environment") or {}).get("Variables") or {}),
+            code_dir=str(code_dir),
+            layer_dirs=self.code.layer_dirs(layers),
+            reserved_concurrency=reserved,
+            revision=code_sha256(
+                json.dumps([config, reserved], sort_keys=True, default=str).encode()
+            ),
+        )
+        with self._specs_lock:
+            self._specs[(region, name)] = spec
+        return spec
+
+
+def _read_body(environ: dict[str, Any]) -> bytes:
+    length = int(environ.get("CONTENT_LENGTH") or 0)
+    stream = environ["wsgi.input"]
+    data = stream.read(length) if length else b""
+    environ["wsgi.input"] = io.BytesIO(data)
+    return data
+
+
+def _status_line(status: int) -> str:
+    from http import HTTPStatus
+
+    return f"{status} {HTTPStatus(status).phrase}"
