@@ -1,6 +1,6 @@
 """``python -m dask_lambda.local``: serve the embedded local Lambda until told to stop.
 
-Prints one JSON line (``{"endpoint_url": ..., "pid": ...}``) on stdout once it accepts requests.
+Prints one JSON line (``{"endpoint_url": ..., "pid": ..., "workdir": ...}``) on stdout once it accepts requests.
 Stops on SIGTERM or SIGINT, or when the process named by ``--parent-pid`` is gone, and then kills
 its runtimes and removes its temporary folder.
 """
@@ -35,7 +35,12 @@ def serve(argv: list[str] | None = None) -> None:
         port=args.port, concurrency_limit=args.concurrency_limit, idle_timeout=args.idle_timeout
     ).start()
     try:
-        print(json.dumps({"endpoint_url": server.endpoint_url, "pid": os.getpid()}), flush=True)
+        ready = {
+            "endpoint_url": server.endpoint_url,
+            "pid": os.getpid(),
+            "workdir": str(server.workdir),
+        }
+        print(json.dumps(ready), flush=True)
         while not stop.wait(0.5):
             pass
     finally:

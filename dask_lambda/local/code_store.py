@@ -47,13 +47,13 @@ class CodeStore:
         try:
             archive = zipfile.ZipFile(io.BytesIO(data))
         except zipfile.BadZipFile:
-            raise InvalidCode("Could not unzip uploaded file. Please check your file, then try to upload again.")
+            raise InvalidCode(
+                "Could not unzip uploaded file. Please check your file, then try to upload again."
+            )
         with archive:
             size = sum(info.file_size for info in archive.infolist())
             if size > ZIP_UNPACKED_LIMIT:
-                raise InvalidCode(
-                    f"Unzipped size must be smaller than {ZIP_UNPACKED_LIMIT} bytes"
-                )
+                raise InvalidCode(f"Unzipped size must be smaller than {ZIP_UNPACKED_LIMIT} bytes")
             target = self.root / hashlib.sha256(data).hexdigest()
             if not target.exists():
                 partial = target.with_suffix(".partial")

@@ -19,7 +19,7 @@ import time
 import weakref
 from typing import Any
 
-from .server import ACCESS_KEY, DEFAULT_REGION, SECRET_KEY
+from .endpoint import ACCESS_KEY, DEFAULT_REGION, SECRET_KEY, service_env
 
 
 class LocalLambdaError(RuntimeError):
@@ -64,6 +64,7 @@ class LocalLambda:
         self.startup_timeout = startup_timeout
         self.endpoint_url: str | None = None
         self.pid: int | None = None
+        self.workdir: str | None = None
         self._proc: subprocess.Popen | None = None
         self._finalizer: weakref.finalize | None = None
 
@@ -74,11 +75,17 @@ class LocalLambda:
         stderr = tempfile.TemporaryFile()
         proc = subprocess.Popen(
             [
-                sys.executable, "-m", "dask_lambda.local",
-                "--port", str(self.port),
-                "--concurrency-limit", str(self.concurrency_limit),
-                "--idle-timeout", str(self.idle_timeout),
-                "--parent-pid", str(os.getpid()),
+                sys.executable,
+                "-m",
+                "dask_lambda.local",
+                "--port",
+                str(self.port),
+                "--concurrency-limit",
+                str(self.concurrency_limit),
+                "--idle-timeout",
+                str(self.idle_timeout),
+                "--parent-pid",
+                str(os.getpid()),
             ],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
@@ -96,6 +103,7 @@ class LocalLambda:
             )
         ready = json.loads(line)
         self._proc, self.endpoint_url, self.pid = proc, ready["endpoint_url"], ready["pid"]
+        self.workdir = ready["workdir"]
         return self
 
     def close(self) -> None:
@@ -111,16 +119,7 @@ class LocalLambda:
     def env(self) -> dict[str, str]:
         """Environment variables that point boto3 (in any process) at this server."""
         self._require_running()
-        return {
-            "AWS_ENDPOINT_URL": self.endpoint_url,
-            "AWS_ENDPOINT_URL_S3": self.endpoint_url,
-            "AWS_ENDPOINT_URL_LAMBDA": self.endpoint_url,
-            "AWS_ENDPOINT_URL_IAM": self.endpoint_url,
-            "AWS_ACCESS_KEY_ID": ACCESS_KEY,
-            "AWS_SECRET_ACCESS_KEY": SECRET_KEY,
-            "AWS_REGION": self.region,
-            "AWS_DEFAULT_REGION": self.region,
-        }
+        return service_env(self.endpoint_url, self.region)
 
     def client_kwargs(self) -> dict[str, Any]:
         """Keyword arguments for ``boto3.client(service, **kwargs)``."""

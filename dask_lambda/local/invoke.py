@@ -25,7 +25,7 @@ import math
 import threading
 import time
 
-from .runtimes import MiB, FunctionSpec, Invocation, RuntimeManager, Throttled
+from .runtimes import FunctionSpec, Invocation, MiB, RuntimeManager, Throttled
 
 SYNC_PAYLOAD_LIMIT = 6_291_456
 ASYNC_PAYLOAD_LIMIT = 1_048_576
@@ -90,7 +90,9 @@ class InvokeService:
             inv = self.run(spec, payload)
         except Throttled as e:
             self._count("throttles")
-            return error_response(429, "TooManyRequestsException", "Rate Exceeded.", Reason=e.reason)
+            return error_response(
+                429, "TooManyRequestsException", "Rate Exceeded.", Reason=e.reason
+            )
         out = {"Content-Type": "application/json", "X-Amz-Executed-Version": "$LATEST"}
         if inv.error_type:
             out["X-Amz-Function-Error"] = inv.error_type
@@ -126,7 +128,9 @@ class InvokeService:
                 runtime.kill("timeout")
             remaining = inv.started + spec.timeout_s - time.monotonic() if inv.started else 0
             if not inv.done.wait(max(0.0, remaining)):
-                if inv.fail("Sandbox.Timedout", f"Task timed out after {spec.timeout_s:.2f} seconds"):
+                if inv.fail(
+                    "Sandbox.Timedout", f"Task timed out after {spec.timeout_s:.2f} seconds"
+                ):
                     runtime.kill("timeout")
             if len(inv.body) > RESPONSE_LIMIT and inv.error_type is None:
                 inv.body = json.dumps(

@@ -105,7 +105,9 @@ class RuntimeAPIServer:
     def __init__(self, runtime: RuntimeEndpoint):
         self._server = _Server(runtime)
         self._thread = threading.Thread(
-            target=self._server.serve_forever, kwargs={"poll_interval": 0.5}, daemon=True,
+            target=self._server.serve_forever,
+            kwargs={"poll_interval": 0.5},
+            daemon=True,
             name="dask-lambda-runtime-api",
         )
         self._thread.start()

@@ -355,7 +355,9 @@ class RuntimeManager:
             lambda: collections.deque(maxlen=LOG_LINES_KEPT)
         )
         self._closed = threading.Event()
-        self._monitor = threading.Thread(target=self._watch, daemon=True, name="dask-lambda-monitor")
+        self._monitor = threading.Thread(
+            target=self._watch, daemon=True, name="dask-lambda-monitor"
+        )
         self._monitor.start()
 
     def acquire(self, spec: FunctionSpec) -> tuple[Runtime, bool]:

@@ -37,12 +37,11 @@ from werkzeug.serving import make_server
 from werkzeug.test import EnvironBuilder, run_wsgi_app
 
 from .code_store import CodeStore, InvalidCode, code_sha256
+from .endpoint import service_env
 from .invoke import InvokeService, Response, error_response
 from .runtimes import FunctionSpec, RuntimeManager
 
-ACCESS_KEY = "testing"
-SECRET_KEY = "testing"
-DEFAULT_REGION = "us-east-1"
+ADMIN_PREFIX = "/_dask_lambda/"
 CODE_REQUEST_LIMIT = 69_905_067  # a 50 MB zip, base64-encoded, in a JSON request
 
 _CREDENTIAL = re.compile(r"Credential=[^/]+/\d+/(?P<region>[^/]+)/(?P<service>[^/]+)/aws4_request")
@@ -110,18 +109,9 @@ class LocalLambdaServer:
         self._specs_lock = threading.Lock()
         self._thread: threading.Thread | None = None
 
-    def service_env(self, region: str = DEFAULT_REGION) -> dict[str, str]:
+    def service_env(self) -> dict[str, str]:
         """What boto3 (in any process) needs to reach this server as if it were AWS."""
-        return {
-            "AWS_ENDPOINT_URL": self.endpoint_url,
-            "AWS_ENDPOINT_URL_S3": self.endpoint_url,
-            "AWS_ENDPOINT_URL_LAMBDA": self.endpoint_url,
-            "AWS_ENDPOINT_URL_IAM": self.endpoint_url,
-            "AWS_ACCESS_KEY_ID": ACCESS_KEY,
-            "AWS_SECRET_ACCESS_KEY": SECRET_KEY,
-            "AWS_REGION": region,
-            "AWS_DEFAULT_REGION": region,
-        }
+        return service_env(self.endpoint_url)
 
     # -- lifecycle ------------------------------------------------------------------------------
     def serve_forever(self) -> None:
@@ -141,6 +131,10 @@ class LocalLambdaServer:
 
     # -- routing --------------------------------------------------------------------------------
     def _wsgi(self, environ: dict[str, Any], start_response: Any) -> Any:
+        if environ.get("PATH_INFO", "").startswith(ADMIN_PREFIX):
+            status, headers, body = self._admin(environ)
+            start_response(_status_line(status), list(headers.items()))
+            return [body]
         match = _CREDENTIAL.search(environ.get("HTTP_AUTHORIZATION", ""))
         if match and match["service"] == "lambda":
             response = self._lambda(environ, match["region"])
@@ -149,6 +143,14 @@ class LocalLambdaServer:
                 start_response(_status_line(status), list(headers.items()))
                 return [body]
         return self.moto(environ, start_response)
+
+    def _admin(self, environ: dict[str, Any]) -> Response:
+        """Not an AWS API: the local Lambda's own state, for tests, benchmarks and the CLI."""
+        route = environ["PATH_INFO"][len(ADMIN_PREFIX) :]
+        if route == "stats":
+            stats = {**self.runtimes.stats(), **self.invoker.counts, "pids": self.runtimes.pids()}
+            return 200, {"Content-Type": "application/json"}, json.dumps(stats).encode()
+        return error_response(404, "ResourceNotFoundException", f"No admin route {route!r}")
 
     def _lambda(self, environ: dict[str, Any], region: str) -> Response | None:
         method, path = environ["REQUEST_METHOD"], environ.get("PATH_INFO", "")
@@ -164,7 +166,9 @@ class LocalLambdaServer:
         if method == "PUT" and function and function["rest"] in ("/code", "/code/"):
             return self._record_code(environ, region, lambda req: req)
         if method == "POST" and _LAYER_PUBLISH.match(path):
-            return self._record_code(environ, region, lambda req: req.get("Content", {}), layer=True)
+            return self._record_code(
+                environ, region, lambda req: req.get("Content", {}), layer=True
+            )
         return None
 
     def _invoke(self, environ: dict[str, Any], region: str, name: str) -> Response:
@@ -238,7 +242,9 @@ class LocalLambdaServer:
             cached = self._specs.get((region, name))
         if cached is not None:
             return cached
-        status, headers, body = self.moto_call("GET", f"/2015-03-31/functions/{name}", authorization)
+        status, headers, body = self.moto_call(
+            "GET", f"/2015-03-31/functions/{name}", authorization
+        )
         if status != 200:
             return status, headers, body
         function = json.loads(body)

@@ -1,0 +1,94 @@
+"""Shared fixtures: one embedded local Lambda per test session, and helpers to deploy to it."""
+
+from __future__ import annotations
+
+import io
+import time
+import uuid
+import zipfile
+from pathlib import Path
+
+import psutil
+import pytest
+
+from dask_lambda.local import LocalLambda
+
+HANDLERS = Path(__file__).parent / "handlers"
+
+
+def zip_files(files: dict[str, str | bytes]) -> bytes:
+    """A deployment zip of ``{archive name: content}``."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        for name, content in files.items():
+            archive.writestr(name, content)
+    return buffer.getvalue()
+
+
+def handler_zip(module: str = "behaviours") -> bytes:
+    return zip_files({f"{module}.py": (HANDLERS / f"{module}.py").read_text()})
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+
+def wait_until(predicate, timeout: float = 10.0, interval: float = 0.05) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return predicate()
+
+
+def gone(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+@pytest.fixture(scope="session")
+def local():
+    with LocalLambda() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def role_arn(local):
+    iam = local.client("iam")
+    return iam.create_role(RoleName="dask-lambda-tests", AssumeRolePolicyDocument="{}")["Role"][
+        "Arn"
+    ]
+
+
+@pytest.fixture
+def deploy(local, role_arn):
+    """Create a function from a zip on the session's local Lambda; returns its name."""
+    lam = local.client("lambda")
+
+    def _deploy(handler: str, code: bytes | None = None, server=None, **config) -> str:
+        client = (server or local).client("lambda") if server else lam
+        name = config.pop("FunctionName", unique(handler.replace(".", "-")))
+        client.create_function(
+            FunctionName=name,
+            Runtime="python3.11",
+            Role=role_arn if server is None else _role(server),
+            Handler=handler,
+            Code={"ZipFile": code or handler_zip()},
+            **{"Timeout": 10, "MemorySize": 512, **config},
+        )
+        return name
+
+    return _deploy
+
+
+def _role(server) -> str:
+    iam = server.client("iam")
+    try:
+        return iam.get_role(RoleName="dask-lambda-tests")["Role"]["Arn"]
+    except iam.exceptions.NoSuchEntityException:
+        return iam.create_role(RoleName="dask-lambda-tests", AssumeRolePolicyDocument="{}")[
+            "Role"
+        ]["Arn"]
