@@ -1,3 +1,66 @@
-"""Run Dask graphs on AWS Lambda."""
+"""Run Dask graphs on AWS Lambda.
+
+``import dask_lambda`` registers ``scheduler="lambda"`` (the most recently started
+:class:`LambdaCluster`) and is cheap: the client classes load on first use, so the Lambda-side
+handler, which imports this package, pulls in none of them.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
 
 __version__ = "0.1.0"
+
+__all__ = [
+    "LambdaCluster",
+    "LambdaExecutor",
+    "LambdaPool",
+    "LambdaFunctionError",
+    "VersionMismatchError",
+    "NoActiveClusterError",
+    "current_cluster",
+    "__version__",
+]
+
+_LAZY = {
+    "LambdaCluster": "cluster",
+    "current_cluster": "cluster",
+    "LambdaExecutor": "executor",
+    "LambdaPool": "pool",
+    "LambdaFunctionError": "exceptions",
+    "VersionMismatchError": "exceptions",
+    "NoActiveClusterError": "exceptions",
+}
+
+if TYPE_CHECKING:
+    from .cluster import LambdaCluster, current_cluster
+    from .exceptions import LambdaFunctionError, NoActiveClusterError, VersionMismatchError
+    from .executor import LambdaExecutor
+    from .pool import LambdaPool
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module 'dask_lambda' has no attribute {name!r}")
+
+
+def _lambda_get(dsk, keys, **kwargs):
+    """``scheduler="lambda"``: run on the most recently started LambdaCluster."""
+    from .cluster import current_cluster
+
+    return current_cluster().get(dsk, keys, **kwargs)
+
+
+def _register() -> None:
+    import sys
+
+    base = sys.modules.get("dask.base")
+    if base is None:  # dask not imported yet: register when it is (cheap either way)
+        import dask.base as base
+    base.named_schedulers.setdefault("lambda", _lambda_get)
+
+
+_register()

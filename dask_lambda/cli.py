@@ -41,7 +41,8 @@ def local(port: int, concurrency_limit: int, idle_timeout: float) -> None:
         from .local.server import LocalLambdaServer
     except ImportError as e:
         raise click.ClickException(
-            f"The embedded local Lambda needs the 'local' extra: pip install 'dask-lambda[local]' ({e})"
+            "The embedded local Lambda needs the 'local' extra:"
+            f" pip install 'dask-lambda[local]' ({e})"
         )
     try:
         server = LocalLambdaServer(

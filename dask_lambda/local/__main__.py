@@ -1,6 +1,7 @@
 """``python -m dask_lambda.local``: serve the embedded local Lambda until told to stop.
 
-Prints one JSON line (``{"endpoint_url": ..., "pid": ..., "workdir": ...}``) on stdout once it accepts requests.
+Prints one JSON line (``{"endpoint_url": ..., "pid": ..., "workdir": ...}``) on stdout once it
+accepts requests.
 Stops on SIGTERM or SIGINT, or when the process named by ``--parent-pid`` is gone, and then kills
 its runtimes and removes its temporary folder.
 """

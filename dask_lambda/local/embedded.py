@@ -72,7 +72,7 @@ class LocalLambda:
         """Start the server process and wait until it answers."""
         if self._proc is not None:
             return self
-        stderr = tempfile.TemporaryFile()
+        stderr = tempfile.TemporaryFile()  # noqa: SIM115 - closed by _stop
         proc = subprocess.Popen(
             [
                 sys.executable,

@@ -84,7 +84,8 @@ class InvokeService:
             return error_response(
                 400,
                 "InvalidParameterValueException",
-                f"Unsupported InvocationType {invocation_type!r}: use RequestResponse, Event or DryRun",
+                f"Unsupported InvocationType {invocation_type!r}:"
+                " use RequestResponse, Event or DryRun",
             )
         try:
             inv = self.run(spec, payload)
@@ -124,14 +125,12 @@ class InvokeService:
         try:
             runtime.assign(inv)
             if not inv.picked.wait(INIT_TIMEOUT_S + spec.timeout_s):
-                inv.fail("Sandbox.Timedout", f"Task timed out after {spec.timeout_s:.2f} seconds")
+                inv.fail("Sandbox.Timedout", _timed_out(spec))
                 runtime.kill("timeout")
             remaining = inv.started + spec.timeout_s - time.monotonic() if inv.started else 0
-            if not inv.done.wait(max(0.0, remaining)):
-                if inv.fail(
-                    "Sandbox.Timedout", f"Task timed out after {spec.timeout_s:.2f} seconds"
-                ):
-                    runtime.kill("timeout")
+            timed_out = not inv.done.wait(max(0.0, remaining))
+            if timed_out and inv.fail("Sandbox.Timedout", _timed_out(spec)):
+                runtime.kill("timeout")
             if len(inv.body) > RESPONSE_LIMIT and inv.error_type is None:
                 inv.body = json.dumps(
                     {
@@ -155,7 +154,8 @@ class InvokeService:
         report = (
             f"REPORT RequestId: {rid}\tDuration: {duration_ms:.2f} ms\t"
             f"Billed Duration: {max(1, math.ceil(duration_ms))} ms\t"
-            f"Memory Size: {spec.memory_mb} MB\tMax Memory Used: {math.ceil(inv.max_rss / MiB)} MB\t"
+            f"Memory Size: {spec.memory_mb} MB\t"
+            f"Max Memory Used: {math.ceil(inv.max_rss / MiB)} MB\t"
         )
         if cold and inv.init_duration_ms is not None:
             report += f"Init Duration: {inv.init_duration_ms:.2f} ms\t"
@@ -164,3 +164,7 @@ class InvokeService:
         inv.log_lines += [end, report]
         for line in (start, end, report):
             self.runtimes.record_log(spec.name, stream, line)
+
+
+def _timed_out(spec: FunctionSpec) -> str:
+    return f"Task timed out after {spec.timeout_s:.2f} seconds"

@@ -1,0 +1,310 @@
+"""``LambdaCluster``: the function, the spill bucket, concurrency and the lifecycle around them.
+
+A cluster is a Dask get function (``x.compute(scheduler=cluster)``). With no function configured
+it starts the embedded local Lambda (:class:`dask_lambda.local.LocalLambda`), deploys the
+dask-lambda handler into it and creates a spill bucket, all torn down by :meth:`close`. Given a
+``function_name`` it uses that function (deployed with ``dask-lambda deploy``) on AWS, or on
+``endpoint_url``, through boto3's usual credential and region chain. Either way the code path is
+the same: boto3 clients with an endpoint, no local branch.
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+import threading
+import warnings
+import weakref
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+from . import config
+from .exceptions import NoActiveClusterError, VersionMismatchError
+from .invoker import Invoker
+from .protocol import version_mismatches, versions
+from .scheduler import ComputeReport, get
+from .storage import S3Store
+
+LOCAL_BUCKET = "dask-lambda-local"
+LOCAL_ROLE = "dask-lambda-local"
+
+_active: list[LambdaCluster] = []
+_active_lock = threading.Lock()
+
+
+class Status(enum.Enum):
+    created = "created"
+    running = "running"
+    closed = "closed"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Scheduling settings of a cluster (see ``lambda.yaml``)."""
+
+    max_concurrency: int
+    max_tasks: int
+    max_bytes: int
+    per_slot: int
+    inline_limit: int
+
+
+def current_cluster() -> LambdaCluster:
+    """The most recently started cluster that is still running."""
+    with _active_lock:
+        for cluster in reversed(_active):
+            if cluster.status is Status.running:
+                return cluster
+    raise NoActiveClusterError(
+        'scheduler="lambda" needs a running LambdaCluster: create one first'
+        " (cluster = dask_lambda.LambdaCluster()) or pass scheduler=cluster."
+    )
+
+
+class LambdaCluster:
+    """Runs Dask graphs on an AWS Lambda function.
+
+    Every argument defaults to ``None``, which takes the ``lambda.*`` setting of dask.config
+    (``lambda.yaml``; environment variables like ``DASK_LAMBDA__FUNCTION_NAME`` work).
+
+    Parameters
+    ----------
+    function_name
+        Function to invoke (deployed with ``dask-lambda deploy``). If unset, the cluster starts the
+        embedded local Lambda and deploys dask-lambda's handler into it.
+    bucket
+        S3 bucket for spilled payloads and results. If unset: created for the local Lambda, or
+        read from the function's ``DASK_LAMBDA_BUCKET`` environment variable.
+    prefix
+        S3 prefix; each compute writes under ``<prefix>/<compute id>/`` and deletes it at the end.
+    region, endpoint_url
+        Where the function and bucket are (boto3's chain if unset).
+    memory, timeout
+        MB and seconds for a function the cluster deploys itself.
+    max_concurrency
+        Invocations in flight at most.
+    max_tasks, max_bytes, per_slot
+        Batching: most tasks and inline-input bytes per invocation; batches per free slot.
+    inline_limit
+        Pickled results and literals above this many bytes travel through S3.
+    retries, retry_backoff
+        Bounded retries with jittered exponential backoff for infrastructure failures.
+    check_versions
+        Ping the function on start and refuse Python, dask or cloudpickle mismatches.
+
+    Examples
+    --------
+    >>> import dask.bag as db
+    >>> with LambdaCluster() as cluster:                                # doctest: +SKIP
+    ...     db.from_sequence(range(100)).map(lambda x: x + 1).sum().compute(scheduler=cluster)
+    5050
+    """
+
+    def __init__(
+        self,
+        function_name: str | None = None,
+        bucket: str | None = None,
+        prefix: str | None = None,
+        region: str | None = None,
+        endpoint_url: str | None = None,
+        memory: int | None = None,
+        timeout: int | None = None,
+        max_concurrency: int | None = None,
+        max_tasks: int | None = None,
+        max_bytes: int | None = None,
+        per_slot: int | None = None,
+        inline_limit: int | None = None,
+        retries: int | None = None,
+        retry_backoff: float | None = None,
+        check_versions: bool = True,
+    ):
+        self.function_name = config.get("function-name", function_name)
+        self.bucket = config.get("bucket", bucket)
+        self.prefix = config.get("prefix", prefix).strip("/")
+        self.region = config.get("region", region)
+        self.endpoint_url = config.get("endpoint-url", endpoint_url)
+        self.memory = int(config.get("memory", memory))
+        self.timeout = int(config.get("timeout", timeout))
+        self.retries = int(config.get("retries", retries))
+        self.retry_backoff = float(config.get("retry-backoff", retry_backoff))
+        self.local = None
+        self.status = Status.created
+        self.last_report: ComputeReport | None = None
+        concurrency = config.get("max-concurrency", max_concurrency)
+        if concurrency is None:
+            concurrency = max(2, os.cpu_count() or 2) if self.function_name is None else 100
+        self.settings = Settings(
+            max_concurrency=int(concurrency),
+            max_tasks=int(config.get("batch.max-tasks", max_tasks)),
+            max_bytes=int(config.get("batch.max-bytes", max_bytes)),
+            per_slot=int(config.get("batch.per-slot", per_slot)),
+            inline_limit=int(config.get("spill.inline-limit", inline_limit)),
+        )
+        if self.settings.max_concurrency < 1:
+            raise ValueError(f"max_concurrency must be at least 1, got {concurrency}")
+        self._check_versions = check_versions
+        self._finalizer: weakref.finalize | None = None
+        self.start()
+
+    # -- lifecycle ------------------------------------------------------------------------------
+    def start(self) -> LambdaCluster:
+        if self.status is Status.running:
+            return self
+        if self.status is Status.closed:
+            raise RuntimeError("This LambdaCluster is closed; create a new one")
+        resources: dict[str, Any] = {}
+        self._finalizer = weakref.finalize(self, _release, resources, repr(self))
+        try:
+            self._session_kwargs: dict[str, Any] = {}
+            if self.function_name is None:
+                self._start_local(resources)
+            lam = self._client("lambda")
+            function = lam.get_function_configuration(FunctionName=self.function_name)
+            self.function_timeout = int(function.get("Timeout") or self.timeout)
+            if self.bucket is None:
+                env = (function.get("Environment") or {}).get("Variables", {})
+                self.bucket = env.get("DASK_LAMBDA_BUCKET")
+            if not self.bucket:
+                raise ValueError(
+                    f"No spill bucket for function {self.function_name!r}: pass bucket=, set"
+                    " lambda.bucket (DASK_LAMBDA__BUCKET), or deploy with --bucket"
+                )
+            self.store = S3Store(self.bucket, client=self._client("s3"))
+            self.invoker = Invoker(
+                self.function_name,
+                lambda cfg: self._client("lambda", cfg),
+                max_concurrency=self.settings.max_concurrency,
+                function_timeout=self.function_timeout,
+                store=self.store,
+                payload_prefix=f"{self.prefix}/payloads",
+                retries=self.retries,
+                retry_backoff=self.retry_backoff,
+            )
+            self.pool = resources["pool"] = ThreadPoolExecutor(
+                self.settings.max_concurrency, thread_name_prefix="dask-lambda-invoke"
+            )
+            if self._check_versions:
+                self.check_versions()
+        except BaseException:
+            self._finalizer.detach()
+            _release(resources, None)
+            self.status = Status.closed
+            raise
+        self.status = Status.running
+        with _active_lock:
+            _active.append(self)
+        return self
+
+    def _start_local(self, resources: dict) -> None:
+        from .deploy import ensure_function, ensure_role, package_zip
+        from .local import LocalLambda
+
+        local = resources["local"] = LocalLambda(
+            concurrency_limit=int(config.get("local.concurrency-limit")),
+            idle_timeout=float(config.get("local.idle-timeout")),
+        ).start()
+        self.local = local
+        self.endpoint_url, self.region = local.endpoint_url, local.region
+        self._session_kwargs = local.client_kwargs()
+        role = ensure_role(self._client("iam"), LOCAL_ROLE)
+        code = package_zip()
+        self.function_name = f"dask-lambda-{code_digest(code)}"
+        self.bucket = self.bucket or LOCAL_BUCKET
+        self._client("s3").create_bucket(Bucket=self.bucket)
+        ensure_function(
+            self._client("lambda"),
+            self.function_name,
+            code,
+            role,
+            memory=self.memory,
+            timeout=self.timeout,
+            environment={"DASK_LAMBDA_BUCKET": self.bucket},
+        )
+
+    def _client(self, service: str, client_config=None):
+        import boto3
+
+        kwargs = dict(self._session_kwargs)
+        kwargs.setdefault("region_name", self.region)
+        kwargs.setdefault("endpoint_url", self.endpoint_url)
+        if client_config is None and service == "s3":
+            from botocore.config import Config
+
+            client_config = Config(
+                retries={"mode": "standard", "max_attempts": 5},
+                max_pool_connections=max(10, self.settings.max_concurrency + 2),
+                signature_version="s3v4",
+            )
+        return boto3.session.Session().client(service, config=client_config, **kwargs)
+
+    def close(self) -> None:
+        """Stop using the function; an embedded local Lambda is shut down. Safe to call twice."""
+        if self.status is Status.closed:
+            return
+        self.status = Status.closed
+        with _active_lock:
+            if self in _active:
+                _active.remove(self)
+        detached = self._finalizer.detach() if self._finalizer is not None else None
+        if detached is not None:
+            _release(detached[2][0], None)
+
+    def __enter__(self) -> LambdaCluster:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- use ------------------------------------------------------------------------------------
+    def get(self, dsk, keys, **kwargs):
+        """Dask get function: compute ``keys`` of graph ``dsk`` on Lambda."""
+        if self.status is not Status.running:
+            raise RuntimeError(f"LambdaCluster is {self.status.value}; create a new one")
+        return get(self, dsk, keys, **kwargs)
+
+    __call__ = get
+
+    def ping(self) -> dict[str, Any]:
+        """Invoke the function's ping; return its versions and stats."""
+        return self.invoker.call({"op": "ping"})
+
+    def check_versions(self) -> dict[str, str]:
+        """Raise :class:`VersionMismatchError` unless the function can run this client's pickles."""
+        remote = self.ping().get("versions", {})
+        problems = version_mismatches(versions(), remote)
+        if problems:
+            raise VersionMismatchError(
+                f"Lambda function {self.function_name!r} cannot safely run tasks from this client"
+                f" ({'; '.join(problems)}). Redeploy it from this environment:"
+                f" dask-lambda update {self.function_name}"
+            )
+        return remote
+
+    def __repr__(self) -> str:
+        where = "embedded local Lambda" if self.local is not None else (self.region or "AWS")
+        return (
+            f"<LambdaCluster {self.function_name!r} on {where}, {self.status.value},"
+            f" max_concurrency={self.settings.max_concurrency}>"
+        )
+
+
+def code_digest(code: bytes) -> str:
+    import hashlib
+
+    return hashlib.sha256(code).hexdigest()[:12]
+
+
+def _release(resources: dict, name: str | None) -> None:
+    if name is not None:
+        warnings.warn(
+            f"{name} was never closed; call close() or use it as a context manager",
+            ResourceWarning,
+            stacklevel=2,
+        )
+    pool = resources.get("pool")
+    if pool is not None:
+        pool.shutdown(wait=True, cancel_futures=True)
+    local = resources.get("local")
+    if local is not None:
+        local.close()

@@ -1,0 +1,24 @@
+"""dask-lambda's settings: defaults from ``lambda.yaml`` under the ``lambda`` key of dask.config.
+
+Every setting can be overridden with ``dask.config.set({"lambda.max-concurrency": 8})``, a YAML
+file in dask's config folders, or an environment variable such as
+``DASK_LAMBDA__MAX_CONCURRENCY=8``. Nothing is written to the user's config folder.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import dask.config
+import yaml
+
+_DEFAULTS = Path(__file__).with_name("lambda.yaml")
+
+with _DEFAULTS.open() as _f:
+    dask.config.update_defaults(yaml.safe_load(_f))
+
+
+def get(name: str, value: Any = None) -> Any:
+    """``value`` if it is not None, else the ``lambda.<name>`` setting."""
+    return dask.config.get(f"lambda.{name}") if value is None else value

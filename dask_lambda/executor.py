@@ -1,0 +1,272 @@
+"""``LambdaExecutor``: the ``concurrent.futures`` interface on a Lambda function.
+
+Calls submitted while invocations are in flight queue up; a dispatcher thread sends whatever is
+queued when a concurrency slot frees, split evenly over the free slots (``max_tasks`` at most per
+invocation), so a burst of ``submit`` or ``map`` calls costs a few invocations, not one each,
+while a lone call is sent at once. Each call is one task of the same protocol the scheduler uses;
+results above the inline limit come back through S3 and are deleted once read. The executor is
+also a Dask get function, so ``scheduler=executor`` runs graphs with data kept remote.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import queue
+import threading
+import uuid
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Executor, Future
+from typing import Any
+
+import cloudpickle
+from dask._task_spec import Task
+
+from . import remote
+from .cluster import LambdaCluster
+from .exceptions import LambdaFunctionError
+from .protocol import BatchSpec
+from .remote_errors import _rebuild
+from .scheduler import RESPONSE_BUDGET
+
+_STOP = object()
+
+
+class LambdaExecutor(Executor):
+    """A ``concurrent.futures.Executor`` whose calls run in AWS Lambda.
+
+    Parameters
+    ----------
+    cluster
+        The :class:`LambdaCluster` to use; by default the executor starts (and closes) its own.
+    max_workers
+        Invocations in flight at most; the cluster's ``max_concurrency`` by default.
+    **cluster_kwargs
+        Passed to :class:`LambdaCluster` when the executor starts its own.
+
+    Examples
+    --------
+    >>> with LambdaExecutor() as ex:                                    # doctest: +SKIP
+    ...     list(ex.map(pow, [2, 3], [5, 2]))
+    [32, 9]
+    """
+
+    def __init__(
+        self, cluster: LambdaCluster | None = None, max_workers: int | None = None, **cluster_kwargs
+    ):
+        self._owns_cluster = cluster is None
+        self.cluster = cluster if cluster is not None else LambdaCluster(**cluster_kwargs)
+        self._max_workers = max_workers or self.cluster.settings.max_concurrency
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._slots = threading.Condition()
+        self._in_flight = 0
+        self._shutdown = False
+        self._lock = threading.Lock()
+        self._counter = itertools.count()
+        self._id = uuid.uuid4().hex[:16]
+        self._prefix = f"{self.cluster.prefix}/executor"
+        self._dispatcher = threading.Thread(
+            target=self._dispatch, daemon=True, name="dask-lambda-executor"
+        )
+        self._dispatcher.start()
+
+    # -- concurrent.futures API -----------------------------------------------------------------
+    def submit(self, fn: Callable, /, *args: Any, **kwargs: Any) -> Future:
+        """Schedule ``fn(*args, **kwargs)`` in Lambda; return its Future."""
+        return self._submit(Task(("call", next(self._counter)), fn, *args, **kwargs))
+
+    def _submit(self, task: Task) -> Future:
+        with self._lock:
+            if self._shutdown:
+                raise RuntimeError("cannot schedule new futures after shutdown")
+            future: Future = Future()
+            self._queue.put((future, task))
+        return future
+
+    def map(
+        self,
+        fn: Callable,
+        *iterables: Iterable,
+        timeout: float | None = None,
+        chunksize: int = 1,
+    ) -> Iterator:
+        """Like :meth:`concurrent.futures.Executor.map`; ``chunksize`` calls share one task."""
+        if chunksize < 1:
+            raise ValueError("chunksize must be >= 1")
+        if chunksize == 1:
+            return super().map(fn, *iterables, timeout=timeout)
+        chunks = _chunks(zip(*iterables, strict=False), chunksize)
+        futures = [self.submit(remote.run_chunk, fn, chunk) for chunk in chunks]
+        results = _results_in_order(futures, timeout)
+        return itertools.chain.from_iterable(results)
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        """Stop accepting calls; with ``wait``, block until queued and running calls are done."""
+        with self._lock:
+            if self._shutdown:
+                already = True
+            else:
+                already, self._shutdown = False, True
+                if cancel_futures:
+                    self._cancel_queued()
+                self._queue.put(_STOP)
+        if wait and not already:
+            self._dispatcher.join()
+
+    def _cancel_queued(self) -> None:
+        while True:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                return
+            if item is not _STOP:
+                item[0].cancel()
+
+    # -- Dask scheduler -------------------------------------------------------------------------
+    def get(self, dsk, keys, **kwargs):
+        """Dask get function (``scheduler=executor``): runs on the executor's cluster."""
+        return self.cluster.get(dsk, keys, **kwargs)
+
+    __call__ = get
+
+    # -- dispatch -------------------------------------------------------------------------------
+    def _dispatch(self) -> None:
+        stopping = False
+        pending: list = []
+        while not (stopping and not pending):
+            if not pending:
+                item = self._queue.get()
+                if item is _STOP:
+                    stopping = True
+                    continue
+                pending.append(item)
+            with self._slots:
+                self._slots.wait_for(lambda: self._in_flight < self._max_workers)
+                free = self._max_workers - self._in_flight
+            while True:  # take everything queued by now
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if item is _STOP:
+                    stopping = True
+                else:
+                    pending.append(item)
+            size = min(self.cluster.settings.max_tasks, math.ceil(len(pending) / free))
+            batch, pending = pending[:size], pending[size:]
+            batch = [(f, t) for f, t in batch if f.set_running_or_notify_cancel()]
+            if batch:
+                with self._slots:
+                    self._in_flight += 1
+                self.cluster.pool.submit(self._run, batch)
+        with self._slots:
+            self._slots.wait_for(lambda: self._in_flight == 0)
+        try:
+            self.cluster.store.delete_prefix(f"{self._prefix}/{self._id}")
+        finally:
+            if self._owns_cluster:
+                self.cluster.close()
+
+    def _run(self, batch: list[tuple[Future, Task]]) -> None:
+        try:
+            self._invoke(batch)
+        except BaseException as e:  # infrastructure failure: every call of the batch fails
+            for future, _ in batch:
+                if not future.done():
+                    future.set_exception(e)
+        finally:
+            with self._slots:
+                self._in_flight -= 1
+                self._slots.notify_all()
+
+    def _invoke(self, batch: list[tuple[Future, Task]]) -> None:
+        tasks = [task for _, task in batch]
+        try:
+            spec_bytes = cloudpickle.dumps(BatchSpec(self._id, tasks, [t.key for t in tasks]))
+        except Exception:
+            batch = self._fail_unpicklable(batch)
+            if not batch:
+                return
+            tasks = [task for _, task in batch]
+            spec_bytes = cloudpickle.dumps(BatchSpec(self._id, tasks, [t.key for t in tasks]))
+        cluster = self.cluster
+        response = cluster.invoker.call(
+            {
+                "op": "run",
+                "spec": spec_bytes,
+                "store": {"bucket": cluster.bucket, "prefix": self._prefix},
+                "inline_limit": cluster.settings.inline_limit,
+                "response_limit": RESPONSE_BUDGET,
+            },
+            task_keys=[t.key for t in tasks],
+        )
+        self._deliver(batch, response)
+
+    @staticmethod
+    def _fail_unpicklable(batch: list[tuple[Future, Task]]) -> list[tuple[Future, Task]]:
+        """Fail the calls that cannot be pickled; return the others."""
+        picklable = []
+        for future, task in batch:
+            try:
+                cloudpickle.dumps(task)
+            except Exception as e:
+                future.set_exception(
+                    TypeError(
+                        f"Could not serialize call {task.key!r} for Lambda: {e}. Functions and"
+                        " arguments must be picklable (module-level functions, no open files,"
+                        " locks or sockets)."
+                    )
+                )
+            else:
+                picklable.append((future, task))
+        return picklable
+
+    def _deliver(self, batch: list[tuple[Future, Task]], response: dict) -> None:
+        if "fatal" in response:
+            error = _rebuild(response["fatal"])
+            for future, _ in batch:
+                future.set_exception(error)
+            return
+        errors = {e["index"]: e for e in response["errors"]}
+        store = self.cluster.store
+        spilled = []
+        for index, ((future, _), result) in enumerate(zip(batch, response["results"], strict=True)):
+            status, where, data, nbytes = result
+            if index in errors:
+                future.set_exception(_rebuild(errors[index]))
+            elif status != "ok":
+                future.set_exception(
+                    LambdaFunctionError(self.cluster.function_name, "MissingResult", status)
+                )
+            else:
+                try:
+                    if where == "s3":
+                        spilled.append(data)
+                        data = store.get(data, nbytes)
+                    future.set_result(cloudpickle.loads(data))
+                except Exception as e:
+                    future.set_exception(e)
+        if spilled:
+            store.delete(spilled)
+
+    def __repr__(self) -> str:
+        return f"<LambdaExecutor max_workers={self._max_workers} on {self.cluster!r}>"
+
+
+def _chunks(iterable: Iterable, size: int) -> Iterator[list]:
+    iterator = iter(iterable)
+    while chunk := list(itertools.islice(iterator, size)):
+        yield chunk
+
+
+def _results_in_order(futures: list[Future], timeout: float | None) -> Iterator:
+    import time
+
+    deadline = None if timeout is None else time.monotonic() + timeout
+    try:
+        for future in futures:
+            left = None if deadline is None else deadline - time.monotonic()
+            yield future.result(left)
+    finally:
+        for future in futures:
+            future.cancel()

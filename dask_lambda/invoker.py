@@ -1,0 +1,256 @@
+"""Invoking the function: one boto3 client, bounded retries, payload spill, error mapping.
+
+botocore's own invoke retries are off (``total_max_attempts=1``): a botocore retry after a read
+timeout would run the function again behind our back. ``read_timeout`` sits above the function's
+timeout. Our retry is bounded (``retries``), with exponential backoff and full jitter, and only
+for failures of the infrastructure: throttling (429), Lambda service errors (5xx), connection
+errors, and invocations whose runtime crashed, ran out of memory or timed out. An exception raised
+by user code is part of a successful response and is never retried here.
+
+A request whose envelope would exceed Lambda's 6 MB limit is stored in S3 first and the event
+carries a reference (see :mod:`.protocol`).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+import botocore.exceptions
+from botocore.config import Config
+
+from . import protocol
+from .exceptions import LambdaFunctionError
+from .storage import S3Store
+
+REQUEST_LIMIT = 6_291_456 - 4096
+RETRYABLE_CODES = {
+    "TooManyRequestsException",
+    "ServiceException",
+    "ResourceNotReadyException",
+    "EC2ThrottledException",
+    "EC2UnexpectedException",
+    "ENILimitReachedException",
+    "RequestTimeoutException",
+    "SlowDown",
+    "InternalError",
+}
+RETRYABLE_FUNCTION_ERRORS = ("Runtime.ExitError", "Sandbox.Timedout", "Runtime.Unknown")
+RETRYABLE_EXCEPTIONS = (
+    botocore.exceptions.ConnectionError,
+    botocore.exceptions.ReadTimeoutError,
+    botocore.exceptions.ResponseStreamingError,
+)
+
+
+@dataclass
+class InvokeStats:
+    """Counters over the invocations of one :class:`Invoker` (thread-safe updates)."""
+
+    invocations: int = 0
+    retries: int = 0
+    throttles: int = 0
+    cold_starts: int = 0
+    request_bytes: int = 0
+    response_bytes: int = 0
+    spilled_requests: int = 0
+    records: list = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def add(self, **counts: int) -> None:
+        with self.lock:
+            for name, value in counts.items():
+                setattr(self, name, getattr(self, name) + value)
+
+
+class Invoker:
+    """Invokes one function with the dask-lambda protocol.
+
+    Parameters
+    ----------
+    function_name
+        Name or ARN of the function.
+    lambda_client_factory
+        ``factory(config) -> boto3 Lambda client``.
+    max_concurrency
+        Invocations in flight at most (sizes the connection pool).
+    function_timeout
+        The function's timeout in seconds (``read_timeout`` is set above it).
+    store
+        Where oversized request payloads are spilled.
+    retries, retry_backoff
+        Bounded retry policy for infrastructure failures.
+    """
+
+    def __init__(
+        self,
+        function_name: str,
+        lambda_client_factory,
+        max_concurrency: int,
+        function_timeout: float,
+        store: S3Store | None,
+        payload_prefix: str = "dask-lambda/payloads",
+        retries: int = 3,
+        retry_backoff: float = 0.1,
+    ):
+        self.function_name = function_name
+        self.store = store
+        self.payload_prefix = payload_prefix
+        self.retries = retries
+        self.retry_backoff = retry_backoff
+        self.stats = InvokeStats()
+        config = Config(
+            read_timeout=function_timeout + 60,
+            connect_timeout=10,
+            retries={"total_max_attempts": 1},
+            max_pool_connections=max(10, max_concurrency + 2),
+            tcp_keepalive=True,
+        )
+        self.client = lambda_client_factory(config)
+
+    def call(
+        self,
+        payload: dict[str, Any],
+        task_keys: list | None = None,
+        stats: InvokeStats | None = None,
+    ) -> dict[str, Any]:
+        """Invoke with ``payload``; return the decoded response payload.
+
+        Counts go to ``stats`` as well as to the invoker's own totals.
+
+        Raises
+        ------
+        LambdaFunctionError
+            The function failed outside user code, after the allowed retries.
+        """
+        counters = _Both(self.stats, stats)
+        data = protocol.encode_payload(payload)
+        spilled_key = None
+        if protocol.envelope_size(data) > REQUEST_LIMIT:
+            if self.store is None:
+                raise ValueError(
+                    f"A request of {len(data)} bytes exceeds Lambda's 6 MB limit and no spill"
+                    " bucket is configured: pass bucket= (or set lambda.bucket)"
+                )
+            spilled_key = f"{self.payload_prefix.rstrip('/')}/{uuid.uuid4().hex}"
+            self.store.put(spilled_key, data)
+            event = {
+                protocol.MARKER: protocol.PROTOCOL_VERSION,
+                "payload_ref": {"bucket": self.store.bucket, "key": spilled_key},
+            }
+            counters.add(spilled_requests=1)
+        else:
+            event = protocol.envelope(data)
+        body = json.dumps(event).encode()
+        try:
+            return self._call_with_retries(body, task_keys or [], counters)
+        finally:
+            if spilled_key is not None:
+                self.store.delete([spilled_key])
+
+    def _call_with_retries(self, body: bytes, task_keys: list, stats: _Both) -> dict[str, Any]:
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                return self._call_once(body, task_keys, attempt, stats)
+            except _Retryable as e:
+                if attempt > self.retries:
+                    raise e.final(attempt) from None
+                stats.add(retries=1)
+                delay = self.retry_backoff * (2 ** (attempt - 1))
+                time.sleep(random.uniform(0, min(delay, 20.0)))
+
+    def _call_once(self, body: bytes, task_keys: list, attempt: int, stats: _Both) -> dict:
+        started = time.time()
+        try:
+            response = self.client.invoke(FunctionName=self.function_name, Payload=body)
+            raw = response["Payload"].read()
+        except botocore.exceptions.ClientError as e:
+            code = e.response.get("Error", {}).get("Code", "")
+            message = e.response.get("Error", {}).get("Message", str(e))
+            if code == "TooManyRequestsException":
+                stats.add(throttles=1)
+            error = LambdaFunctionError(self.function_name, code, message, task_keys)
+            if (
+                code in RETRYABLE_CODES
+                or e.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) >= 500
+            ):
+                raise _Retryable(error)
+            raise error from None
+        except RETRYABLE_EXCEPTIONS as e:
+            raise _Retryable(
+                LambdaFunctionError(self.function_name, type(e).__name__, str(e), task_keys)
+            )
+        stats.add(invocations=1, request_bytes=len(body), response_bytes=len(raw))
+        if response.get("FunctionError"):
+            self._function_error(raw, task_keys, response)
+        fetch = self.store.get if self.store is not None else None
+        decoded = protocol.open_envelope(raw, fetch=lambda bucket, key: fetch(key))
+        remote = decoded.get("stats", {})
+        if remote.get("cold_start"):
+            stats.add(cold_starts=1)
+        stats.record(
+            {
+                "start": started,
+                "stop": time.time(),
+                "tasks": len(task_keys),
+                "attempt": attempt,
+                "request_bytes": len(body),
+                "response_bytes": len(raw),
+                **{k: remote.get(k) for k in ("cold_start", "duration", "peak_memory_mb")},
+                "request_id": remote.get("request_id"),
+            }
+        )
+        return decoded
+
+    def _function_error(self, raw: bytes, task_keys: list, response: dict) -> None:
+        try:
+            error = json.loads(raw)
+        except ValueError:
+            error = {"errorType": "Unknown", "errorMessage": raw[:500].decode(errors="replace")}
+        error_type = error.get("errorType", "Unknown")
+        message = error.get("errorMessage", "")
+        failure = LambdaFunctionError(
+            self.function_name,
+            error_type,
+            message,
+            task_keys,
+            request_id=response.get("ResponseMetadata", {}).get("RequestId"),
+        )
+        if error_type.startswith(RETRYABLE_FUNCTION_ERRORS):
+            raise _Retryable(failure)
+        raise failure
+
+
+class _Both:
+    """Updates the invoker's totals and, if given, one compute's counters."""
+
+    def __init__(self, *targets: InvokeStats | None):
+        self.targets = [t for t in targets if t is not None]
+
+    def add(self, **counts: int) -> None:
+        for target in self.targets:
+            target.add(**counts)
+
+    def record(self, record: dict) -> None:
+        for target in self.targets[1:] or self.targets:
+            with target.lock:
+                target.records.append(record)
+
+
+class _Retryable(Exception):
+    def __init__(self, error: LambdaFunctionError):
+        super().__init__(str(error))
+        self.error = error
+
+    def final(self, attempts: int) -> LambdaFunctionError:
+        e = self.error
+        return LambdaFunctionError(
+            e.function_name, e.error_type, e.error_message, e.task_keys, e.request_id, attempts
+        )

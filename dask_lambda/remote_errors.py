@@ -1,0 +1,51 @@
+"""Client side of remote failures: re-raise a task's exception with its type and traceback."""
+
+from __future__ import annotations
+
+from typing import NoReturn
+
+import cloudpickle
+
+
+class RemoteTaskError(RuntimeError):
+    """Stands in for a remote exception that could not be unpickled on the client."""
+
+
+def _rebuild(error: dict) -> BaseException:
+    exc = None
+    if error.get("exception") is not None:
+        try:
+            exc = cloudpickle.loads(error["exception"])
+        except Exception:
+            exc = None
+    if not isinstance(exc, BaseException):
+        exc = RemoteTaskError(f"{error['module']}.{error['type']}: {error['message']}")
+    if error.get("traceback"):
+        try:
+            from tblib import Traceback
+
+            exc = exc.with_traceback(Traceback.from_dict(error["traceback"]).as_traceback())
+        except Exception:
+            pass
+    return exc
+
+
+def raise_task_error(error: dict, key) -> NoReturn:
+    """Raise the exception a task raised in Lambda, noting which task it was."""
+    exc = _rebuild(error)
+    exc.add_note(f"(raised in AWS Lambda by dask task {key!r})")
+    raise exc
+
+
+def raise_fatal(error: dict, function_name: str) -> NoReturn:
+    """Raise a failure to load a batch at all (typically a module missing from the function)."""
+    exc = _rebuild(error)
+    if isinstance(exc, ImportError):
+        exc.add_note(
+            f"Lambda function {function_name!r} cannot import what the tasks reference. Deploy"
+            " the module with the function (dask-lambda deploy NAME PATHS...) or have it pickled"
+            " by value (cloudpickle.register_pickle_by_value(module))."
+        )
+    else:
+        exc.add_note(f"(raised in AWS Lambda while loading a batch in {function_name!r})")
+    raise exc

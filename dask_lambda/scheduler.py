@@ -1,0 +1,279 @@
+"""The get function: run a Dask graph on Lambda with data that stays remote.
+
+``get(cluster, dsk, keys)`` follows ``dask.local.get_async`` where it can — the graph arrives as an
+expression whose ``__dask_graph__()`` runs low-level optimisation, ``convert_legacy_graph`` turns
+it into task-spec nodes, ``dask.order`` sets priorities and dask's callbacks (``ProgressBar``,
+profilers) see the usual ``start``/``pretask``/``posttask``/``finish`` calls — and departs from it
+where a serverless backend must: a task's result does not come back to the client. Every
+invocation returns small results inline and leaves large ones in S3 (written by the Lambda that
+made them); dependent batches receive references and fetch inside Lambda. The client downloads
+only the requested results.
+
+The loop (:class:`_Compute`):
+
+1. Literals (``DataNode``) and values given in ``cache=`` are finished before the first
+   invocation; large ones are uploaded once and travel by reference.
+2. While there are free concurrency slots, :meth:`GraphState.next_batch` picks a batch; a thread
+   of the cluster's pool invokes the function with it.
+3. When an invocation returns, its outputs' locations are recorded, its tasks are finished, ready
+   aliases are resolved on the client, and data nobody needs any more is dropped.
+4. On the first task error the loop stops dispatching, waits for invocations still running (so
+   nothing writes after the cleanup), deletes the compute's S3 prefix and re-raises the error with
+   its original type and remote traceback. The prefix is deleted after success too.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Mapping
+from concurrent.futures import FIRST_COMPLETED, Future, wait
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import cloudpickle
+from dask._task_spec import DataNode, convert_legacy_graph
+from dask.callbacks import local_callbacks, unpack_callbacks
+from dask.core import flatten
+from dask.local import nested_get
+from dask.utils import ensure_dict
+
+from .invoker import InvokeStats
+from .protocol import BatchSpec
+from .remote_errors import raise_fatal, raise_task_error
+from .storage import object_name
+
+if TYPE_CHECKING:
+    from .cluster import LambdaCluster
+
+RESPONSE_BUDGET = 4_000_000  # raw bytes of inline results per response (6 MB after base64)
+
+
+@dataclass
+class ComputeReport:
+    """What one compute did; ``LambdaCluster.last_report``."""
+
+    compute_id: str
+    tasks: int = 0
+    invocations: int = 0
+    retries: int = 0
+    throttles: int = 0
+    cold_starts: int = 0
+    wall_time: float = 0.0
+    bytes_inline: int = 0
+    bytes_spilled: int = 0
+    bytes_to_client: int = 0
+    bytes_from_client: int = 0
+    s3_objects_left: int = 0
+    failed: bool = False
+    invocation_records: list = field(default_factory=list, repr=False)
+
+    @property
+    def tasks_per_invocation(self) -> float:
+        return self.tasks / self.invocations if self.invocations else 0.0
+
+
+def get(cluster: LambdaCluster, dsk, keys, cache: Mapping | None = None, callbacks=None, **kwargs):
+    """Compute ``keys`` of ``dsk`` on ``cluster``'s Lambda function (a Dask get function)."""
+    if not isinstance(dsk, Mapping):
+        dsk = dsk.__dask_graph__()
+    dsk = convert_legacy_graph(ensure_dict(dsk))
+    flat_keys = list(flatten(keys)) if isinstance(keys, list) else [keys]
+    compute = _Compute(cluster, dsk, flat_keys, dict(cache or {}))
+    with local_callbacks(callbacks) as active_callbacks:
+        values = compute.run(active_callbacks)
+    return nested_get(keys, values)
+
+
+class _Compute:
+    def __init__(self, cluster: LambdaCluster, dsk: dict, keys: list, cache: dict):
+        self.cluster = cluster
+        self.dsk = dsk
+        self.keys = keys
+        self.id = uuid.uuid4().hex[:16]
+        self.prefix = cluster.prefix
+        self.stats = InvokeStats()
+        self.report = ComputeReport(compute_id=self.id, tasks=len(dsk))
+        # key -> ("inline", pickled) | ("s3", object name, nbytes) | ("value", object)
+        self.location: dict[Any, tuple] = {k: ("value", v) for k, v in cache.items()}
+        for key, node in dsk.items():
+            if isinstance(node, DataNode) and key not in cache:
+                self.location[key] = ("value", node.value)
+        graph = {k: n for k, n in dsk.items() if k not in self.location}
+        from .planner import GraphState
+
+        self.state = GraphState(graph, keys, done=self.location)
+        self.graph = graph
+
+    # -- the loop -------------------------------------------------------------------------------
+    def run(self, callbacks: list) -> dict:
+        started = time.perf_counter()
+        _, _, pretask_cbs, posttask_cbs, _ = unpack_callbacks(callbacks)
+        for cb in callbacks:
+            if cb[0]:
+                cb[0](self.dsk)
+        for cb in callbacks:
+            if cb[1]:
+                cb[1](self.dsk, self.state.state)
+        settings = self.cluster.settings
+        running: dict[Future, Any] = {}
+        failed = False
+        try:
+            while True:
+                self._resolve_aliases(posttask_cbs)
+                while len(running) < settings.max_concurrency:
+                    batch = self.state.next_batch(
+                        settings.max_concurrency - len(running),
+                        settings.max_tasks,
+                        settings.max_bytes,
+                        self._input_size,
+                        settings.per_slot,
+                    )
+                    if batch is None:
+                        break
+                    for key in batch.tasks:
+                        for cb in pretask_cbs:
+                            cb(key, self.dsk, self.state.state)
+                    spec = BatchSpec(
+                        self.id,
+                        [self.graph[k] for k in batch.tasks],
+                        batch.outputs,
+                        {k: self._input_ref(k) for k in batch.inputs},
+                    )
+                    running[self.cluster.pool.submit(self._invoke, spec)] = batch
+                if not running:
+                    if self.state.complete:
+                        break
+                    raise RuntimeError("dask-lambda scheduler stalled with tasks left to run")
+                done, _ = wait(running, return_when=FIRST_COMPLETED)
+                for future in done:
+                    batch = running.pop(future)
+                    self._finished(batch, future.result(), posttask_cbs)
+            return self._results()
+        except BaseException:
+            failed = True
+            wait(running)  # no invocation may write after the cleanup below
+            raise
+        finally:
+            self._cleanup(failed, started)
+            for cb in callbacks:
+                if cb[4]:
+                    cb[4](self.dsk, self.state.state, failed)
+
+    def _resolve_aliases(self, posttask_cbs: list) -> None:
+        while aliases := self.state.pop_ready_aliases():
+            for key in aliases:
+                self.location[key] = self.location[self.graph[key].target]
+            self.state.finish(aliases)
+            for key in aliases:
+                for cb in posttask_cbs:
+                    cb(key, None, self.dsk, self.state.state, 0)
+
+    def _finished(self, batch, response: dict, posttask_cbs: list) -> None:
+        for key, (status, where, data, nbytes) in zip(
+            batch.outputs, response["results"], strict=True
+        ):
+            if status != "ok":  # errors were raised in _invoke
+                raise RuntimeError(f"dask-lambda: result of {key!r} missing ({status})")
+            self.location[key] = ("inline", data) if where == "inline" else ("s3", data, nbytes)
+        stats = response.get("stats", {})
+        self.report.bytes_inline += stats.get("inline_bytes", 0)
+        self.report.bytes_spilled += stats.get("s3_bytes_written", 0)
+        self.state.finish(batch.tasks)
+        for key in batch.tasks:
+            for cb in posttask_cbs:
+                cb(key, None, self.dsk, self.state.state, 0)
+        for key in (*batch.inputs, *batch.outputs):
+            if key in self.location and self.state.releasable(key):
+                del self.location[key]
+
+    # -- one invocation (runs in the cluster's pool) --------------------------------------------
+    def _invoke(self, spec: BatchSpec) -> dict:
+        try:
+            spec_bytes = cloudpickle.dumps(spec, protocol=5)
+        except Exception as e:
+            raise TypeError(
+                f"Could not serialize task {spec.tasks[0].key!r} for Lambda: {e}. Tasks must be"
+                " picklable: use module-level functions and picklable arguments."
+            ) from e
+        settings = self.cluster.settings
+        response = self.cluster.invoker.call(
+            {
+                "op": "run",
+                "spec": spec_bytes,
+                "store": {"bucket": self.cluster.bucket, "prefix": self.prefix},
+                "inline_limit": settings.inline_limit,
+                "response_limit": RESPONSE_BUDGET,
+            },
+            task_keys=[node.key for node in spec.tasks],
+            stats=self.stats,
+        )
+        if "fatal" in response:
+            raise_fatal(response["fatal"], self.cluster.function_name)
+        if response["errors"]:
+            error = min(response["errors"], key=lambda e: e["index"])
+            raise_task_error(error, spec.tasks[error["index"]].key)
+        return response
+
+    # -- data -----------------------------------------------------------------------------------
+    def _input_size(self, key) -> int:
+        where = self.location.get(key, ("",))
+        return len(where[1]) if where[0] == "inline" else 0
+
+    def _input_ref(self, key) -> tuple:
+        where = self.location[key]
+        if where[0] == "value":
+            where = self._serialize_value(key, where[1])
+        return where
+
+    def _serialize_value(self, key, value) -> tuple:
+        try:
+            data = cloudpickle.dumps(value, protocol=5)
+        except Exception as e:
+            raise TypeError(f"Could not serialize the graph literal {key!r}: {e}") from e
+        self.report.bytes_from_client += len(data)
+        if len(data) <= self.cluster.settings.inline_limit:
+            where: tuple = ("inline", data)
+        else:
+            name = object_name(self.prefix, self.id, key)
+            self.cluster.store.put(name, data)
+            self.report.bytes_spilled += len(data)
+            where = ("s3", name, len(data))
+        self.location[key] = where
+        return where
+
+    def _results(self) -> dict:
+        wanted = {k: self.location[k] for k in dict.fromkeys(self.keys)}
+        remote = [(k, w) for k, w in wanted.items() if w[0] == "s3"]
+        fetched = self.cluster.pool.map(
+            lambda item: self.cluster.store.get(item[1][1], item[1][2]), remote
+        )
+        blobs = {k: data for (k, _), data in zip(remote, fetched, strict=True)}
+        values = {}
+        for key, where in wanted.items():
+            if where[0] == "value":
+                values[key] = where[1]
+                continue
+            data = blobs[key] if where[0] == "s3" else where[1]
+            self.report.bytes_to_client += len(data) if where[0] == "s3" else 0
+            values[key] = cloudpickle.loads(data)
+        return values
+
+    def _cleanup(self, failed: bool, started: float) -> None:
+        store = self.cluster.store
+        compute_prefix = f"{self.prefix.rstrip('/')}/{self.id}"
+        try:
+            store.delete_prefix(compute_prefix)
+            self.report.s3_objects_left = len(store.list(compute_prefix + "/"))
+        finally:
+            stats = self.stats
+            self.report.invocations = stats.invocations
+            self.report.retries = stats.retries
+            self.report.throttles = stats.throttles
+            self.report.cold_starts = stats.cold_starts
+            self.report.bytes_to_client += stats.response_bytes
+            self.report.bytes_from_client += stats.request_bytes
+            self.report.invocation_records = stats.records
+            self.report.failed = failed
+            self.report.wall_time = time.perf_counter() - started
+            self.cluster.last_report = self.report
