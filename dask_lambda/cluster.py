@@ -29,7 +29,7 @@ from .storage import S3Store
 LOCAL_BUCKET = "dask-lambda-local"
 LOCAL_ROLE = "dask-lambda-local"
 
-_active: list[LambdaCluster] = []
+_active: list[weakref.ref] = []  # weak: an unclosed, forgotten cluster still gets collected
 _active_lock = threading.Lock()
 
 
@@ -53,8 +53,9 @@ class Settings:
 def current_cluster() -> LambdaCluster:
     """The most recently started cluster that is still running."""
     with _active_lock:
-        for cluster in reversed(_active):
-            if cluster.status is Status.running:
+        for ref in reversed(_active):
+            cluster = ref()
+            if cluster is not None and cluster.status is Status.running:
                 return cluster
     raise NoActiveClusterError(
         'scheduler="lambda" needs a running LambdaCluster: create one first'
@@ -193,7 +194,7 @@ class LambdaCluster:
             raise
         self.status = Status.running
         with _active_lock:
-            _active.append(self)
+            _active.append(weakref.ref(self))
         return self
 
     def _start_local(self, resources: dict) -> None:
@@ -244,8 +245,7 @@ class LambdaCluster:
             return
         self.status = Status.closed
         with _active_lock:
-            if self in _active:
-                _active.remove(self)
+            _active[:] = [ref for ref in _active if ref() not in (None, self)]
         detached = self._finalizer.detach() if self._finalizer is not None else None
         if detached is not None:
             _release(detached[2][0], None)

@@ -8,10 +8,20 @@ import uuid
 import zipfile
 from pathlib import Path
 
+import cloudpickle
 import psutil
 import pytest
 
+import tasks
 from dask_lambda.local import LocalLambda
+
+# Tests and their helpers are not deployed into the function: pickle them by value.
+cloudpickle.register_pickle_by_value(tasks)
+
+
+def pytest_collection_finish(session):
+    for module in {item.module for item in session.items if hasattr(item, "module")}:
+        cloudpickle.register_pickle_by_value(module)
 
 HANDLERS = Path(__file__).parent / "handlers"
 
@@ -92,3 +102,16 @@ def _role(server) -> str:
         return iam.create_role(RoleName="dask-lambda-tests", AssumeRolePolicyDocument="{}")[
             "Role"
         ]["Arn"]
+
+
+@pytest.fixture(scope="session")
+def cluster():
+    from dask_lambda import LambdaCluster
+
+    with LambdaCluster() as running:
+        yield running
+
+
+def spill_objects(cluster) -> list[str]:
+    """Objects left under the cluster's prefix (every compute must delete its own)."""
+    return cluster.store.list(cluster.prefix + "/")

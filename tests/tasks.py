@@ -1,0 +1,69 @@
+"""Functions the scheduler tests run in Lambda (pickled by value: see conftest)."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+
+def inc(x):
+    return x + 1
+
+
+def add(x, y):
+    return x + y
+
+
+def double(x):
+    return 2 * x
+
+
+def total(*args):
+    return sum(args)
+
+
+def fail(x):
+    raise ValueError(f"task failed on {x}")
+
+
+class CustomError(Exception):
+    def __init__(self, code):
+        super().__init__(f"custom error {code}")
+        self.code = code
+
+
+def fail_custom(x):
+    raise CustomError(x)
+
+
+def big_array(n_mb, seed=0):
+    return np.random.default_rng(seed).random(n_mb * 1024 * 1024 // 8)
+
+
+def array_sum(x):
+    return float(x.sum())
+
+
+def nbytes_of(x):
+    return len(x)
+
+
+def slow(x, seconds=0.2):
+    time.sleep(seconds)
+    return x
+
+
+def noop(x=None):
+    return x
+
+
+_initialized = []
+
+
+def initializer(value):
+    _initialized.append(value)
+
+
+def initialized_value(_):
+    return list(_initialized)
