@@ -31,16 +31,19 @@ def _zip() -> bytes:
 
 
 def _client(local: LocalLambda):
-    config = Config(
-        read_timeout=120, retries={"total_max_attempts": 1}, max_pool_connections=4
-    )
+    config = Config(read_timeout=120, retries={"total_max_attempts": 1}, max_pool_connections=4)
     return local.client("lambda", config=config)
 
 
 def _deploy(local: LocalLambda, role: str, name: str) -> None:
     _client(local).create_function(
-        FunctionName=name, Runtime="python3.11", Role=role, Handler="noop.handler",
-        Code={"ZipFile": _zip()}, MemorySize=256, Timeout=30,
+        FunctionName=name,
+        Runtime="python3.11",
+        Role=role,
+        Handler="noop.handler",
+        Code={"ZipFile": _zip()},
+        MemorySize=256,
+        Timeout=30,
     )
 
 

@@ -11,8 +11,8 @@ from pathlib import Path
 import cloudpickle
 import psutil
 import pytest
-
 import tasks
+
 from dask_lambda.local import LocalLambda
 
 # Tests and their helpers are not deployed into the function: pickle them by value.
@@ -22,6 +22,7 @@ cloudpickle.register_pickle_by_value(tasks)
 def pytest_collection_finish(session):
     for module in {item.module for item in session.items if hasattr(item, "module")}:
         cloudpickle.register_pickle_by_value(module)
+
 
 HANDLERS = Path(__file__).parent / "handlers"
 
@@ -99,9 +100,9 @@ def _role(server) -> str:
     try:
         return iam.get_role(RoleName="dask-lambda-tests")["Role"]["Arn"]
     except iam.exceptions.NoSuchEntityException:
-        return iam.create_role(RoleName="dask-lambda-tests", AssumeRolePolicyDocument="{}")[
-            "Role"
-        ]["Arn"]
+        return iam.create_role(RoleName="dask-lambda-tests", AssumeRolePolicyDocument="{}")["Role"][
+            "Arn"
+        ]
 
 
 @pytest.fixture(scope="session")

@@ -16,13 +16,15 @@ from concurrent.futures import ThreadPoolExecutor
 import botocore.exceptions
 import pytest
 from botocore.config import Config
-
 from conftest import gone, handler_zip, unique, wait_until, zip_files
+
 from dask_lambda.local import LocalLambda
 
 
 def invoke(local, name, event=None, **kwargs):
-    client = local.client("lambda", config=Config(read_timeout=120, retries={"total_max_attempts": 1}))
+    client = local.client(
+        "lambda", config=Config(read_timeout=120, retries={"total_max_attempts": 1})
+    )
     response = client.invoke(FunctionName=name, Payload=json.dumps(event or {}), **kwargs)
     payload = response["Payload"].read()
     return response, json.loads(payload) if payload else None
@@ -49,7 +51,9 @@ def test_new_code_and_configuration_get_new_runtimes(local, deploy):
     assert before["env"] == {"COLOUR": None}
 
     lam = local.client("lambda")
-    lam.update_function_configuration(FunctionName=name, Environment={"Variables": {"COLOUR": "red"}})
+    lam.update_function_configuration(
+        FunctionName=name, Environment={"Variables": {"COLOUR": "red"}}
+    )
     _, configured = invoke(local, name, {"env": ["COLOUR"]})
     assert configured["env"] == {"COLOUR": "red"}
     assert configured["pid"] != before["pid"]
@@ -66,8 +70,11 @@ def test_idle_runtimes_are_reaped():
         lam = server.client("lambda")
         role = server.client("iam").create_role(RoleName="r", AssumeRolePolicyDocument="{}")
         lam.create_function(
-            FunctionName="echo", Runtime="python3.11", Role=role["Role"]["Arn"],
-            Handler="behaviours.echo", Code={"ZipFile": handler_zip()},
+            FunctionName="echo",
+            Runtime="python3.11",
+            Role=role["Role"]["Arn"],
+            Handler="behaviours.echo",
+            Code={"ZipFile": handler_zip()},
         )
         _, body = invoke(server, "echo")
         assert wait_until(lambda: gone(body["pid"]), timeout=10)
@@ -189,8 +196,12 @@ def test_account_concurrency_limit_throttles_with_429():
         role = server.client("iam").create_role(RoleName="r", AssumeRolePolicyDocument="{}")
         lam = server.client("lambda")
         lam.create_function(
-            FunctionName="sleep", Runtime="python3.11", Role=role["Role"]["Arn"],
-            Handler="behaviours.sleep", Code={"ZipFile": handler_zip()}, Timeout=10,
+            FunctionName="sleep",
+            Runtime="python3.11",
+            Role=role["Role"]["Arn"],
+            Handler="behaviours.sleep",
+            Code={"ZipFile": handler_zip()},
+            Timeout=10,
         )
         with ThreadPoolExecutor(1) as pool:
             running = pool.submit(invoke, server, "sleep", {"seconds": 2})
@@ -234,7 +245,9 @@ def test_function_environment_reaches_local_s3_with_plain_boto3(local, deploy):
     assert body == "from inside"
     assert local.client("s3").get_object(Bucket=bucket, Key="k")["Body"].read() == b"from inside"
 
-    name = deploy("behaviours.echo", Environment={"Variables": {"MY_SETTING": "on"}}, MemorySize=384)
+    name = deploy(
+        "behaviours.echo", Environment={"Variables": {"MY_SETTING": "on"}}, MemorySize=384
+    )
     wanted = ["MY_SETTING", "AWS_LAMBDA_FUNCTION_NAME", "AWS_LAMBDA_FUNCTION_MEMORY_SIZE"]
     _, body = invoke(local, name, {"env": wanted})
     assert body["env"] == {
@@ -262,7 +275,10 @@ def test_code_from_s3_is_deployed(local, role_arn):
     s3.put_object(Bucket=bucket, Key="fn.zip", Body=handler_zip())
     name = unique("from-s3")
     lam.create_function(
-        FunctionName=name, Runtime="python3.11", Role=role_arn, Handler="behaviours.echo",
+        FunctionName=name,
+        Runtime="python3.11",
+        Role=role_arn,
+        Handler="behaviours.echo",
         Code={"S3Bucket": bucket, "S3Key": "fn.zip"},
     )
     assert invoke(local, name, {"a": 1})[1]["event"] == {"a": 1}
@@ -285,8 +301,11 @@ def test_bad_requests(local, deploy, role_arn):
     lam = local.client("lambda")
     with pytest.raises(lam.exceptions.InvalidParameterValueException, match="unzip"):
         lam.create_function(
-            FunctionName=unique("bad"), Runtime="python3.11", Role=role_arn,
-            Handler="x.y", Code={"ZipFile": b"not a zip"},
+            FunctionName=unique("bad"),
+            Runtime="python3.11",
+            Role=role_arn,
+            Handler="x.y",
+            Code={"ZipFile": b"not a zip"},
         )
     name = deploy("behaviours.echo")
     with pytest.raises(lam.exceptions.InvalidRequestContentException):
@@ -297,11 +316,18 @@ def test_close_leaves_nothing_behind():
     server = LocalLambda().start()
     role = server.client("iam").create_role(RoleName="r", AssumeRolePolicyDocument="{}")
     server.client("lambda").create_function(
-        FunctionName="echo", Runtime="python3.11", Role=role["Role"]["Arn"],
-        Handler="behaviours.echo", Code={"ZipFile": handler_zip()},
+        FunctionName="echo",
+        Runtime="python3.11",
+        Role=role["Role"]["Arn"],
+        Handler="behaviours.echo",
+        Code={"ZipFile": handler_zip()},
     )
     runtime_pid = invoke(server, "echo")[1]["pid"]
-    server_pid, workdir, port = server.pid, server.workdir, int(server.endpoint_url.rsplit(":", 1)[1])
+    server_pid, workdir, port = (
+        server.pid,
+        server.workdir,
+        int(server.endpoint_url.rsplit(":", 1)[1]),
+    )
     server.close()
     server.close()  # safe twice
     assert gone(server_pid) and wait_until(lambda: gone(runtime_pid))

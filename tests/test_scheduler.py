@@ -14,11 +14,11 @@ import dask
 import dask.bag as db
 import numpy as np
 import pytest
+import tasks
+from conftest import spill_objects
 from dask.diagnostics import ProgressBar
 from dask.utils_test import GetFunctionTestMixin
 
-import tasks
-from conftest import spill_objects
 from dask_lambda import LambdaCluster, VersionMismatchError
 
 
@@ -68,7 +68,9 @@ def test_w1_bag_is_batched_into_few_invocations(cluster):
 def test_delayed_tree_reduction_matches_sync(cluster):
     leaves = [dask.delayed(tasks.inc)(i) for i in range(512)]
     while len(leaves) > 1:
-        leaves = [dask.delayed(tasks.add)(a, b) for a, b in zip(leaves[::2], leaves[1::2])]
+        leaves = [
+            dask.delayed(tasks.add)(a, b) for a, b in zip(leaves[::2], leaves[1::2], strict=True)
+        ]
     (root,) = leaves
     assert root.compute(scheduler=cluster) == root.compute(scheduler="sync")
 
@@ -241,8 +243,14 @@ def test_config_and_environment_variables(monkeypatch):
             assert cluster.settings.inline_limit == 1234
     env = dict(os.environ, DASK_LAMBDA__BATCH__MAX_TASKS="17")
     out = subprocess.run(
-        [sys.executable, "-c", "import dask, dask_lambda.config; "
-         "print(dask.config.get('lambda.batch.max-tasks'))"],
-        capture_output=True, text=True, env=env, timeout=60,
+        [
+            sys.executable,
+            "-c",
+            "import dask, dask_lambda.config; print(dask.config.get('lambda.batch.max-tasks'))",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
     )
     assert out.stdout.strip() == "17"

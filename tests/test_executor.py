@@ -1,0 +1,111 @@
+"""LambdaExecutor: the concurrent.futures API, batching of bursts, errors, as a Dask scheduler."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import threading
+
+import dask
+import dask.bag as db
+import numpy as np
+import pytest
+import tasks
+from conftest import spill_objects, wait_until
+
+from dask_lambda import LambdaExecutor
+
+
+@pytest.fixture
+def executor(cluster):
+    ex = LambdaExecutor(cluster=cluster)
+    yield ex
+    ex.shutdown()
+
+
+def test_submit_and_result(executor):
+    future = executor.submit(tasks.add, 1, y=2)
+    assert isinstance(future, concurrent.futures.Future)
+    assert future.result(timeout=60) == 3
+
+
+def test_map_keeps_order_and_batches_bursts(executor, cluster):
+    before = cluster.invoker.stats.invocations
+    assert list(executor.map(tasks.inc, range(500))) == list(range(1, 501))
+    assert cluster.invoker.stats.invocations - before < 100  # not one invocation per call
+
+
+def test_map_with_chunksize_and_several_iterables(executor):
+    assert list(executor.map(tasks.add, range(100), range(100), chunksize=7)) == [
+        2 * i for i in range(100)
+    ]
+    with pytest.raises(ValueError):
+        executor.map(tasks.inc, [1], chunksize=0)
+
+
+def test_exceptions_keep_their_type(executor):
+    future = executor.submit(tasks.fail, 5)
+    with pytest.raises(ValueError, match="task failed on 5"):
+        future.result(timeout=60)
+    ok = executor.submit(tasks.inc, 1)  # the executor keeps working
+    assert ok.result(timeout=60) == 2
+
+
+def test_failures_in_a_batch_stay_with_their_call(executor):
+    futures = [executor.submit(tasks.fail if i == 3 else tasks.inc, i) for i in range(10)]
+    concurrent.futures.wait(futures, timeout=60)
+    assert isinstance(futures[3].exception(), ValueError)
+    assert [f.result() for i, f in enumerate(futures) if i != 3] == [
+        i + 1 for i in range(10) if i != 3
+    ]
+
+
+def test_unpicklable_call_fails_alone(executor):
+    bad = executor.submit(tasks.noop, threading.Lock())
+    good = executor.submit(tasks.inc, 1)
+    with pytest.raises(TypeError, match="picklable"):
+        bad.result(timeout=60)
+    assert good.result(timeout=60) == 2
+
+
+def test_large_results_come_through_s3_and_are_deleted(executor, cluster):
+    result = executor.submit(tasks.big_array, 2).result(timeout=120)
+    np.testing.assert_array_equal(result, tasks.big_array(2))
+    assert spill_objects(cluster) == []
+
+
+def test_as_completed_and_wait(executor):
+    futures = [executor.submit(tasks.slow, i, 0.05) for i in range(6)]
+    assert sorted(f.result() for f in concurrent.futures.as_completed(futures, timeout=60)) == list(
+        range(6)
+    )
+
+
+def test_shutdown_semantics(cluster):
+    ex = LambdaExecutor(cluster=cluster)
+    futures = [ex.submit(tasks.slow, i, 0.1) for i in range(4)]
+    ex.shutdown(wait=True)
+    assert [f.result() for f in futures] == [0, 1, 2, 3]
+    with pytest.raises(RuntimeError, match="after shutdown"):
+        ex.submit(tasks.inc, 1)
+    ex.shutdown()  # twice is fine
+
+    with LambdaExecutor(cluster=cluster, max_workers=1) as ex:
+        running = ex.submit(tasks.slow, "first", 1.0)
+        assert wait_until(running.running)
+        queued = [ex.submit(tasks.inc, i) for i in range(20)]
+        ex.shutdown(wait=True, cancel_futures=True)
+    assert running.result() == "first"
+    assert all(f.cancelled() or f.result() == i + 1 for i, f in enumerate(queued))
+
+
+def test_executor_as_dask_scheduler(executor):
+    bag = db.from_sequence(range(100), npartitions=10).map(tasks.inc)
+    assert bag.sum().compute(scheduler=executor) == 5050
+    assert dask.delayed(tasks.add)(1, 2).compute(scheduler=executor) == 3
+
+
+def test_executor_owning_its_cluster():
+    with LambdaExecutor(max_concurrency=1) as ex:
+        assert ex.submit(tasks.inc, 41).result(timeout=60) == 42
+        cluster = ex.cluster
+    assert cluster.status.value == "closed"
