@@ -11,6 +11,8 @@ import argparse
 import io
 import json
 import statistics
+import subprocess
+import sys
 import threading
 import time
 import zipfile
@@ -70,6 +72,23 @@ def _throughput(local: LocalLambda, name: str, clients: int, seconds: float) -> 
     return sum(counts) / (time.monotonic() - start)
 
 
+def handler_import_ms(samples: int = 5) -> float:
+    """Cold-start import cost of the Lambda-side handler, in a fresh interpreter each time."""
+    code = (
+        "import time; t = time.perf_counter(); import dask_lambda.handler;"
+        " print(time.perf_counter() - t)"
+    )
+    times = [
+        float(
+            subprocess.run(
+                [sys.executable, "-c", code], capture_output=True, text=True, check=True
+            ).stdout
+        )
+        for _ in range(samples)
+    ]
+    return _median_ms(times)
+
+
 def run(warm_samples: int = 300, seconds: float = 3.0) -> dict[str, float]:
     starts = []
     for _ in range(3):
@@ -77,7 +96,10 @@ def run(warm_samples: int = 300, seconds: float = 3.0) -> dict[str, float]:
         LocalLambda().start().close()
         starts.append(time.perf_counter() - began)
 
-    results: dict[str, float] = {"startup_s": statistics.median(starts)}
+    results: dict[str, float] = {
+        "startup_s": statistics.median(starts),
+        "handler_import_ms": handler_import_ms(),
+    }
     with LocalLambda() as local:
         role = local.client("iam").create_role(RoleName="bench", AssumeRolePolicyDocument="{}")
         role_arn = role["Role"]["Arn"]
@@ -121,7 +143,7 @@ def main() -> None:
     floor = results["boto3_floor_ms"]
     print(f"{'measure':<28}{'value':>12}  {'vs boto3 floor':>14}")
     for key, value in results.items():
-        ratio = f"{value / floor:>13.1f}x" if key.endswith("_ms") else ""
+        ratio = f"{value / floor:>13.1f}x" if key.endswith("invoke_ms") else ""
         print(f"{key:<28}{value:>12.2f}  {ratio:>14}")
     if args.json:
         with open(args.json, "w") as f:

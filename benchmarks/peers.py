@@ -1,4 +1,4 @@
-"""The schedulers compared, each a context manager yielding what ``compute(scheduler=...)`` takes."""
+"""The schedulers compared: context managers yielding what ``compute(scheduler=...)`` takes."""
 
 from __future__ import annotations
 

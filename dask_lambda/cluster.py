@@ -178,7 +178,7 @@ class LambdaCluster:
                 max_concurrency=self.settings.max_concurrency,
                 function_timeout=self.function_timeout,
                 store=self.store,
-                payload_prefix=f"{self.prefix}/payloads",
+                payload_prefix=self.prefix,
                 retries=self.retries,
                 retry_backoff=self.retry_backoff,
             )

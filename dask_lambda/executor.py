@@ -199,6 +199,7 @@ class LambdaExecutor(Executor):
                 "response_limit": RESPONSE_BUDGET,
             },
             task_keys=[t.key for t in tasks],
+            payload_prefix=f"{self._prefix}/{self._id}",
         )
         self._deliver(batch, response)
 

@@ -94,7 +94,7 @@ class Invoker:
         max_concurrency: int,
         function_timeout: float,
         store: S3Store | None,
-        payload_prefix: str = "dask-lambda/payloads",
+        payload_prefix: str = "dask-lambda",
         retries: int = 3,
         retry_backoff: float = 0.1,
     ):
@@ -118,10 +118,12 @@ class Invoker:
         payload: dict[str, Any],
         task_keys: list | None = None,
         stats: InvokeStats | None = None,
+        payload_prefix: str | None = None,
     ) -> dict[str, Any]:
         """Invoke with ``payload``; return the decoded response payload.
 
-        Counts go to ``stats`` as well as to the invoker's own totals.
+        Counts go to ``stats`` as well as to the invoker's own totals. A request too large for
+        Lambda is stored under ``payload_prefix`` (the invoker's default if None) for the call.
 
         Raises
         ------
@@ -137,7 +139,8 @@ class Invoker:
                     f"A request of {len(data)} bytes exceeds Lambda's 6 MB limit and no spill"
                     " bucket is configured: pass bucket= (or set lambda.bucket)"
                 )
-            spilled_key = f"{self.payload_prefix.rstrip('/')}/{uuid.uuid4().hex}"
+            prefix = (payload_prefix or self.payload_prefix).rstrip("/")
+            spilled_key = f"{prefix}/payloads/{uuid.uuid4().hex}"
             self.store.put(spilled_key, data)
             event = {
                 protocol.MARKER: protocol.PROTOCOL_VERSION,

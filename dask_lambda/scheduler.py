@@ -207,6 +207,7 @@ class _Compute:
             },
             task_keys=[node.key for node in spec.tasks],
             stats=self.stats,
+            payload_prefix=f"{self.prefix}/{self.id}",
         )
         if "fatal" in response:
             raise_fatal(response["fatal"], self.cluster.function_name)

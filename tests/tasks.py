@@ -67,3 +67,9 @@ def initializer(value):
 
 def initialized_value(_):
     return list(_initialized)
+
+
+def crash(x):
+    import os
+
+    os._exit(1)

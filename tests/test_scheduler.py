@@ -19,7 +19,7 @@ from conftest import spill_objects
 from dask.diagnostics import ProgressBar
 from dask.utils_test import GetFunctionTestMixin
 
-from dask_lambda import LambdaCluster, VersionMismatchError
+from dask_lambda import LambdaCluster, LambdaFunctionError, VersionMismatchError
 
 
 class TestGetFunction(GetFunctionTestMixin):
@@ -254,3 +254,33 @@ def test_config_and_environment_variables(monkeypatch):
         timeout=60,
     )
     assert out.stdout.strip() == "17"
+
+
+def test_crashing_runtime_is_retried_then_names_the_task(cluster):
+    x = dask.delayed(tasks.crash)(1, dask_key_name="crashing-task")
+    before = cluster.invoker.stats.retries
+    with pytest.raises(LambdaFunctionError) as info:
+        x.compute(scheduler=cluster)
+    error = info.value
+    assert error.error_type == "Runtime.ExitError"
+    assert error.attempts == cluster.retries + 1
+    assert "crashing-task" in str(error) and cluster.function_name in str(error)
+    assert cluster.invoker.stats.retries - before == cluster.retries
+    assert spill_objects(cluster) == []
+
+
+def test_throttling_is_retried(cluster, monkeypatch):
+    for variable, value in cluster.local.env().items():
+        monkeypatch.setenv(variable, value)
+    lam = cluster.local.client("lambda")
+    lam.put_function_concurrency(FunctionName=cluster.function_name, ReservedConcurrentExecutions=1)
+    try:
+        with LambdaCluster(
+            function_name=cluster.function_name, max_concurrency=4, max_tasks=1, retries=12
+        ) as throttled:
+            roots = [dask.delayed(tasks.slow)(i, 0.05) for i in range(12)]
+            assert dask.delayed(tasks.total)(*roots).compute(scheduler=throttled) == sum(range(12))
+            assert throttled.last_report.throttles > 0
+            assert throttled.last_report.retries >= throttled.last_report.throttles
+    finally:
+        lam.delete_function_concurrency(FunctionName=cluster.function_name)
