@@ -1,38 +1,90 @@
-"""The ``dask-lambda`` command line."""
+"""The ``dask-lambda`` command line: a thin layer over :mod:`.build`, :mod:`.deploy`, :mod:`.admin`.
+
+Every command that talks to AWS takes ``--profile``, ``--region`` and ``--endpoint-url``; with none
+of them boto3's own chain applies, including the ``AWS_ENDPOINT_URL_*`` variables that
+``dask-lambda local`` prints.
+"""
 
 from __future__ import annotations
 
+import functools
+import json
 import shlex
 import signal
 import threading
+from pathlib import Path
+from typing import Any
 
 import click
 
+from . import config
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+_AWS_OPTIONS = [
+    click.option("--profile", help="AWS profile (default: boto3's chain)."),
+    click.option("--region", help="AWS region (default: boto3's chain)."),
+    click.option(
+        "--endpoint-url",
+        help="Lambda/S3/IAM endpoint, e.g. the embedded local Lambda's (default: AWS).",
+    ),
+]
+
+
+def aws_command(function):
+    """Add the AWS options and turn them into an ``aws`` argument; map errors to messages."""
+    for option in reversed(_AWS_OPTIONS):
+        function = option(function)
+
+    @functools.wraps(function)
+    def wrapper(profile, region, endpoint_url, **kwargs):
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        from .admin import NotOursError
+        from .aws import Aws
+        from .build import BuildError
+        from .deploy import DeployError
+
+        aws = Aws(profile=profile, region=region, endpoint_url=endpoint_url)
+        try:
+            return function(aws=aws, **kwargs)
+        except (BuildError, DeployError, NotOursError, ValueError) as e:
+            raise click.ClickException(str(e))
+        except ClientError as e:
+            error = e.response.get("Error", {})
+            raise click.ClickException(f"{error.get('Code')}: {error.get('Message')}")
+        except BotoCoreError as e:
+            raise click.ClickException(f"{type(e).__name__}: {e}")
+
+    return wrapper
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(package_name="dask-lambda")
 def main() -> None:
-    """Run Dask on AWS Lambda, or on the embedded local Lambda."""
+    """Run Dask on AWS Lambda, or on the embedded local Lambda.
+
+    \b
+    Typical session:
+      dask-lambda deploy my-dask --create-role --bucket my-spill-bucket my_module.py
+      python -c "...LambdaCluster(function_name='my-dask')..."
+      dask-lambda logs my-dask --since 10m
+      dask-lambda delete my-dask --delete-role
+    """
 
 
+# -- local ----------------------------------------------------------------------------------------
 @main.command()
-@click.option(
-    "--port", default=4566, show_default=True, help="Port on 127.0.0.1 (0: any free port)."
-)
+@click.option("--port", default=4566, show_default=True, help="Port on 127.0.0.1 (0: any).")
 @click.option(
     "--concurrency-limit",
     default=1000,
     show_default=True,
-    help="Concurrent executions allowed across all functions (Lambda's account limit).",
+    help="Concurrent executions across all functions (Lambda's account limit).",
 )
 @click.option(
-    "--idle-timeout",
-    default=300.0,
-    show_default=True,
-    help="Seconds a warm runtime is kept before it is reaped.",
+    "--idle-timeout", default=300.0, show_default=True, help="Seconds a warm runtime is kept."
 )
 def local(port: int, concurrency_limit: int, idle_timeout: float) -> None:
-    """Run the embedded local Lambda (Lambda, S3, IAM) in the foreground.
+    """Run the embedded local Lambda (Lambda, S3, IAM, Logs) in the foreground.
 
     Prints the endpoint and the `export` lines that point boto3, the AWS CLI and dask-lambda at
     it. Stop it with Ctrl-C.
@@ -64,6 +116,307 @@ def local(port: int, concurrency_limit: int, idle_timeout: float) -> None:
     finally:
         server.close()
         click.echo("Stopped.", err=True)
+
+
+# -- deploy / update ------------------------------------------------------------------------------
+def _deploy_options(defaults: bool):
+    """Options shared by deploy and update; update defaults to 'keep the current value'."""
+
+    def default(name):
+        return config.get(name) if defaults else None
+
+    options = [
+        click.argument("paths", nargs=-1, type=click.Path(exists=True, path_type=Path)),
+        click.option("--requirements", "-r", type=click.Path(exists=True, dir_okay=False,
+                     path_type=Path), help="A pip requirements file to install into the package."),
+        click.option("--include", multiple=True, metavar="PACKAGE",
+                     help="Also package PACKAGE at this client's version, e.g. numpy. Repeatable."),
+        click.option("--no-dependencies", is_flag=True,
+                     help="Package dask_lambda and PATHS only; a layer must provide dask & co."),
+        click.option("--memory", type=int, default=default("memory"),
+                     show_default=defaults, help="Memory in MB (128-10240)."),
+        click.option("--timeout", type=int, default=default("timeout"),
+                     show_default=defaults, help="Timeout in seconds (1-900)."),
+        click.option("--ephemeral-storage", type=int, help="/tmp size in MB (512-10240)."),
+        click.option("--architecture", type=click.Choice(["x86_64", "arm64"]),
+                     default="x86_64" if defaults else None, show_default=defaults,
+                     help="Instruction set; wheels are chosen to match."),
+        click.option("--layers", multiple=True, metavar="ARN", help="Layer ARNs. Repeatable."),
+        click.option("--role", metavar="ARN", help="Execution role the function runs as."),
+        click.option("--create-role", is_flag=True,
+                     help="Create a least-privilege role (spill prefix + own logs) and use it."),
+        click.option("--env", "env", multiple=True, metavar="KEY=VALUE",
+                     help="Environment variable of the function. Repeatable."),
+        click.option("--bucket", default=default("bucket"),
+                     help="Spill bucket the function uses (also stages zips over 50 MB)."),
+        click.option("--prefix", default=config.get("prefix"), show_default=True,
+                     help="S3 prefix of spilled data."),
+    ]  # fmt: skip
+
+    def decorate(function):
+        for option in reversed(options):
+            function = option(function)
+        return function
+
+    return decorate
+
+
+@main.command()
+@click.argument("name")
+@_deploy_options(defaults=True)
+@click.option("--print-policy", is_flag=True, help="Print the role policy JSON and exit.")
+@aws_command
+def deploy(aws, name: str, print_policy: bool, **options: Any) -> None:
+    """Build a package and create (or update) function NAME from it.
+
+    The package holds dask-lambda and its dependencies at this client's versions, the
+    --requirements, and PATHS: your own modules and folders, importable inside the function.
+    """
+    from .deploy import role_policy
+
+    if print_policy:
+        if not options["bucket"]:
+            raise click.ClickException("--print-policy needs --bucket (the spill bucket)")
+        click.echo(json.dumps(role_policy(options["bucket"], options["prefix"], name), indent=2))
+        return
+    _deploy_or_update(aws, name, options)
+
+
+@main.command()
+@click.argument("name")
+@_deploy_options(defaults=False)
+@aws_command
+def update(aws, name: str, **options: Any) -> None:
+    """Update function NAME: rebuild its code, change only what differs.
+
+    Pass the same PATHS as at deploy. Options left out keep their current values (--env adds to
+    the current variables); unchanged code is not uploaded again.
+    """
+    from .admin import require_ours
+
+    current = require_ours(aws.client("lambda"), name)
+    variables = (current.get("Environment") or {}).get("Variables", {})
+    _deploy_or_update(aws, name, options, current_env=variables)
+
+
+def _deploy_or_update(aws, name: str, options: dict, current_env: dict | None = None) -> None:
+    from .build import BuildSpec, build
+    from .deploy import FunctionSettings, deploy, ensure_role, role_policy
+
+    environment = _parse_env(options["env"])
+    if current_env is not None and (environment or options["bucket"]):
+        environment = {**current_env, **environment}
+    if options["bucket"]:
+        environment["DASK_LAMBDA_BUCKET"] = options["bucket"]
+        environment["DASK_LAMBDA_PREFIX"] = options["prefix"]
+    settings = FunctionSettings(
+        memory=options["memory"],
+        timeout=options["timeout"],
+        ephemeral_storage=options["ephemeral_storage"],
+        architecture=options["architecture"],
+        layers=list(options["layers"]) or None,
+        environment=environment or None,
+        role=options["role"],
+    )
+    settings.validate()  # before anything touches AWS
+    if options["role"] and options["create_role"]:
+        raise click.ClickException("Pass either --role or --create-role, not both")
+    if options["create_role"] and not options["bucket"]:
+        raise click.ClickException("--create-role needs --bucket: the role may use only that")
+    spec = BuildSpec(
+        paths=list(options["paths"]),
+        requirements=options["requirements"],
+        include=list(options["include"]),
+        architecture=options["architecture"] or "x86_64",
+        with_dependencies=not options["no_dependencies"],
+    )
+    result = build(spec, progress=lambda step: click.echo(f"  build: {step}", err=True))
+    click.echo(
+        f"Package: {result.size / 1e6:.1f} MB zipped, {result.unpacked_size / 1e6:.1f} MB"
+        f" unzipped, {result.files} files", err=True,
+    )  # fmt: skip
+    if options["create_role"]:
+        policy = role_policy(options["bucket"], options["prefix"], name)
+        settings.role = ensure_role(aws.client("iam"), f"dask-lambda-{name}", policy)
+        click.echo(f"Role: {settings.role}", err=True)
+    outcome = deploy(
+        aws.client("lambda"),
+        name,
+        result.zip_bytes,
+        settings,
+        s3_client=aws.client("s3") if options["bucket"] else None,
+        bucket=options["bucket"],
+        prefix=options["prefix"],
+    )
+    configuration = outcome.configuration
+    if outcome.created:
+        click.echo(f"Created {configuration['FunctionArn']}")
+    else:
+        changes = ["code"] if outcome.code_updated else []
+        changes += list(outcome.configuration_changes)
+        click.echo(f"Updated {name}: {', '.join(changes)}" if changes else f"{name} is up to date")
+    click.echo(
+        f"  {configuration.get('MemorySize')} MB, {configuration.get('Timeout')} s,"
+        f" {(configuration.get('Architectures') or ['x86_64'])[0]},"
+        f" state {configuration.get('State', 'Active')}"
+    )
+
+
+def _parse_env(pairs: tuple[str, ...]) -> dict[str, str]:
+    environment = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise click.BadParameter(f"{pair!r} is not KEY=VALUE", param_hint="--env")
+        environment[key] = value
+    return environment
+
+
+# -- list / delete / info -------------------------------------------------------------------------
+@main.command("list")
+@aws_command
+def list_(aws) -> None:
+    """List the functions dask-lambda created (others are not shown)."""
+    from .admin import list_functions
+
+    functions = list_functions(aws.client("lambda"))
+    if not functions:
+        click.echo("No dask-lambda functions.")
+        return
+    header = f"{'NAME':<32} {'MEMORY':>7} {'TIMEOUT':>7} {'ARCH':<7} {'PYTHON':<7} {'DASK':<11}"
+    click.echo(header + " DASK-LAMBDA")
+    for f in functions:
+        click.echo(
+            f"{f.name:<32} {f.memory:>7} {f.timeout:>7} {f.architecture:<7}"
+            f" {f.tags.get('python:version', '?'):<7} {f.tags.get('dask:version', '?'):<11}"
+            f" {f.tags.get('dask-lambda:version', '?')}"
+        )
+
+
+@main.command()
+@click.argument("name")
+@click.option("--delete-role", is_flag=True, help="Also delete its role, if dask-lambda made it.")
+@click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
+@aws_command
+def delete(aws, name: str, delete_role: bool, yes: bool) -> None:
+    """Delete function NAME. Refuses functions dask-lambda did not create."""
+    from .admin import delete_function, require_ours
+
+    require_ours(aws.client("lambda"), name)
+    if not yes:
+        click.confirm(f"Delete function {name}?", abort=True)
+    for removed in delete_function(aws.client("lambda"), aws.client("iam"), name, delete_role):
+        click.echo(f"Deleted {removed}")
+
+
+@main.command()
+@click.argument("name")
+@aws_command
+def info(aws, name: str) -> None:
+    """Ping function NAME: its configuration, versions, and whether this client can use it."""
+    from .invoker import Invoker
+    from .protocol import version_mismatches, versions
+
+    lam = aws.client("lambda")
+    configuration = lam.get_function_configuration(FunctionName=name)
+    invoker = Invoker(name, lambda cfg: aws.client("lambda", cfg), 1,
+                      configuration.get("Timeout", 60), store=None, retries=1)  # fmt: skip
+    response = invoker.call({"op": "ping"})
+    remote, stats = response.get("versions", {}), response.get("stats", {})
+    click.echo(f"Function    {configuration['FunctionArn']}")
+    click.echo(f"Memory      {configuration.get('MemorySize')} MB, timeout"
+               f" {configuration.get('Timeout')} s")  # fmt: skip
+    bucket = (configuration.get("Environment") or {}).get("Variables", {}).get("DASK_LAMBDA_BUCKET")
+    click.echo(f"Bucket      {bucket or '(none: pass bucket= to LambdaCluster)'}")
+    click.echo(f"Cold start  {stats.get('cold_start')}")
+    for key in ("python_full", "dask", "cloudpickle", "msgpack", "dask_lambda", "protocol"):
+        click.echo(f"{key:<11} {remote.get(key, '?')}")
+    problems = version_mismatches(versions(), remote)
+    if problems:
+        click.echo("Compatible  NO: " + "; ".join(problems))
+        click.echo(f"            Redeploy from this environment: dask-lambda update {name}")
+        raise SystemExit(1)
+    click.echo("Compatible  yes")
+
+
+# -- logs / clean ---------------------------------------------------------------------------------
+@main.command()
+@click.argument("name")
+@click.option("--since", default="10m", show_default=True, help="How far back: 30s, 10m, 2h, 1d.")
+@click.option("--follow", "-f", is_flag=True, help="Keep printing new lines (Ctrl-C to stop).")
+@click.option("--filter", "pattern", help="Only lines with all these terms.")
+@aws_command
+def logs(aws, name: str, since: str, follow: bool, pattern: str | None) -> None:
+    """Show the logs of function NAME (CloudWatch Logs /aws/lambda/NAME)."""
+    import datetime as dt
+
+    from .admin import log_events, parse_since
+
+    count = 0
+    try:
+        for event in log_events(aws.client("logs"), name, parse_since(since), pattern, follow):
+            stamp = dt.datetime.fromtimestamp(event["timestamp"] / 1000, dt.UTC)
+            click.echo(f"{stamp:%Y-%m-%d %H:%M:%S.%f}"[:-3] + f"  {event['message'].rstrip()}")
+            count += 1
+    except KeyboardInterrupt:
+        pass
+    if not count and not follow:
+        click.echo(f"No log lines for {name} in the last {since}.", err=True)
+
+
+@main.command()
+@click.option("--bucket", default=config.get("bucket"), help="Spill bucket to clean.")
+@click.option("--prefix", default=config.get("prefix"), show_default=True)
+@click.option(
+    "--older-than",
+    default="1h",
+    show_default=True,
+    help="Only spill objects at least this old (running computes are younger).",
+)
+@click.option("--functions", is_flag=True, help="Also delete every function dask-lambda created.")
+@click.option("--roles", is_flag=True, help="Also delete every role dask-lambda created.")
+@click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
+@aws_command
+def clean(aws, bucket, prefix, older_than, functions, roles, yes) -> None:  # fmt: skip
+    """Remove leftover spill objects, and optionally tagged functions and roles."""
+    from .admin import (
+        delete_function,
+        delete_role_if_ours,
+        list_functions,
+        parse_since,
+        stale_objects,
+        tagged_roles,
+    )
+    from .storage import S3Store
+
+    plan: list[tuple[str, Any]] = []
+    if bucket:
+        s3 = aws.client("s3")
+        names = stale_objects(s3, bucket, prefix, parse_since(older_than))
+        if names:
+            plan.append((f"{len(names)} spill objects under s3://{bucket}/{prefix}/",
+                         lambda: S3Store(bucket, s3).delete(names)))  # fmt: skip
+    if functions:
+        lam, iam = aws.client("lambda"), aws.client("iam")
+        for f in list_functions(lam):
+            plan.append((f"function {f.name}",
+                         functools.partial(delete_function, lam, iam, f.name, False)))  # fmt: skip
+    if roles:
+        iam = aws.client("iam")
+        for role in tagged_roles(iam):
+            plan.append((f"role {role}", functools.partial(delete_role_if_ours, iam, role)))
+    if not bucket and not functions and not roles:
+        raise click.ClickException("Nothing to clean: pass --bucket, --functions and/or --roles")
+    if not plan:
+        click.echo("Nothing to clean.")
+        return
+    for description, _ in plan:
+        click.echo(f"  {description}")
+    if not yes:
+        click.confirm("Delete all of the above?", abort=True)
+    for description, action in plan:
+        action()
+        click.echo(f"Deleted {description}")
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from . import config
+from .aws import Aws
 from .exceptions import NoActiveClusterError, VersionMismatchError
 from .invoker import Invoker
 from .protocol import version_mismatches, versions
@@ -122,6 +123,7 @@ class LambdaCluster:
     ):
         self.function_name = config.get("function-name", function_name)
         self.bucket = config.get("bucket", bucket)
+        self._explicit_prefix = prefix
         self.prefix = config.get("prefix", prefix).strip("/")
         self.region = config.get("region", region)
         self.endpoint_url = config.get("endpoint-url", endpoint_url)
@@ -157,15 +159,17 @@ class LambdaCluster:
         resources: dict[str, Any] = {}
         self._finalizer = weakref.finalize(self, _release, resources, repr(self))
         try:
-            self._session_kwargs: dict[str, Any] = {}
+            self.aws = Aws(region=self.region, endpoint_url=self.endpoint_url)
             if self.function_name is None:
                 self._start_local(resources)
             lam = self._client("lambda")
             function = lam.get_function_configuration(FunctionName=self.function_name)
             self.function_timeout = int(function.get("Timeout") or self.timeout)
+            env = (function.get("Environment") or {}).get("Variables", {})
             if self.bucket is None:
-                env = (function.get("Environment") or {}).get("Variables", {})
                 self.bucket = env.get("DASK_LAMBDA_BUCKET")
+            if self._explicit_prefix is None and env.get("DASK_LAMBDA_PREFIX"):
+                self.prefix = env["DASK_LAMBDA_PREFIX"].strip("/")  # what its role may write
             if not self.bucket:
                 raise ValueError(
                     f"No spill bucket for function {self.function_name!r}: pass bucket=, set"
@@ -198,7 +202,8 @@ class LambdaCluster:
         return self
 
     def _start_local(self, resources: dict) -> None:
-        from .deploy import ensure_function, ensure_role, package_zip
+        from .build import package_zip
+        from .deploy import ensure_function, ensure_role
         from .local import LocalLambda
 
         local = resources["local"] = LocalLambda(
@@ -207,7 +212,10 @@ class LambdaCluster:
         ).start()
         self.local = local
         self.endpoint_url, self.region = local.endpoint_url, local.region
-        self._session_kwargs = local.client_kwargs()
+        credentials = {k: v for k, v in local.client_kwargs().items() if k.startswith("aws_")}
+        self.aws = Aws(
+            region=local.region, endpoint_url=local.endpoint_url, credentials=credentials
+        )
         role = ensure_role(self._client("iam"), LOCAL_ROLE)
         code = package_zip()
         self.function_name = f"dask-lambda-{code_digest(code)}"
@@ -224,11 +232,6 @@ class LambdaCluster:
         )
 
     def _client(self, service: str, client_config=None):
-        import boto3
-
-        kwargs = dict(self._session_kwargs)
-        kwargs.setdefault("region_name", self.region)
-        kwargs.setdefault("endpoint_url", self.endpoint_url)
         if client_config is None and service == "s3":
             from botocore.config import Config
 
@@ -237,7 +240,7 @@ class LambdaCluster:
                 max_pool_connections=max(10, self.settings.max_concurrency + 2),
                 signature_version="s3v4",
             )
-        return boto3.session.Session().client(service, config=client_config, **kwargs)
+        return self.aws.client(service, client_config)
 
     def close(self) -> None:
         """Stop using the function; an embedded local Lambda is shut down. Safe to call twice."""

@@ -1,29 +1,24 @@
-"""Packaging dask-lambda's handler and creating or updating the function that runs it.
+"""Creating and updating functions that run dask-lambda, and the roles they run as.
 
-``package_zip`` builds a reproducible zip (fixed timestamps, sorted entries), so the same code
-always has the same ``CodeSha256`` and an unchanged function is never re-uploaded.
-``ensure_function`` creates the function or updates only what changed, waits until it is active,
-and tags it as dask-lambda's.
+:func:`deploy` validates the configuration before any AWS call, uploads the zip directly (up to
+50 MB) or through S3, creates the function or updates only what changed (code when its
+``CodeSha256`` differs, configuration when a setting does), waits until it is ready, and tags it
+``createdBy: dask-lambda`` with the versions it was built from. :func:`role_policy` is the least
+privilege a function needs: its spill prefix and its own log group.
 """
 
 from __future__ import annotations
 
-import io
 import json
-import zipfile
-from collections.abc import Iterable
-from pathlib import Path
+import platform
+import uuid
+from dataclasses import dataclass, field
 from typing import Any
 
-import dask_lambda
-
-from .local.code_store import code_sha256
+from .build import DIRECT_UPLOAD_LIMIT, code_sha256
 
 HANDLER = "dask_lambda.handler.lambda_handler"
-TAGS = {"createdBy": "dask-lambda"}
-PACKAGE_ROOT = Path(dask_lambda.__file__).parent
-_EXCLUDED_PARTS = {"__pycache__", "local"}
-_ZIP_TIME = (2020, 1, 1, 0, 0, 0)
+CREATED_BY = {"createdBy": "dask-lambda"}
 TRUST_POLICY = {
     "Version": "2012-10-17",
     "Statement": [
@@ -36,46 +31,218 @@ TRUST_POLICY = {
 }
 
 
-def _add(archive: zipfile.ZipFile, source: Path, name: str) -> None:
-    info = zipfile.ZipInfo(name, date_time=_ZIP_TIME)
-    info.external_attr = 0o644 << 16
-    info.compress_type = zipfile.ZIP_DEFLATED
-    archive.writestr(info, source.read_bytes())
+class DeployError(ValueError):
+    """A deployment request that cannot work; the message says how to fix it."""
 
 
-def package_files() -> Iterable[tuple[Path, str]]:
-    """``(file, archive name)`` for the parts of dask_lambda that run inside Lambda."""
-    for path in sorted(PACKAGE_ROOT.rglob("*")):
-        relative = path.relative_to(PACKAGE_ROOT)
-        if (
-            path.is_file()
-            and path.suffix in (".py", ".yaml")
-            and not (_EXCLUDED_PARTS & set(relative.parts))
-        ):
-            yield path, f"dask_lambda/{relative.as_posix()}"
+@dataclass
+class FunctionSettings:
+    """A function's configuration as dask-lambda deploys it; ``None`` keeps the current value."""
+
+    memory: int | None = None
+    timeout: int | None = None
+    ephemeral_storage: int | None = None
+    architecture: str | None = None
+    layers: list[str] | None = None
+    environment: dict[str, str] | None = None
+    role: str | None = None
+
+    def validate(self) -> None:
+        """Raise :class:`DeployError` for values Lambda would refuse."""
+        checks = [
+            ("memory", self.memory, 128, 10240, "MB", "--memory"),
+            ("timeout", self.timeout, 1, 900, "seconds", "--timeout"),
+            ("ephemeral storage", self.ephemeral_storage, 512, 10240, "MB",
+             "--ephemeral-storage"),
+        ]  # fmt: skip
+        for name, value, low, high, unit, option in checks:
+            if value is not None and not low <= value <= high:
+                raise DeployError(
+                    f"Lambda {name} must be between {low} and {high} {unit}; got {value}."
+                    f" Pass {option} in that range."
+                )
+        if self.architecture not in (None, "x86_64", "arm64"):
+            raise DeployError(f"--architecture must be x86_64 or arm64, not {self.architecture!r}")
+
+    def configuration(self) -> dict[str, Any]:
+        """The UpdateFunctionConfiguration fields that are set."""
+        config: dict[str, Any] = {}
+        if self.memory is not None:
+            config["MemorySize"] = int(self.memory)
+        if self.timeout is not None:
+            config["Timeout"] = int(self.timeout)
+        if self.ephemeral_storage is not None:
+            config["EphemeralStorage"] = {"Size": int(self.ephemeral_storage)}
+        if self.layers is not None:
+            config["Layers"] = list(self.layers)
+        if self.environment is not None:
+            config["Environment"] = {"Variables": dict(self.environment)}
+        if self.role is not None:
+            config["Role"] = self.role
+        return config
 
 
-def package_zip(extra: Iterable[tuple[Path, str]] = ()) -> bytes:
-    """A reproducible zip of dask_lambda's Lambda-side code plus ``extra`` files."""
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w") as archive:
-        for source, name in sorted([*package_files(), *extra], key=lambda item: item[1]):
-            _add(archive, source, name)
-    return buffer.getvalue()
+@dataclass
+class DeployResult:
+    configuration: dict[str, Any]
+    created: bool = False
+    code_updated: bool = False
+    configuration_changes: dict[str, Any] = field(default_factory=dict)
 
 
-def ensure_role(iam: Any, name: str) -> str:
-    """The ARN of role ``name``, created (assumable by Lambda) if it does not exist."""
+def version_tags() -> dict[str, str]:
+    """Tags recording what a function was built from."""
+    import cloudpickle
+    import dask
+
+    from . import __version__
+
+    return {
+        "dask-lambda:version": __version__,
+        "dask:version": dask.__version__,
+        "cloudpickle:version": cloudpickle.__version__,
+        "python:version": ".".join(platform.python_version_tuple()[:2]),
+    }
+
+
+def role_policy(bucket: str, prefix: str, function_name: str) -> dict[str, Any]:
+    """Least privilege for a dask-lambda function: its spill prefix and its own logs."""
+    prefix = prefix.strip("/")
+    return {
+        "Version": "2012-10-17",
+        "Statement": [
+            {
+                "Sid": "SpillObjects",
+                "Effect": "Allow",
+                "Action": ["s3:GetObject", "s3:PutObject", "s3:DeleteObject"],
+                "Resource": f"arn:aws:s3:::{bucket}/{prefix}/*",
+            },
+            {
+                "Sid": "OwnLogs",
+                "Effect": "Allow",
+                "Action": ["logs:CreateLogGroup", "logs:CreateLogStream", "logs:PutLogEvents"],
+                "Resource": [
+                    f"arn:aws:logs:*:*:log-group:/aws/lambda/{function_name}",
+                    f"arn:aws:logs:*:*:log-group:/aws/lambda/{function_name}:*",
+                ],
+            },
+        ],
+    }
+
+
+def ensure_role(iam: Any, name: str, policy: dict | None = None) -> str:
+    """The ARN of role ``name`` (assumable by Lambda), created if missing.
+
+    ``policy``, if given, is set as the role's inline policy.
+    """
     try:
-        return iam.get_role(RoleName=name)["Role"]["Arn"]
+        arn = iam.get_role(RoleName=name)["Role"]["Arn"]
     except iam.exceptions.NoSuchEntityException:
-        role = iam.create_role(
+        arn = iam.create_role(
             RoleName=name,
             AssumeRolePolicyDocument=json.dumps(TRUST_POLICY),
             Description="Runs dask-lambda tasks",
-            Tags=[{"Key": k, "Value": v} for k, v in TAGS.items()],
+            Tags=[{"Key": k, "Value": v} for k, v in CREATED_BY.items()],
+        )["Role"]["Arn"]
+    if policy is not None:
+        iam.put_role_policy(
+            RoleName=name, PolicyName="dask-lambda", PolicyDocument=json.dumps(policy)
         )
-        return role["Role"]["Arn"]
+    return arn
+
+
+def deploy(
+    lambda_client: Any,
+    name: str,
+    code: bytes | None,
+    settings: FunctionSettings,
+    s3_client: Any = None,
+    bucket: str | None = None,
+    prefix: str = "dask-lambda",
+    tags: dict[str, str] | None = None,
+    handler: str = HANDLER,
+    runtime: str | None = None,
+) -> DeployResult:
+    """Create ``name`` or update only what changed; wait until it is ready.
+
+    ``code`` None updates the configuration only. Zips over 50 MB are uploaded to ``bucket``
+    first (and deleted from it once Lambda has taken them).
+    """
+    settings.validate()
+    runtime = runtime or f"python{'.'.join(platform.python_version_tuple()[:2])}"
+    if code is not None and len(code) > DIRECT_UPLOAD_LIMIT and bucket is None:
+        raise DeployError(
+            f"The zip is {len(code) / 1e6:.1f} MB, over the 50 MB Lambda accepts directly:"
+            " pass --bucket so it is uploaded through S3, or move dependencies into a layer."
+        )
+    try:
+        current = lambda_client.get_function(FunctionName=name)["Configuration"]
+    except lambda_client.exceptions.ResourceNotFoundException:
+        current = None
+    if current is None:
+        if code is None:
+            raise DeployError(f"Function {name!r} does not exist; deploy it first")
+        if settings.role is None:
+            raise DeployError("A new function needs a role: pass --role ARN or --create-role")
+        config = settings.configuration()
+        if settings.architecture:
+            config["Architectures"] = [settings.architecture]
+        with _code_location(code, s3_client, bucket, prefix) as location:
+            lambda_client.create_function(
+                FunctionName=name, Runtime=runtime, Handler=handler, Code=location,
+                Tags={**CREATED_BY, **version_tags(), **(tags or {})}, **config,
+            )  # fmt: skip
+            lambda_client.get_waiter("function_active_v2").wait(FunctionName=name)
+        configuration = lambda_client.get_function_configuration(FunctionName=name)
+        return DeployResult(configuration, created=True)
+
+    result = DeployResult(current)
+    arch_changed = settings.architecture and current.get("Architectures", ["x86_64"]) != [
+        settings.architecture
+    ]
+    if code is not None and (current.get("CodeSha256") != code_sha256(code) or arch_changed):
+        with _code_location(code, s3_client, bucket, prefix) as location:
+            extra = {"Architectures": [settings.architecture]} if arch_changed else {}
+            lambda_client.update_function_code(FunctionName=name, **location, **extra)
+            lambda_client.get_waiter("function_updated_v2").wait(FunctionName=name)
+        result.code_updated = True
+        lambda_client.tag_resource(Resource=current["FunctionArn"], Tags=version_tags())
+    wanted = settings.configuration()
+    changes = {k: v for k, v in wanted.items() if _differs(current, k, v)}
+    if changes:
+        lambda_client.update_function_configuration(FunctionName=name, **changes)
+        lambda_client.get_waiter("function_updated_v2").wait(FunctionName=name)
+        result.configuration_changes = changes
+    result.configuration = lambda_client.get_function_configuration(FunctionName=name)
+    return result
+
+
+class _code_location:
+    """``Code`` for Create/UpdateFunctionCode: the zip inline, or staged in S3 for the call."""
+
+    def __init__(self, code: bytes, s3_client: Any, bucket: str | None, prefix: str):
+        self.code, self.s3, self.bucket = code, s3_client, bucket
+        self.key = f"{prefix.strip('/')}/deploy/{uuid.uuid4().hex}.zip"
+
+    def __enter__(self) -> dict[str, Any]:
+        if len(self.code) <= DIRECT_UPLOAD_LIMIT:
+            return {"ZipFile": self.code}
+        self.s3.put_object(Bucket=self.bucket, Key=self.key, Body=self.code)
+        return {"S3Bucket": self.bucket, "S3Key": self.key}
+
+    def __exit__(self, *exc: object) -> None:
+        if len(self.code) > DIRECT_UPLOAD_LIMIT:
+            self.s3.delete_object(Bucket=self.bucket, Key=self.key)
+
+
+def _differs(current: dict, key: str, wanted: Any) -> bool:
+    if key == "Environment":
+        return (current.get("Environment") or {}).get("Variables", {}) != wanted["Variables"]
+    if key == "EphemeralStorage":
+        return (current.get("EphemeralStorage") or {}).get("Size", 512) != wanted["Size"]
+    if key == "Layers":
+        return [layer["Arn"] for layer in current.get("Layers") or []] != wanted
+    return current.get(key) != wanted
 
 
 def ensure_function(
@@ -86,38 +253,8 @@ def ensure_function(
     memory: int,
     timeout: int,
     environment: dict[str, str] | None = None,
-    tags: dict[str, str] | None = None,
-    handler: str = HANDLER,
-    runtime: str = "python3.11",
 ) -> dict[str, Any]:
-    """Create ``name`` or bring it up to date (code and configuration); return its configuration."""
-    config = {
-        "Role": role_arn,
-        "Handler": handler,
-        "Runtime": runtime,
-        "MemorySize": int(memory),
-        "Timeout": int(timeout),
-        "Environment": {"Variables": dict(environment or {})},
-    }
-    try:
-        current = client.get_function(FunctionName=name)["Configuration"]
-    except client.exceptions.ResourceNotFoundException:
-        client.create_function(
-            FunctionName=name, Code={"ZipFile": code}, Tags={**TAGS, **(tags or {})}, **config
-        )
-        client.get_waiter("function_active_v2").wait(FunctionName=name)
-        return client.get_function_configuration(FunctionName=name)
-    if current.get("CodeSha256") != code_sha256(code):
-        client.update_function_code(FunctionName=name, ZipFile=code)
-        client.get_waiter("function_updated_v2").wait(FunctionName=name)
-    changed = {k: v for k, v in config.items() if _differs(current, k, v)}
-    if changed:
-        client.update_function_configuration(FunctionName=name, **changed)
-        client.get_waiter("function_updated_v2").wait(FunctionName=name)
-    return client.get_function_configuration(FunctionName=name)
-
-
-def _differs(current: dict, key: str, wanted: Any) -> bool:
-    if key == "Environment":
-        return (current.get("Environment") or {}).get("Variables", {}) != wanted["Variables"]
-    return current.get(key) != wanted
+    """Create or update a dask-lambda function with the given code; return its configuration."""
+    settings = FunctionSettings(memory=memory, timeout=timeout, environment=environment,
+                                role=role_arn)  # fmt: skip
+    return deploy(client, name, code, settings).configuration

@@ -73,3 +73,17 @@ def crash(x):
     import os
 
     os._exit(1)
+
+
+def call_by_name(module: str, function: str, *args):
+    """Call ``module.function(*args)`` importing it inside Lambda (nothing pickled by value)."""
+    import importlib
+
+    print(f"calling {module}.{function}{args}")
+    return getattr(importlib.import_module(module), function)(*args)
+
+
+def module_file(module: str) -> str:
+    import importlib
+
+    return importlib.import_module(module).__file__

@@ -354,6 +354,7 @@ class RuntimeManager:
         self._logs: dict[str, collections.deque] = collections.defaultdict(
             lambda: collections.deque(maxlen=LOG_LINES_KEPT)
         )
+        self._log_sequence = itertools.count()
         self._closed = threading.Event()
         self._monitor = threading.Thread(
             target=self._watch, daemon=True, name="dask-lambda-monitor"
@@ -427,10 +428,11 @@ class RuntimeManager:
                 idle.remove(runtime)
 
     def record_log(self, function_name: str, log_stream: str, line: str) -> None:
-        self._logs[function_name].append((int(time.time() * 1000), log_stream, line))
+        entry = (int(time.time() * 1000), log_stream, line, next(self._log_sequence))
+        self._logs[function_name].append(entry)
 
-    def logs(self, function_name: str) -> list[tuple[int, str, str]]:
-        """``(timestamp_ms, log_stream, message)`` lines kept for a function, oldest first."""
+    def logs(self, function_name: str) -> list[tuple[int, str, str, int]]:
+        """``(timestamp_ms, log_stream, message, sequence)`` lines of a function, oldest first."""
         return list(self._logs.get(function_name, ()))
 
     def stats(self) -> dict[str, int]:

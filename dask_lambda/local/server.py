@@ -39,6 +39,7 @@ from werkzeug.test import EnvironBuilder, run_wsgi_app
 from .code_store import CodeStore, InvalidCode, code_sha256
 from .endpoint import service_env
 from .invoke import InvokeService, Response, error_response
+from .logs import filter_log_events, logs_error
 from .runtimes import FunctionSpec, RuntimeManager
 
 ADMIN_PREFIX = "/_dask_lambda/"
@@ -136,12 +137,16 @@ class LocalLambdaServer:
             start_response(_status_line(status), list(headers.items()))
             return [body]
         match = _CREDENTIAL.search(environ.get("HTTP_AUTHORIZATION", ""))
-        if match and match["service"] == "lambda":
+        service = match["service"] if match else None
+        response = None
+        if service == "lambda":
             response = self._lambda(environ, match["region"])
-            if response is not None:
-                status, headers, body = response
-                start_response(_status_line(status), list(headers.items()))
-                return [body]
+        elif service == "logs":
+            response = self._logs(environ)
+        if response is not None:
+            status, headers, body = response
+            start_response(_status_line(status), list(headers.items()))
+            return [body]
         return self.moto(environ, start_response)
 
     def _admin(self, environ: dict[str, Any]) -> Response:
@@ -170,6 +175,21 @@ class LocalLambdaServer:
                 environ, region, lambda req: req.get("Content", {}), layer=True
             )
         return None
+
+    def _logs(self, environ: dict[str, Any]) -> Response | None:
+        """CloudWatch Logs ``FilterLogEvents`` on a function's group, from the kept runtime logs."""
+        if not environ.get("HTTP_X_AMZ_TARGET", "").endswith(".FilterLogEvents"):
+            return None
+        request = json.loads(_read_body(environ) or b"{}")
+        group = request.get("logGroupName", "")
+        if not group.startswith("/aws/lambda/"):
+            return None
+        lines = self.runtimes.logs(group.removeprefix("/aws/lambda/"))
+        if not lines:
+            return logs_error(
+                "ResourceNotFoundException", "The specified log group does not exist."
+            )
+        return filter_log_events(lines, request)
 
     def _invoke(self, environ: dict[str, Any], region: str, name: str) -> Response:
         payload = _read_body(environ)

@@ -1,0 +1,161 @@
+"""Managing what dask-lambda created: listing, deleting, inspecting, logs and cleaning up.
+
+Everything here acts only on resources tagged ``createdBy: dask-lambda`` (see :mod:`.deploy`), so
+a command can never delete someone else's function or role by mistake.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from .deploy import CREATED_BY
+
+
+class NotOursError(PermissionError):
+    """The resource was not created by dask-lambda, so dask-lambda will not change it."""
+
+
+def is_ours(tags: dict[str, str]) -> bool:
+    return all(tags.get(k) == v for k, v in CREATED_BY.items())
+
+
+def function_tags(lambda_client: Any, configuration: dict) -> dict[str, str]:
+    return lambda_client.list_tags(Resource=configuration["FunctionArn"]).get("Tags", {})
+
+
+def require_ours(lambda_client: Any, name: str) -> dict[str, Any]:
+    """The function's configuration; :class:`NotOursError` unless dask-lambda created it."""
+    configuration = lambda_client.get_function_configuration(FunctionName=name)
+    if not is_ours(function_tags(lambda_client, configuration)):
+        raise NotOursError(
+            f"Function {name!r} was not created by dask-lambda (no createdBy: dask-lambda tag);"
+            " dask-lambda will not change or delete it. Use the AWS console or CLI."
+        )
+    return configuration
+
+
+@dataclass
+class FunctionSummary:
+    name: str
+    memory: int
+    timeout: int
+    architecture: str
+    last_modified: str
+    tags: dict[str, str]
+
+
+def list_functions(lambda_client: Any) -> list[FunctionSummary]:
+    """Functions created by dask-lambda, by name."""
+    found = []
+    for page in lambda_client.get_paginator("list_functions").paginate():
+        for config in page["Functions"]:
+            tags = function_tags(lambda_client, config)
+            if is_ours(tags):
+                found.append(
+                    FunctionSummary(
+                        name=config["FunctionName"],
+                        memory=config.get("MemorySize", 128),
+                        timeout=config.get("Timeout", 3),
+                        architecture=(config.get("Architectures") or ["x86_64"])[0],
+                        last_modified=config.get("LastModified", ""),
+                        tags=tags,
+                    )
+                )
+    return sorted(found, key=lambda f: f.name)
+
+
+def delete_function(lambda_client: Any, iam_client: Any, name: str, delete_role: bool) -> list[str]:
+    """Delete a dask-lambda function (and, if asked, its dask-lambda role); return what went."""
+    configuration = require_ours(lambda_client, name)
+    lambda_client.delete_function(FunctionName=name)
+    removed = [f"function {name}"]
+    if delete_role:
+        role = configuration["Role"].rsplit("/", 1)[-1]
+        removed += delete_role_if_ours(iam_client, role)
+    return removed
+
+
+def delete_role_if_ours(iam_client: Any, role: str) -> list[str]:
+    try:
+        tags = {t["Key"]: t["Value"] for t in iam_client.list_role_tags(RoleName=role)["Tags"]}
+    except iam_client.exceptions.NoSuchEntityException:
+        return []
+    if not is_ours(tags):
+        return []
+    for policy in iam_client.list_role_policies(RoleName=role)["PolicyNames"]:
+        iam_client.delete_role_policy(RoleName=role, PolicyName=policy)
+    iam_client.delete_role(RoleName=role)
+    return [f"role {role}"]
+
+
+def parse_since(text: str) -> float:
+    """``'10m'``, ``'2h'``, ``'30s'``, ``'1d'`` -> seconds."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*", text)
+    if not match:
+        raise ValueError(f"Cannot read {text!r} as a duration: use e.g. 30s, 10m, 2h or 1d")
+    unit = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}[match[2]]
+    return float(match[1]) * unit
+
+
+def log_events(
+    logs_client: Any,
+    function_name: str,
+    since_seconds: float,
+    pattern: str | None = None,
+    follow: bool = False,
+    poll_interval: float = 2.0,
+) -> Iterator[dict[str, Any]]:
+    """The function's log events (CloudWatch Logs ``FilterLogEvents``), oldest first.
+
+    With ``follow``, keeps polling for new events until the caller stops iterating.
+    """
+    group = f"/aws/lambda/{function_name}"
+    start = int((time.time() - since_seconds) * 1000)
+    seen: set[str] = set()
+    while True:
+        kwargs: dict[str, Any] = {"logGroupName": group, "startTime": start}
+        if pattern:
+            kwargs["filterPattern"] = pattern
+        newest = start
+        try:
+            for page in logs_client.get_paginator("filter_log_events").paginate(**kwargs):
+                for event in page.get("events", []):
+                    if event["eventId"] in seen:
+                        continue
+                    seen.add(event["eventId"])
+                    newest = max(newest, event["timestamp"])
+                    yield event
+        except logs_client.exceptions.ResourceNotFoundException:
+            if not follow:
+                return
+        if not follow:
+            return
+        start = newest
+        time.sleep(poll_interval)
+
+
+def stale_objects(s3_client: Any, bucket: str, prefix: str, older_than: float) -> list[str]:
+    """Spill objects under ``prefix`` last written more than ``older_than`` seconds ago."""
+    cutoff = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=older_than)
+    names = []
+    for page in s3_client.get_paginator("list_objects_v2").paginate(
+        Bucket=bucket, Prefix=prefix.strip("/") + "/"
+    ):
+        names += [o["Key"] for o in page.get("Contents", ()) if o["LastModified"] <= cutoff]
+    return names
+
+
+def tagged_roles(iam_client: Any) -> list[str]:
+    roles = []
+    for page in iam_client.get_paginator("list_roles").paginate():
+        for role in page["Roles"]:
+            tags = {t["Key"]: t["Value"] for t in iam_client.list_role_tags(
+                RoleName=role["RoleName"])["Tags"]}  # fmt: skip
+            if is_ours(tags):
+                roles.append(role["RoleName"])
+    return roles

@@ -1,0 +1,59 @@
+"""boto3 sessions and clients from a profile, a region and an endpoint: one place for all of them.
+
+With nothing given, boto3's own chains apply (``AWS_PROFILE``, ``AWS_REGION``, instance roles,
+``AWS_ENDPOINT_URL_<SERVICE>``), so the same code reaches AWS or the embedded local Lambda.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class Aws:
+    """Where and as whom to call AWS.
+
+    Parameters
+    ----------
+    profile, region, endpoint_url
+        As for boto3; ``None`` defers to its configuration chain.
+    credentials
+        Explicit ``aws_access_key_id``/``aws_secret_access_key`` (the embedded local Lambda's).
+    """
+
+    profile: str | None = None
+    region: str | None = None
+    endpoint_url: str | None = None
+    credentials: dict[str, str] = field(default_factory=dict)
+    _session: Any = field(default=None, repr=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    @property
+    def session(self):
+        with self._lock:
+            if self._session is None:
+                import boto3
+
+                # boto3 reads AWS_DEFAULT_REGION; other SDKs (and Lambda itself) set AWS_REGION.
+                region = self.region or os.environ.get("AWS_REGION")
+                self._session = boto3.session.Session(
+                    profile_name=self.profile, region_name=region, **self.credentials
+                )
+            return self._session
+
+    def client(self, service: str, config=None):
+        """A boto3 client for ``service``."""
+        if config is None and service == "s3":
+            from botocore.config import Config
+
+            config = Config(
+                retries={"mode": "standard", "max_attempts": 5}, signature_version="s3v4"
+            )
+        return self.session.client(service, endpoint_url=self.endpoint_url, config=config)
+
+    @property
+    def region_name(self) -> str | None:
+        return self.session.region_name

@@ -1,0 +1,259 @@
+"""The dask-lambda CLI against the embedded local Lambda: deploy, compute, update, list, delete,
+info, logs, clean, and the errors users meet."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+
+import dask
+import pytest
+from click.testing import CliRunner
+
+import tasks
+from conftest import unique, zip_files
+from dask_lambda import LambdaCluster
+from dask_lambda.cli import main
+from dask_lambda.local import LocalLambda
+
+COMMANDS = ["local", "deploy", "update", "list", "delete", "info", "logs", "clean"]
+
+
+@pytest.fixture(scope="module")
+def build_cache(tmp_path_factory):
+    return str(tmp_path_factory.mktemp("build-cache"))
+
+
+@pytest.fixture
+def aws_env(local, monkeypatch, build_cache):
+    """The environment `dask-lambda local` tells users to export."""
+    for variable, value in local.env().items():
+        monkeypatch.setenv(variable, value)
+    monkeypatch.setenv("XDG_CACHE_HOME", build_cache)
+    return local.env()
+
+
+@pytest.fixture
+def bucket(local):
+    name = unique("spill")
+    local.client("s3").create_bucket(Bucket=name)
+    return name
+
+
+def cli(*args: str, ok: bool = True):
+    result = CliRunner().invoke(main, list(args), catch_exceptions=False)
+    if ok:
+        assert result.exit_code == 0, result.output
+    return result
+
+
+@pytest.fixture
+def user_module(tmp_path):
+    folder = tmp_path / "user"
+    folder.mkdir()
+    (folder / "only_in_zip.py").write_text("def triple(x):\n    return 3 * x\n")
+    return folder / "only_in_zip.py"
+
+
+def test_deploy_and_compute_with_code_that_only_the_zip_has(local, aws_env, bucket, user_module):
+    name = unique("deployed")
+    result = cli("deploy", name, str(user_module), "--create-role", "--bucket", bucket,
+                 "--memory", "1024")  # fmt: skip
+    assert "Created arn:aws:lambda" in result.output
+    lam = local.client("lambda")
+    config = lam.get_function_configuration(FunctionName=name)
+    assert config["MemorySize"] == 1024 and config["State"] == "Active"
+    tags = lam.list_tags(Resource=config["FunctionArn"])["Tags"]
+    assert tags["createdBy"] == "dask-lambda" and tags["dask:version"] == dask.__version__
+
+    role = config["Role"].rsplit("/", 1)[-1]
+    policy = local.client("iam").get_role_policy(RoleName=role, PolicyName="dask-lambda")
+    statements = policy["PolicyDocument"]["Statement"]
+    assert statements[0]["Resource"] == f"arn:aws:s3:::{bucket}/dask-lambda/*"
+
+    with pytest.raises(ModuleNotFoundError):
+        importlib.import_module("only_in_zip")  # not on this side: it exists only in the zip
+    with LambdaCluster(function_name=name) as cluster:
+        assert cluster.bucket == bucket
+        x = dask.delayed(tasks.call_by_name)("only_in_zip", "triple", 14)
+        assert x.compute(scheduler=cluster) == 42
+        dask_file = dask.delayed(tasks.module_file)("dask").compute(scheduler=cluster)
+        assert "/code/" in dask_file  # dask itself comes from the deployed zip
+
+
+def test_update_changes_only_what_changed(local, aws_env, bucket, user_module):
+    name = unique("updated")
+    cli("deploy", name, str(user_module), "--create-role", "--bucket", bucket)
+    unchanged = cli("update", name, str(user_module))
+    assert f"{name} is up to date" in unchanged.output
+
+    configured = cli("update", name, str(user_module), "--memory", "1536", "--env", "MODE=fast")
+    assert "Updated" in configured.output and "code" not in configured.output.split("Updated")[1]
+    config = local.client("lambda").get_function_configuration(FunctionName=name)
+    assert config["MemorySize"] == 1536
+    assert config["Environment"]["Variables"]["MODE"] == "fast"
+
+    user_module.write_text("def triple(x):\n    return 'new ' * x\n")
+    recoded = cli("update", name, str(user_module))
+    assert "Updated" in recoded.output and "code" in recoded.output
+    with LambdaCluster(function_name=name) as cluster:
+        x = dask.delayed(tasks.call_by_name)("only_in_zip", "triple", 2)
+        assert x.compute(scheduler=cluster) == "new new "
+
+
+def test_list_shows_only_dask_lambda_functions(local, aws_env, bucket, deploy):
+    ours = unique("listed")
+    cli("deploy", ours, "--create-role", "--bucket", bucket, "--no-dependencies")
+    foreign = deploy("behaviours.echo")
+    listing = cli("list").output
+    assert ours in listing and foreign not in listing
+    assert "2026.8.0" in listing or dask.__version__ in listing
+
+
+def test_delete_refuses_foreign_functions(local, aws_env, bucket, deploy):
+    foreign = deploy("behaviours.echo")
+    refused = cli("delete", foreign, "--yes", ok=False)
+    assert refused.exit_code == 1 and "not created by dask-lambda" in refused.output
+    local.client("lambda").get_function(FunctionName=foreign)  # still there
+
+    ours = unique("deleted")
+    cli("deploy", ours, "--create-role", "--bucket", bucket, "--no-dependencies")
+    deleted = cli("delete", ours, "--delete-role", "--yes")
+    assert (
+        f"Deleted function {ours}" in deleted.output
+        and f"role dask-lambda-{ours}" in deleted.output
+    )
+    with pytest.raises(local.client("lambda").exceptions.ResourceNotFoundException):
+        local.client("lambda").get_function(FunctionName=ours)
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (["--memory", "100"], "memory must be between 128 and 10240"),
+        (["--memory", "20000"], "memory must be between 128 and 10240"),
+        (["--timeout", "0"], "timeout must be between 1 and 900"),
+        (["--timeout", "901"], "timeout must be between 1 and 900"),
+        (["--ephemeral-storage", "100"], "ephemeral storage must be between 512 and 10240"),
+        (["--env", "NOEQUALS"], "is not KEY=VALUE"),
+        (["--role", "arn:x", "--create-role", "--bucket", "b"], "either --role or --create-role"),
+        (["--create-role"], "--create-role needs --bucket"),
+    ],
+)
+def test_validation_errors_come_before_any_aws_call(monkeypatch, options, message):
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")  # nothing listens there
+    result = cli("deploy", "any-name", "--no-dependencies", *options, ok=False)
+    assert result.exit_code != 0
+    assert message in result.output
+    assert "Connect" not in result.output
+
+
+def test_new_function_needs_a_role(aws_env):
+    result = cli("deploy", unique("no-role"), "--no-dependencies", ok=False)
+    assert "--role ARN or --create-role" in result.output
+
+
+def test_size_limits(local, aws_env, bucket, tmp_path):
+    huge = tmp_path / "huge"
+    huge.mkdir()
+    with open(huge / "sparse.bin", "wb") as f:
+        f.truncate(270_000_000)
+    result = cli("deploy", unique("huge"), str(huge), "--no-dependencies", "--create-role",
+                 "--bucket", bucket, ok=False)  # fmt: skip
+    assert "over Lambda's 250 MB limit" in result.output and "layer" in result.output
+
+    big = tmp_path / "big"
+    big.mkdir()
+    (big / "random.bin").write_bytes(os.urandom(53_000_000))
+    name = unique("big")
+    role = local.client("iam").create_role(RoleName=unique("r"), AssumeRolePolicyDocument="{}")
+    arn = role["Role"]["Arn"]
+    result = cli("deploy", name, str(big), "--no-dependencies", "--role", arn, ok=False)
+    assert "over the 50 MB" in result.output and "--bucket" in result.output
+    cli("deploy", name, str(big), "--no-dependencies", "--role", arn, "--bucket", bucket)
+    with LambdaCluster(function_name=name, check_versions=False) as cluster:
+        assert dask.delayed(os.path.getsize)("big/random.bin").compute(scheduler=cluster) == (
+            53_000_000
+        )
+    staged = local.client("s3").list_objects_v2(Bucket=bucket, Prefix="dask-lambda/deploy/")
+    assert staged.get("KeyCount", 0) == 0  # the staged zip is removed
+
+
+def test_print_policy(aws_env):
+    result = cli("deploy", "fn", "--print-policy", "--bucket", "my-bucket", "--prefix", "p")
+    policy = json.loads(result.output)
+    resources = json.dumps(policy)
+    assert "arn:aws:s3:::my-bucket/p/*" in resources and "/aws/lambda/fn" in resources
+    assert "s3:*" not in resources and '"*"' not in resources
+
+
+def test_info_and_logs(local, aws_env, bucket, user_module):
+    name = unique("logged")
+    cli("deploy", name, str(user_module), "--create-role", "--bucket", bucket)
+    info = cli("info", name).output
+    assert "Compatible  yes" in info and dask.__version__ in info
+    with LambdaCluster(function_name=name) as cluster:
+        x = dask.delayed(tasks.call_by_name)("only_in_zip", "triple", 5)
+        assert x.compute(scheduler=cluster) == 15
+    logs = cli("logs", name, "--since", "5m").output
+    assert "calling only_in_zip.triple(5,)" in logs and "REPORT RequestId" in logs
+    filtered = cli("logs", name, "--since", "5m", "--filter", "calling").output
+    assert "calling only_in_zip" in filtered and "REPORT" not in filtered
+
+
+def test_info_reports_incompatible_function(local, aws_env, deploy):
+    from test_scheduler import _old_versions_zip
+
+    name = deploy("old_versions.lambda_handler", code=_old_versions_zip())
+    result = cli("info", name, ok=False)
+    assert result.exit_code == 1 and "Compatible  NO" in result.output
+    assert f"dask-lambda update {name}" in result.output
+
+
+def test_clean_removes_leftovers_and_tagged_resources(monkeypatch, tmp_path):
+    with LocalLambda() as server:
+        for variable, value in server.env().items():
+            monkeypatch.setenv(variable, value)
+        monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+        s3 = server.client("s3")
+        s3.create_bucket(Bucket="spill")
+        for i in range(3):
+            s3.put_object(Bucket="spill", Key=f"dask-lambda/abc/{i}", Body=b"x")
+        s3.put_object(Bucket="spill", Key="unrelated/keep", Body=b"x")
+        cli("deploy", "mine", "--create-role", "--bucket", "spill", "--no-dependencies")
+        server.client("lambda").create_function(
+            FunctionName="theirs", Runtime="python3.11", Handler="x.y",
+            Role=server.client("iam").create_role(RoleName="theirs", AssumeRolePolicyDocument="{}")[
+                "Role"]["Arn"], Code={"ZipFile": zip_files({"x.py": ""})},
+        )  # fmt: skip
+        fresh = cli("clean", "--bucket", "spill", "--yes")
+        assert "Nothing to clean" in fresh.output  # objects younger than --older-than stay
+        result = cli("clean", "--bucket", "spill", "--older-than", "0s", "--functions",
+                     "--roles", "--yes")  # fmt: skip
+        assert "Deleted 3 spill objects" in result.output
+        assert "Deleted function mine" in result.output and "Deleted role dask-lambda-mine" in (
+            result.output
+        )
+        keys = [o["Key"] for o in s3.list_objects_v2(Bucket="spill")["Contents"]]
+        assert keys == ["unrelated/keep"]
+        names = [f["FunctionName"] for f in server.client("lambda").list_functions()["Functions"]]
+        assert names == ["theirs"]
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_help_reads_well(command):
+    result = cli(command, "--help")
+    assert result.output.startswith(f"Usage: main {command}") or "Usage:" in result.output
+    first_line = getattr(main.commands[command], "help").splitlines()[0]
+    assert first_line.split(":")[0] in " ".join(result.output.split())
+
+
+def test_package_without_a_lambda_wheel_is_explained(aws_env, tmp_path):
+    requirements = tmp_path / "requirements.txt"
+    requirements.write_text("numpy==2.4.6\n")  # no wheel for glibc 2.26 (python3.11 runtime)
+    result = cli("deploy", unique("nowheel"), "-r", str(requirements), "--create-role",
+                 "--bucket", "b", ok=False)  # fmt: skip
+    assert result.exit_code == 1
+    assert "found no wheels for python3.11 on x86_64 (glibc 2.26)" in result.output
+    assert "numpy" in result.output and "Python 3.12+" in result.output
