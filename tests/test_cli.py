@@ -9,10 +9,10 @@ import os
 
 import dask
 import pytest
-from click.testing import CliRunner
-
 import tasks
+from click.testing import CliRunner
 from conftest import unique, zip_files
+
 from dask_lambda import LambdaCluster
 from dask_lambda.cli import main
 from dask_lambda.local import LocalLambda
@@ -245,7 +245,7 @@ def test_clean_removes_leftovers_and_tagged_resources(monkeypatch, tmp_path):
 def test_help_reads_well(command):
     result = cli(command, "--help")
     assert result.output.startswith(f"Usage: main {command}") or "Usage:" in result.output
-    first_line = getattr(main.commands[command], "help").splitlines()[0]
+    first_line = main.commands[command].help.splitlines()[0]
     assert first_line.split(":")[0] in " ".join(result.output.split())
 
 
