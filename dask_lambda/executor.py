@@ -230,25 +230,30 @@ class LambdaExecutor(Executor):
             return
         errors = {e["index"]: e for e in response["errors"]}
         store = self.cluster.store
-        spilled = []
+        spilled: list[str] = []
+        outcomes: list[tuple[Future, bool, object]] = []  # (future, failed, value or exception)
         for index, ((future, _), result) in enumerate(zip(batch, response["results"], strict=True)):
             status, where, data, nbytes = result
             if index in errors:
-                future.set_exception(_rebuild(errors[index]))
+                outcomes.append((future, True, _rebuild(errors[index])))
             elif status != "ok":
-                future.set_exception(
-                    LambdaFunctionError(self.cluster.function_name, "MissingResult", status)
-                )
+                error = LambdaFunctionError(self.cluster.function_name, "MissingResult", status)
+                outcomes.append((future, True, error))
             else:
                 try:
                     if where == "s3":
                         spilled.append(data)
                         data = store.get(data, nbytes)
-                    future.set_result(cloudpickle.loads(data))
+                    outcomes.append((future, False, cloudpickle.loads(data)))
                 except Exception as e:
-                    future.set_exception(e)
-        if spilled:
+                    outcomes.append((future, True, e))
+        if spilled:  # before anyone sees a result, so nothing of a finished call is left in S3
             store.delete(spilled)
+        for future, failed, outcome in outcomes:
+            if failed:
+                future.set_exception(outcome)
+            else:
+                future.set_result(outcome)
 
     def __repr__(self) -> str:
         return f"<LambdaExecutor max_workers={self._max_workers} on {self.cluster!r}>"
