@@ -257,3 +257,32 @@ def test_package_without_a_lambda_wheel_is_explained(aws_env, tmp_path):
     assert result.exit_code == 1
     assert "found no wheels for python3.11 on x86_64 (glibc 2.26)" in result.output
     assert "numpy" in result.output and "Python 3.12+" in result.output
+
+
+def test_architecture_layers_and_storage(local, aws_env, bucket):
+    lam = local.client("lambda")
+    layer = lam.publish_layer_version(
+        LayerName=unique("layer"), Content={"ZipFile": zip_files({"python/helper.py": "X = 1\n"})}
+    )["LayerVersionArn"]
+    name = unique("arm")
+    cli("deploy", name, "--no-dependencies", "--architecture", "arm64", "--layers", layer,
+        "--ephemeral-storage", "2048", "--create-role", "--bucket", bucket)  # fmt: skip
+    config = lam.get_function_configuration(FunctionName=name)
+    assert config["Architectures"] == ["arm64"]
+    assert [entry["Arn"] for entry in config["Layers"]] == [layer]
+    assert config["EphemeralStorage"]["Size"] == 2048
+
+
+def test_builds_target_the_architecture_and_are_cached(aws_env):
+    import io
+    import zipfile
+
+    from dask_lambda.build import BuildSpec, build
+
+    first = build(BuildSpec(architecture="arm64"))
+    names = zipfile.ZipFile(io.BytesIO(first.zip_bytes)).namelist()
+    compiled = [n for n in names if n.endswith(".so")]
+    assert compiled and all("aarch64" in n for n in compiled)
+    assert "dask_lambda/handler.py" in names and "dask/__init__.py" in names
+    again = build(BuildSpec(architecture="arm64"))
+    assert again.dependencies_cached and again.zip_bytes == first.zip_bytes  # reproducible
