@@ -10,11 +10,14 @@ from __future__ import annotations
 import operator
 import sys
 import time
+from pathlib import Path
 
 import dask.array as da
 import dask.bag as db
 
 from dask_lambda import LambdaCluster
+
+OUTPUT = Path(__file__).resolve().parent.parent / "demo-output"
 
 
 def describe(name: str, seconds: float, report) -> None:
@@ -58,6 +61,10 @@ def main() -> int:
         expected = y.compute(scheduler="sync")
         assert abs(means - expected).max() < 1e-6
         print(f"    = array of {means.shape[0]} means, first {means[0]:.4f}; matches sync")
+        report = cluster.last_report
+        print(f"  billed {report.billed_gb_seconds:.2f} GB-s, ~${report.cost_usd:.6f} on AWS")
+        timeline = cluster.plot_timeline(OUTPUT / "timeline.png")
+        print(f"  timeline of every invocation of this demo: {timeline.resolve()}")
         leftover = cluster.store.list(cluster.prefix + "/")
         print(f"  S3 objects left under the prefix: {len(leftover)}")
     print(f"Done in {time.perf_counter() - started:.1f} s; local Lambda shut down.")

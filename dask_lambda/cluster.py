@@ -24,7 +24,8 @@ from .aws import Aws
 from .exceptions import NoActiveClusterError, VersionMismatchError
 from .invoker import Invoker
 from .protocol import version_mismatches, versions
-from .scheduler import ComputeReport, get
+from .report import ComputeReport
+from .scheduler import get
 from .storage import S3Store
 
 LOCAL_BUCKET = "dask-lambda-local"
@@ -165,6 +166,8 @@ class LambdaCluster:
             lam = self._client("lambda")
             function = lam.get_function_configuration(FunctionName=self.function_name)
             self.function_timeout = int(function.get("Timeout") or self.timeout)
+            self.function_memory = int(function.get("MemorySize") or self.memory)
+            self.function_architecture = (function.get("Architectures") or ["x86_64"])[0]
             env = (function.get("Environment") or {}).get("Variables", {})
             if self.bucket is None:
                 self.bucket = env.get("DASK_LAMBDA_BUCKET")
@@ -267,6 +270,14 @@ class LambdaCluster:
         return get(self, dsk, keys, **kwargs)
 
     __call__ = get
+
+    def plot_timeline(self, path) -> Any:
+        """PNG timeline of every invocation this cluster made (see ``ComputeReport``)."""
+        from .report import plot_timeline
+
+        with self.invoker.stats.lock:
+            records = list(self.invoker.stats.records)
+        return plot_timeline(records, path, repr(self.function_name))
 
     def ping(self) -> dict[str, Any]:
         """Invoke the function's ping; return its versions and stats."""

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import resource
 import time
+import uuid
 from collections import Counter
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
@@ -25,7 +26,7 @@ import cloudpickle
 from . import protocol
 from .storage import S3Store, object_name
 
-_state = {"cold": True, "pool": None}
+_state = {"cold": True, "pool": None, "runtime_id": uuid.uuid4().hex[:12]}
 
 
 def lambda_handler(event: dict, context: Any) -> dict:
@@ -46,6 +47,7 @@ def lambda_handler(event: dict, context: Any) -> dict:
         peak_memory_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         duration=time.perf_counter() - started,
         request_id=getattr(context, "aws_request_id", None),
+        runtime_id=_state["runtime_id"],
         memory_limit_mb=int(getattr(context, "memory_limit_in_mb", 0) or 0),
     )
     return protocol.envelope(protocol.encode_payload(body))

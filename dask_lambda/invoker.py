@@ -13,6 +13,7 @@ carries a reference (see :mod:`.protocol`).
 
 from __future__ import annotations
 
+import collections
 import json
 import random
 import threading
@@ -29,6 +30,7 @@ from .exceptions import LambdaFunctionError
 from .storage import S3Store
 
 REQUEST_LIMIT = 6_291_456 - 4096
+RECORDS_KEPT = 200_000  # per-invocation records an invoker keeps (for timelines)
 RETRYABLE_CODES = {
     "TooManyRequestsException",
     "ServiceException",
@@ -59,7 +61,9 @@ class InvokeStats:
     request_bytes: int = 0
     response_bytes: int = 0
     spilled_requests: int = 0
-    records: list = field(default_factory=list)
+    records: collections.deque = field(
+        default_factory=lambda: collections.deque(maxlen=RECORDS_KEPT)
+    )
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def add(self, **counts: int) -> None:
@@ -208,6 +212,8 @@ class Invoker:
                 "response_bytes": len(raw),
                 **{k: remote.get(k) for k in ("cold_start", "duration", "peak_memory_mb")},
                 "request_id": remote.get("request_id"),
+                "runtime_id": remote.get("runtime_id"),
+                "task_timings": decoded.get("timings"),
             }
         )
         return decoded
@@ -242,7 +248,7 @@ class _Both:
             target.add(**counts)
 
     def record(self, record: dict) -> None:
-        for target in self.targets[1:] or self.targets:
+        for target in self.targets:
             with target.lock:
                 target.records.append(record)
 

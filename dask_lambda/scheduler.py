@@ -28,7 +28,6 @@ import time
 import uuid
 from collections.abc import Mapping
 from concurrent.futures import FIRST_COMPLETED, Future, wait
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import cloudpickle
@@ -41,36 +40,13 @@ from dask.utils import ensure_dict
 from .invoker import InvokeStats
 from .protocol import BatchSpec
 from .remote_errors import raise_fatal, raise_task_error
+from .report import ComputeReport
 from .storage import object_name
 
 if TYPE_CHECKING:
     from .cluster import LambdaCluster
 
 RESPONSE_BUDGET = 4_000_000  # raw bytes of inline results per response (6 MB after base64)
-
-
-@dataclass
-class ComputeReport:
-    """What one compute did; ``LambdaCluster.last_report``."""
-
-    compute_id: str
-    tasks: int = 0
-    invocations: int = 0
-    retries: int = 0
-    throttles: int = 0
-    cold_starts: int = 0
-    wall_time: float = 0.0
-    bytes_inline: int = 0
-    bytes_spilled: int = 0
-    bytes_to_client: int = 0
-    bytes_from_client: int = 0
-    s3_objects_left: int = 0
-    failed: bool = False
-    invocation_records: list = field(default_factory=list, repr=False)
-
-    @property
-    def tasks_per_invocation(self) -> float:
-        return self.tasks / self.invocations if self.invocations else 0.0
 
 
 def get(cluster: LambdaCluster, dsk, keys, cache: Mapping | None = None, callbacks=None, **kwargs):
@@ -93,7 +69,12 @@ class _Compute:
         self.id = uuid.uuid4().hex[:16]
         self.prefix = cluster.prefix
         self.stats = InvokeStats()
-        self.report = ComputeReport(compute_id=self.id, tasks=len(dsk))
+        self.report = ComputeReport(
+            compute_id=self.id,
+            tasks=len(dsk),
+            memory_mb=cluster.function_memory,
+            architecture=cluster.function_architecture,
+        )
         # key -> ("inline", pickled) | ("s3", object name, nbytes) | ("value", object)
         self.location: dict[Any, tuple] = {k: ("value", v) for k, v in cache.items()}
         for key, node in dsk.items():
@@ -274,7 +255,7 @@ class _Compute:
             self.report.cold_starts = stats.cold_starts
             self.report.bytes_to_client += stats.response_bytes
             self.report.bytes_from_client += stats.request_bytes
-            self.report.invocation_records = stats.records
+            self.report.invocation_records = list(stats.records)
             self.report.failed = failed
             self.report.wall_time = time.perf_counter() - started
             self.cluster.last_report = self.report

@@ -24,6 +24,8 @@ def serve(argv: list[str] | None = None) -> None:
     parser.add_argument("--concurrency-limit", type=int, default=1000)
     parser.add_argument("--idle-timeout", type=float, default=300.0)
     parser.add_argument("--parent-pid", type=int, default=0)
+    parser.add_argument("--runtime-mode", choices=["process", "thread"], default="process")
+    parser.add_argument("--seed", type=int, default=None, help="seed of fault injection")
     args = parser.parse_args(argv)
 
     stop = threading.Event()
@@ -33,7 +35,11 @@ def serve(argv: list[str] | None = None) -> None:
         threading.Thread(target=_watch_parent, args=(args.parent_pid, stop), daemon=True).start()
 
     server = LocalLambdaServer(
-        port=args.port, concurrency_limit=args.concurrency_limit, idle_timeout=args.idle_timeout
+        port=args.port,
+        concurrency_limit=args.concurrency_limit,
+        idle_timeout=args.idle_timeout,
+        runtime_mode=args.runtime_mode,
+        seed=args.seed,
     ).start()
     try:
         ready = {

@@ -39,6 +39,12 @@ class LocalLambda:
         Concurrent executions allowed across all functions (Lambda's account limit).
     idle_timeout
         Seconds a warm runtime is kept before it is reaped.
+    runtime_mode
+        ``"process"`` (real ``awslambdaric`` runtime processes) or ``"thread"``: handlers run in
+        threads of the server, to simulate hundreds of concurrent environments on a small
+        machine (see :class:`~dask_lambda.local.runtimes.ThreadRuntime`).
+    seed
+        Seed of the fault injection (:meth:`set_faults`), for repeatable runs.
     startup_timeout
         Seconds to wait for the server to answer.
 
@@ -55,6 +61,8 @@ class LocalLambda:
         region: str = DEFAULT_REGION,
         concurrency_limit: int = 1000,
         idle_timeout: float = 300.0,
+        runtime_mode: str = "process",
+        seed: int | None = None,
         startup_timeout: float = 60.0,
     ):
         self.port = port
@@ -62,6 +70,8 @@ class LocalLambda:
         self.concurrency_limit = concurrency_limit
         self.idle_timeout = idle_timeout
         self.startup_timeout = startup_timeout
+        self.runtime_mode = runtime_mode
+        self.seed = seed
         self.endpoint_url: str | None = None
         self.pid: int | None = None
         self.workdir: str | None = None
@@ -75,17 +85,11 @@ class LocalLambda:
         stderr = tempfile.TemporaryFile()  # noqa: SIM115 - closed by _stop
         proc = subprocess.Popen(
             [
-                sys.executable,
-                "-m",
-                "dask_lambda.local",
-                "--port",
-                str(self.port),
-                "--concurrency-limit",
-                str(self.concurrency_limit),
-                "--idle-timeout",
-                str(self.idle_timeout),
-                "--parent-pid",
-                str(os.getpid()),
+                *(sys.executable, "-m", "dask_lambda.local", "--port", str(self.port)),
+                *("--concurrency-limit", str(self.concurrency_limit)),
+                *("--idle-timeout", str(self.idle_timeout), "--parent-pid", str(os.getpid())),
+                *("--runtime-mode", self.runtime_mode),
+                *(["--seed", str(self.seed)] if self.seed is not None else []),
             ],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
@@ -136,6 +140,32 @@ class LocalLambda:
         import boto3
 
         return boto3.client(service, **{**self.client_kwargs(), **kwargs})
+
+    def set_faults(self, function: str = "*", **settings: float) -> dict:
+        """Inject faults and latency into ``function`` (``"*"``: all); no settings clears them.
+
+        Settings: ``throttle_rate``, ``crash_rate``, ``oom_rate``, ``timeout_rate``,
+        ``s3_error_rate``, ``invoke_latency_ms``, ``cold_start_ms``
+        (see :mod:`dask_lambda.local.faults`).
+        """
+        return self._admin("faults", {"function": function, **settings})
+
+    def stats(self) -> dict:
+        """Runtimes, invocations, cold starts, throttles, runtime pids and injected faults."""
+        return self._admin("stats")
+
+    def _admin(self, route: str, body: dict | None = None) -> dict:
+        import urllib.error
+        import urllib.request
+
+        self._require_running()
+        data = None if body is None else json.dumps(body).encode()
+        request = urllib.request.Request(f"{self.endpoint_url}/_dask_lambda/{route}", data=data)
+        try:
+            with urllib.request.urlopen(request, timeout=30) as response:
+                return json.loads(response.read())
+        except urllib.error.HTTPError as e:
+            raise ValueError(json.loads(e.read()).get("message", str(e))) from None
 
     def _require_running(self) -> None:
         if not self.running:

@@ -22,9 +22,11 @@ from __future__ import annotations
 import base64
 import json
 import math
+import random
 import threading
 import time
 
+from .faults import FaultInjector
 from .runtimes import FunctionSpec, Invocation, MiB, RuntimeManager, Throttled
 
 SYNC_PAYLOAD_LIMIT = 6_291_456
@@ -46,8 +48,9 @@ def error_response(status: int, code: str, message: str, **extra: object) -> Res
 class InvokeService:
     """Runs invocations on the runtimes of a :class:`RuntimeManager`."""
 
-    def __init__(self, runtimes: RuntimeManager):
+    def __init__(self, runtimes: RuntimeManager, faults: FaultInjector | None = None):
         self.runtimes = runtimes
+        self.faults = faults or FaultInjector()
         self.counts = {"invocations": 0, "cold_starts": 0, "throttles": 0}
         self._counts_lock = threading.Lock()
 
@@ -117,13 +120,24 @@ class InvokeService:
 
     def run(self, spec: FunctionSpec, payload: bytes) -> Invocation:
         """Run one invocation to its end; raises :class:`Throttled` before it starts."""
+        injected = self.faults.config_for(spec.name)
+        if injected.invoke_latency_ms:
+            time.sleep(injected.invoke_latency_ms / 1000)
+        fault = self.faults.draw(spec.name)
+        if fault == "throttle":
+            raise Throttled("ConcurrentInvocationLimitExceeded")
         runtime, cold = self.runtimes.acquire(spec)
         self._count("invocations")
         if cold:
             self._count("cold_starts")
+            if injected.cold_start_ms:
+                time.sleep(injected.cold_start_ms / 1000)
         inv = Invocation(payload=payload, function_arn=spec.arn, timeout_s=spec.timeout_s)
+        inv.doomed = fault is not None
         try:
             runtime.assign(inv)
+            if fault is not None:
+                self._inject(fault, inv, runtime, spec)
             if not inv.picked.wait(INIT_TIMEOUT_S + spec.timeout_s):
                 inv.fail("Sandbox.Timedout", _timed_out(spec))
                 runtime.kill("timeout")
@@ -146,6 +160,17 @@ class InvokeService:
             self.runtimes.release(runtime)
         self._frame_logs(inv, spec, cold, runtime.log_stream)
         return inv
+
+    @staticmethod
+    def _inject(fault: str, inv: Invocation, runtime, spec: FunctionSpec) -> None:
+        """Let the handler start (its side effects are real), then fail the invocation."""
+        inv.picked.wait(INIT_TIMEOUT_S)
+        time.sleep(random.uniform(0, 0.02))
+        if fault == "timeout":
+            inv.fail("Sandbox.Timedout", _timed_out(spec))
+            runtime.kill("timeout")
+        else:
+            runtime.kill("memory" if fault == "oom" else "crash")
 
     def _frame_logs(self, inv: Invocation, spec: FunctionSpec, cold: bool, stream: str) -> None:
         rid = inv.request_id

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
+import importlib
 import itertools
 import json
 import os
@@ -88,12 +89,13 @@ class Invocation:
     init_duration_ms: float | None = None
     max_rss: int = 0
     log_lines: list[str] = field(default_factory=list)
+    doomed: bool = False  # an injected fault decides the result, not the runtime's answer
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def finish(self, body: bytes, error_type: str | None) -> bool:
+    def finish(self, body: bytes, error_type: str | None, force: bool = False) -> bool:
         """Set the result if nobody has yet; return whether this call set it."""
         with self._lock:
-            if self.done.is_set():
+            if self.done.is_set() or (self.doomed and not force):
                 return False
             self.body, self.error_type = body, error_type
             self.ended = time.monotonic()
@@ -105,7 +107,7 @@ class Invocation:
         """Finish with a Lambda service error (``{errorType, errorMessage}``)."""
         text = f"RequestId: {self.request_id} Error: {message}"
         body = json.dumps({"errorType": error_type, "errorMessage": text}).encode()
-        return self.finish(body, "Unhandled")
+        return self.finish(body, "Unhandled", force=True)
 
 
 class _Spawner:
@@ -248,6 +250,16 @@ class Runtime:
     def alive(self) -> bool:
         return self.proc.returncode is None and not self._closing
 
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def wait(self, timeout: float | None = None) -> None:
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            pass
+
     def rss(self) -> int:
         try:
             with open(f"/proc/{self.proc.pid}/statm", "rb") as f:
@@ -308,26 +320,126 @@ class Runtime:
             inv = self._next or self.current
         if inv is not None and not inv.done.is_set():
             self.drain_logs()
-            inv.fail("Runtime.ExitError", self._exit_message(code, inv))
+            inv.fail("Runtime.ExitError", exit_message(code, self.kill_reason, inv, self.spec))
         self.manager.on_exit(self)
         self.api.close()
         if self.proc.stdout:
             self.proc.stdout.close()
 
-    def _exit_message(self, code: int, inv: Invocation) -> str:
-        if code < 0:
-            how = f"signal: {signal.Signals(-code).name.removeprefix('SIG').lower()}"
-            how = "signal: killed" if code == -signal.SIGKILL else how
-        else:
-            how = f"exit status {code}"
-        message = f"Runtime exited with error: {how}"
-        if self.kill_reason == "memory":
-            used = inv.max_rss // MiB
-            message += (
-                f" (Runtime.OutOfMemory: the function used {used} MB, more than its MemorySize"
-                f" of {self.spec.memory_mb} MB)"
-            )
-        return message
+
+def exit_message(code: int, kill_reason: str | None, inv: Invocation, spec: FunctionSpec) -> str:
+    """Lambda's description of a runtime that exited during ``inv``."""
+    if code < 0:
+        how = f"signal: {signal.Signals(-code).name.removeprefix('SIG').lower()}"
+        how = "signal: killed" if code == -signal.SIGKILL else how
+    else:
+        how = f"exit status {code}"
+    message = f"Runtime exited with error: {how}"
+    if kill_reason == "memory":
+        used = max(inv.max_rss // MiB, spec.memory_mb + 1)
+        message += (
+            f" (Runtime.OutOfMemory: the function used {used} MB, more than its MemorySize"
+            f" of {spec.memory_mb} MB)"
+        )
+    return message
+
+
+class ThreadRuntime:
+    """A simulated execution environment: the handler runs in a thread of the server.
+
+    For scale simulations only (``runtime_mode="thread"``): a thousand of them fit on two cores,
+    where a thousand runtime processes would not. The handler is imported in the server process
+    (its own installed ``dask_lambda`` wins over the deployed one), killing abandons the thread's
+    result instead of stopping it, and memory is not enforced.
+    """
+
+    _ids = itertools.count(1)
+    _import_lock = threading.Lock()
+
+    def __init__(self, manager: RuntimeManager, spec: FunctionSpec):
+        self.manager = manager
+        self.spec = spec
+        self.id = next(self._ids)
+        self.created = self.last_used = time.monotonic()
+        self.initialized = False
+        self.kill_reason: str | None = None
+        self.current: Invocation | None = None
+        self.pid: int | None = None
+        self.log_stream = f"{time.strftime('%Y/%m/%d')}/[$LATEST]thread-{uuid.uuid4().hex}"
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        threading.Thread(target=self._serve, daemon=True, name=f"thread-runtime-{self.id}").start()
+
+    @property
+    def alive(self) -> bool:
+        return self.kill_reason is None
+
+    def assign(self, inv: Invocation) -> None:
+        self.current = inv
+        self._queue.put(inv)
+
+    def _load(self):
+        module_name, _, function_name = self.spec.handler.rpartition(".")
+        with self._import_lock:
+            for folder in reversed([self.spec.code_dir, *self.spec.layer_dirs]):
+                if folder not in sys.path:
+                    sys.path.append(folder)
+            module = importlib.import_module(module_name)
+        return getattr(module, function_name)
+
+    def _serve(self) -> None:
+        try:
+            handler = self._load()
+        except Exception as e:
+            handler = e
+        while (inv := self._queue.get()) is not None:
+            inv.started = time.monotonic()
+            if not self.initialized:
+                self.initialized = True
+                inv.init_duration_ms = (inv.started - self.created) * 1000
+            inv.picked.set()
+            if isinstance(handler, Exception):
+                body = {"errorType": "Runtime.ImportModuleError", "errorMessage": str(handler)}
+                inv.finish(json.dumps(body).encode(), "Unhandled")
+                continue
+            try:
+                result = handler(json.loads(inv.payload), _Context(inv, self.spec))
+                inv.finish(json.dumps(result).encode(), None)
+            except Exception as e:
+                body = {"errorType": type(e).__name__, "errorMessage": str(e), "stackTrace": []}
+                inv.finish(json.dumps(body).encode(), "Unhandled")
+
+    def kill(self, reason: str) -> None:
+        if self.kill_reason is not None:
+            return
+        self.kill_reason = reason
+        inv = self.current
+        if inv is not None and not inv.done.is_set():
+            inv.fail("Runtime.ExitError", exit_message(-signal.SIGKILL, reason, inv, self.spec))
+        self._queue.put(None)
+        self.manager.on_exit(self)
+
+    def rss(self) -> int:
+        return 0
+
+    def drain_logs(self) -> None:
+        pass
+
+    def wait(self, timeout: float | None = None) -> None:
+        pass
+
+
+class _Context:
+    """The part of awslambdaric's context object a thread runtime offers."""
+
+    def __init__(self, inv: Invocation, spec: FunctionSpec):
+        self.aws_request_id = inv.request_id
+        self.function_name = spec.name
+        self.invoked_function_arn = spec.arn
+        self.memory_limit_in_mb = str(spec.memory_mb)
+        self._deadline = inv.started + inv.timeout_s
+
+    def get_remaining_time_in_millis(self) -> int:
+        return max(0, int((self._deadline - time.monotonic()) * 1000))
 
 
 class RuntimeManager:
@@ -339,7 +451,11 @@ class RuntimeManager:
         concurrency_limit: int = 1000,
         idle_timeout: float = 300.0,
         memory_check_interval: float = 0.02,
+        runtime_mode: str = "process",
     ):
+        if runtime_mode not in ("process", "thread"):
+            raise ValueError(f"runtime_mode must be 'process' or 'thread', not {runtime_mode!r}")
+        self.runtime_class = Runtime if runtime_mode == "process" else ThreadRuntime
         self.service_env = service_env
         self.concurrency_limit = concurrency_limit
         self.idle_timeout = idle_timeout
@@ -394,7 +510,7 @@ class RuntimeManager:
         if runtime is not None:
             return runtime, False
         try:
-            runtime = Runtime(self, spec)
+            runtime = self.runtime_class(self, spec)
         except BaseException:
             self._count_out(spec.name)
             raise
@@ -445,7 +561,7 @@ class RuntimeManager:
 
     def pids(self) -> list[int]:
         with self._lock:
-            return [r.proc.pid for r in self._all]
+            return [r.pid for r in self._all if r.pid is not None]
 
     def _watch(self) -> None:
         next_reap = time.monotonic() + 1.0
@@ -485,8 +601,5 @@ class RuntimeManager:
             runtime.kill("shutdown")
         deadline = time.monotonic() + timeout
         for runtime in runtimes:
-            try:
-                runtime.proc.wait(max(0.0, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                pass
+            runtime.wait(max(0.0, deadline - time.monotonic()))
         self.spawner.close()

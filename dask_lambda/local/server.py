@@ -20,6 +20,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import os
 import re
 import socket
 import tempfile
@@ -38,6 +39,7 @@ from werkzeug.test import EnvironBuilder, run_wsgi_app
 
 from .code_store import CodeStore, InvalidCode, code_sha256
 from .endpoint import service_env
+from .faults import FaultInjector
 from .invoke import InvokeService, Response, error_response
 from .logs import filter_log_events, logs_error
 from .runtimes import FunctionSpec, RuntimeManager
@@ -91,6 +93,8 @@ class LocalLambdaServer:
         workdir: str | Path | None = None,
         concurrency_limit: int = 1000,
         idle_timeout: float = 300.0,
+        runtime_mode: str = "process",
+        seed: int | None = None,
     ):
         self._tmp = None if workdir else tempfile.TemporaryDirectory(prefix="dask-lambda-local-")
         self.workdir = Path(workdir or self._tmp.name)
@@ -104,8 +108,12 @@ class LocalLambdaServer:
             service_env=self.service_env(),
             concurrency_limit=concurrency_limit,
             idle_timeout=idle_timeout,
+            runtime_mode=runtime_mode,
         )
-        self.invoker = InvokeService(self.runtimes)
+        if runtime_mode == "thread":  # handlers run in this process: let their boto3 find us
+            os.environ.update(self.service_env())
+        self.faults = FaultInjector(seed)
+        self.invoker = InvokeService(self.runtimes, self.faults)
         self._specs: dict[tuple[str, str], FunctionSpec] = {}
         self._specs_lock = threading.Lock()
         self._thread: threading.Thread | None = None
@@ -143,6 +151,13 @@ class LocalLambdaServer:
             response = self._lambda(environ, match["region"])
         elif service == "logs":
             response = self._logs(environ)
+        elif service == "s3" and self.faults.s3_error():
+            _read_body(environ)
+            body = (
+                b"<?xml version='1.0' encoding='UTF-8'?><Error><Code>InternalError</Code>"
+                b"<Message>We encountered an internal error. Please try again.</Message></Error>"
+            )
+            response = 500, {"Content-Type": "application/xml"}, body
         if response is not None:
             status, headers, body = response
             start_response(_status_line(status), list(headers.items()))
@@ -153,8 +168,24 @@ class LocalLambdaServer:
         """Not an AWS API: the local Lambda's own state, for tests, benchmarks and the CLI."""
         route = environ["PATH_INFO"][len(ADMIN_PREFIX) :]
         if route == "stats":
-            stats = {**self.runtimes.stats(), **self.invoker.counts, "pids": self.runtimes.pids()}
+            stats = {
+                **self.runtimes.stats(),
+                **self.invoker.counts,
+                "pids": self.runtimes.pids(),
+                "faults": self.faults.describe(),
+            }
             return 200, {"Content-Type": "application/json"}, json.dumps(stats).encode()
+        if route == "faults" and environ["REQUEST_METHOD"] == "POST":
+            request = json.loads(_read_body(environ) or b"{}")
+            try:
+                self.faults.configure(request.pop("function", "*"), request)
+            except ValueError as e:
+                return error_response(400, "InvalidParameterValueException", str(e))
+            return (
+                200,
+                {"Content-Type": "application/json"},
+                json.dumps(self.faults.describe()).encode(),
+            )
         return error_response(404, "ResourceNotFoundException", f"No admin route {route!r}")
 
     def _lambda(self, environ: dict[str, Any], region: str) -> Response | None:

@@ -1,0 +1,189 @@
+"""What one compute did, what it would cost on AWS, and a picture of it.
+
+:class:`ComputeReport` is filled by the scheduler (``LambdaCluster.last_report``). Its billed
+duration follows Lambda's rule — each invocation's handler time rounded up to the millisecond,
+times the function's memory — and its cost uses the ``lambda.pricing`` settings (AWS's public
+us-east-1 prices by default; set your region's). :meth:`ComputeReport.plot_timeline` draws every
+invocation on the runtime that served it, cold starts marked, over the number of invocations in
+flight.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from . import config
+
+MiB = 1024 * 1024
+
+
+@dataclass
+class ComputeReport:
+    """Counters, bytes, timings and cost of one compute.
+
+    ``invocation_records`` holds one dict per invocation: client-side ``start``/``stop`` (epoch
+    seconds), handler ``duration``, ``cold_start``, ``runtime_id``, ``tasks``, ``attempt``,
+    request/response bytes, ``peak_memory_mb`` and the per-task ``task_timings``
+    (``[start, stop]`` seconds from the handler's start).
+    """
+
+    compute_id: str
+    tasks: int = 0
+    invocations: int = 0
+    retries: int = 0
+    throttles: int = 0
+    cold_starts: int = 0
+    wall_time: float = 0.0
+    bytes_inline: int = 0
+    bytes_spilled: int = 0
+    bytes_to_client: int = 0
+    bytes_from_client: int = 0
+    s3_objects_left: int = 0
+    failed: bool = False
+    memory_mb: int = 0
+    architecture: str = "x86_64"
+    invocation_records: list = field(default_factory=list, repr=False)
+
+    @property
+    def tasks_per_invocation(self) -> float:
+        return self.tasks / self.invocations if self.invocations else 0.0
+
+    @property
+    def bytes_through_client(self) -> int:
+        return self.bytes_to_client + self.bytes_from_client
+
+    @property
+    def billed_seconds(self) -> float:
+        return sum(
+            math.ceil((r.get("duration") or 0) * 1000) / 1000 for r in self.invocation_records
+        )
+
+    @property
+    def billed_gb_seconds(self) -> float:
+        return self.billed_seconds * self.memory_mb / 1024
+
+    @property
+    def cost_usd(self) -> float:
+        """Estimated AWS cost: requests plus GB-seconds at ``lambda.pricing``."""
+        pricing = config.get("pricing")
+        per_gb_second = float(pricing["gb-second"][self.architecture])
+        return self.invocations * float(pricing["request"]) + self.billed_gb_seconds * (
+            per_gb_second
+        )
+
+    def task_timings(self) -> list[tuple[float, float]]:
+        """``(start, stop)`` of every task, epoch seconds (client clock, estimated)."""
+        timings = []
+        for record in self.invocation_records:
+            handler_start = _handler_start(record)
+            for span in record.get("task_timings") or []:
+                if span:
+                    timings.append((handler_start + span[0], handler_start + span[1]))
+        return timings
+
+    def summary(self) -> str:
+        return (
+            f"{self.tasks} tasks in {self.invocations} invocations"
+            f" ({self.tasks_per_invocation:.1f} per invocation), {self.cold_starts} cold starts,"
+            f" {self.retries} retries, {self.wall_time:.2f} s;"
+            f" {self.bytes_spilled / MiB:.1f} MiB spilled, {self.bytes_inline / MiB:.2f} MiB"
+            f" inline, {self.bytes_through_client / MiB:.2f} MiB through the client;"
+            f" {self.billed_gb_seconds:.3f} GB-s billed, ~${self.cost_usd:.6f}"
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data.update(
+            tasks_per_invocation=self.tasks_per_invocation,
+            billed_gb_seconds=self.billed_gb_seconds,
+            cost_usd=self.cost_usd,
+        )
+        return data
+
+    def plot_timeline(self, path: str | Path) -> Path:
+        """Write a PNG of the invocations per runtime over time, and the concurrency under it."""
+        return plot_timeline(self.invocation_records, path, f"compute {self.compute_id}")
+
+
+def plot_timeline(records: list[dict], path: str | Path, title: str = "") -> Path:
+    """Draw invocation ``records`` (see :class:`ComputeReport`) as a timeline PNG at ``path``.
+
+    One row per runtime (execution environment), one bar per invocation labelled with its task
+    count; cold starts are orange and marked ▶, retried invocations have a red edge. Below, the
+    number of invocations in flight.
+    """
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError as e:
+        raise ImportError("The timeline needs matplotlib: pip install 'dask-lambda[plot]'") from e
+    records = sorted(records, key=lambda r: r["start"])
+    if not records:
+        raise ValueError("No invocations to plot")
+    origin = records[0]["start"]
+    span = max(r["stop"] for r in records) - origin or 1.0
+    runtimes: dict[str, int] = {}
+    for record in records:
+        runtimes.setdefault(record.get("runtime_id") or "?", len(runtimes))
+
+    fig, (top, bottom) = plt.subplots(
+        2, 1, sharex=True, figsize=(10, 2.5 + 0.35 * min(len(runtimes), 40)),
+        gridspec_kw={"height_ratios": [3, 1]},
+    )  # fmt: skip
+    for record in records:
+        row = runtimes[record.get("runtime_id") or "?"]
+        start, width = record["start"] - origin, record["stop"] - record["start"]
+        cold = bool(record.get("cold_start"))
+        retried = record.get("attempt", 1) > 1
+        top.barh(
+            row,
+            width,
+            left=start,
+            height=0.7,
+            color="tab:orange" if cold else "tab:blue",
+            edgecolor="tab:red" if retried else "white",
+            linewidth=1.2 if retried else 0.6,
+        )
+        if cold:
+            top.plot(start, row, marker=">", color="black", markersize=6)
+        if width > 0.04 * span and record.get("tasks"):
+            top.text(start + width / 2, row, str(record["tasks"]), ha="center", va="center",
+                     fontsize=7, color="white")  # fmt: skip
+    top.set_ylabel("runtime")
+    top.set_yticks(range(len(runtimes)))
+    top.set_yticklabels([str(i) for i in range(len(runtimes))], fontsize=7)
+    cold_starts = sum(bool(r.get("cold_start")) for r in records)
+    retries = sum(r.get("attempt", 1) > 1 for r in records)
+    top.set_title(
+        f"{title}: {len(records)} invocations (bars labelled with their tasks),"
+        f" {cold_starts} cold starts (orange ▶), {retries} retried (red edge)",
+        fontsize=9,
+    )
+    events = sorted([(r["start"] - origin, 1) for r in records] +
+                    [(r["stop"] - origin, -1) for r in records])  # fmt: skip
+    times, levels, level = [0.0], [0], 0
+    for moment, change in events:
+        level += change
+        times.append(moment)
+        levels.append(level)
+    bottom.step(times, levels, where="post", color="tab:green")
+    bottom.fill_between(times, levels, step="post", alpha=0.3, color="tab:green")
+    bottom.set_ylabel("in flight")
+    bottom.set_xlabel("seconds since the first invocation")
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _handler_start(record: dict) -> float:
+    """The handler's start on the client's clock: the network time split evenly."""
+    round_trip = record["stop"] - record["start"]
+    return record["start"] + max(0.0, round_trip - (record.get("duration") or 0)) / 2
