@@ -3,7 +3,15 @@
 from __future__ import annotations
 
 import contextlib
+import sys
 import warnings
+
+LITHOPS_CONFIG = {
+    "lithops": {"backend": "localhost", "storage": "localhost", "log_level": "WARNING"},
+    # Lithops' v1 localhost backend: ~100 calls/s here; its default v2 starts one process per
+    # call (~5 calls/s), which would make the comparison meaningless.
+    "localhost": {"version": 1, "runtime": sys.executable},
+}
 
 
 @contextlib.contextmanager
@@ -27,21 +35,34 @@ def distributed_local(workers: int = 2):
 
 
 @contextlib.contextmanager
-def dask_lambda_local():
+def dask_lambda_local(**cluster_kwargs):
     import cloudpickle
 
     from benchmarks import workloads
     from dask_lambda import LambdaCluster
 
     cloudpickle.register_pickle_by_value(workloads)
-    with LambdaCluster() as cluster:
+    with LambdaCluster(**cluster_kwargs) as cluster:
         yield cluster
 
 
-PEERS = {
+@contextlib.contextmanager
+def lithops_executor():
+    """Lithops' concurrent.futures executor on its localhost backend, as a Dask scheduler."""
+    from lithops.concurrent.futures import FunctionExecutor
+
+    executor = FunctionExecutor(config=LITHOPS_CONFIG)
+    try:
+        yield executor
+    finally:
+        executor.shutdown(wait=True)
+
+
+GRAPH_PEERS = {
     "dask sync": lambda: dask_named("sync"),
     "dask threads": lambda: dask_named("threads"),
     "dask processes": lambda: dask_named("processes"),
     "distributed LocalCluster(2)": distributed_local,
+    "Lithops localhost (cf executor)": lithops_executor,
     "dask-lambda (local Lambda)": dask_lambda_local,
 }

@@ -1,8 +1,16 @@
-"""Run every workload on every peer in one run and print a table; ``python -m benchmarks.run``.
+"""Every workload on every peer, in one run: ``benchmarks/run`` (or ``python -m benchmarks.run``).
 
-Each (workload, peer) is run once to warm up (imports, cold starts, process pools) and then
-``--repeat`` times; the best time counts. The ratio column compares with the best peer of the
-same workload measured in this run, so machine noise affects every row alike.
+W1  bag map+sum over 1000 partitions; W2 delayed tree reduction over 4096 leaves — on dask's sync,
+    threads and processes schedulers, distributed LocalCluster(2), Lithops' localhost backend
+    (its concurrent.futures executor as the Dask scheduler) and dask-lambda.
+W3  10,000 no-op calls: LambdaExecutor.map vs Lithops' own map and a ProcessPoolExecutor(2).
+W4  ~1 GB of intermediate arrays in 64 MB chunks: bytes through the client vs bytes produced, and
+    dask-lambda's spill throughput vs raw boto3 put/get on the same S3 endpoint.
+W5  scale simulation (see benchmarks/scale.py).
+
+Each (workload, peer) runs once to warm up and then ``--repeat`` times; the best time counts, and
+the ratio compares it with the best peer of the same workload in this run. A peer that cannot run
+here is reported as skipped with the reason.
 """
 
 from __future__ import annotations
@@ -10,67 +18,97 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import os
 import platform
 import time
 from pathlib import Path
 
-from benchmarks.peers import PEERS
-from benchmarks.workloads import WORKLOADS
+from tqdm import tqdm
+
+from benchmarks import calls, scale, workloads
+from benchmarks.peers import GRAPH_PEERS, dask_lambda_local, dask_named, distributed_local
+
+W4_PEERS = {
+    "dask sync": lambda: dask_named("sync"),
+    "dask threads": lambda: dask_named("threads"),
+    "distributed LocalCluster(2)": distributed_local,
+    # Chunks of 64 MB: one or two tasks per invocation keep a runtime's memory bounded.
+    "dask-lambda (local Lambda)": lambda: dask_lambda_local(max_tasks=2, memory=4096),
+}
 
 
-def measure(workload, peer_factory, repeat: int) -> dict:
-    collection, expected = workload()
+def measure_graph(build, peer_factory, repeat: int) -> dict:
+    collection, expected, *_ = build()
     with peer_factory() as scheduler:
-        result = collection.compute(scheduler=scheduler)  # warm-up
-        assert result == expected, (result, expected)
+        first = collection.compute(scheduler=scheduler)  # warm-up
+        if expected is not None:
+            assert first == expected, (first, expected)
         times, report = [], None
         for _ in range(repeat):
             began = time.perf_counter()
             result = collection.compute(scheduler=scheduler)
             times.append(time.perf_counter() - began)
-            assert result == expected
+            assert result == first
             report = getattr(scheduler, "last_report", None)
-    row = {"seconds": min(times), "all_seconds": times}
+    row: dict = {"seconds": min(times), "all_seconds": times}
     if report is not None:
         row.update(
             invocations=report.invocations,
             tasks=report.tasks,
             tasks_per_invocation=report.tasks_per_invocation,
-            bytes_through_client=report.bytes_to_client + report.bytes_from_client,
+            bytes_through_client=report.bytes_through_client,
+            bytes_spilled=report.bytes_spilled,
+            cold_starts=report.cold_starts,
+            cost_usd=report.cost_usd,
         )
     return row
+
+
+def plan(selected: list[str], repeat: int) -> list[tuple[str, str, object]]:
+    jobs: list[tuple[str, str, object]] = []
+    for name, build in (("W1", workloads.w1_bag), ("W2", workloads.w2_tree)):
+        if name in selected:
+            jobs += [(name, peer, lambda b=build, f=factory: measure_graph(b, f, repeat))
+                     for peer, factory in GRAPH_PEERS.items()]  # fmt: skip
+    if "W3" in selected:
+        jobs += [("W3", peer, fn) for peer, fn in calls.PEERS.items()]
+    if "W4" in selected:
+        jobs += [("W4", peer, lambda f=factory: measure_graph(workloads.w4_large_arrays, f, 1))
+                 for peer, factory in W4_PEERS.items()]  # fmt: skip
+        jobs.append(("W4", "raw boto3 put+get (same S3)", scale.raw_s3_throughput))
+    if "W5" in selected:
+        jobs += [("W5", f"dask-lambda, concurrency {c}", lambda c=c: scale.simulate(c))
+                 for c in (100, 1000)]  # fmt: skip
+    return jobs
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--peers", nargs="*", default=list(PEERS), help="subset of peers")
-    parser.add_argument("--workloads", nargs="*", default=list(WORKLOADS), help="subset")
+    parser.add_argument("--workloads", nargs="*", default=["W1", "W2", "W3", "W4", "W5"])
     parser.add_argument("--out", default="benchmarks/results", help="folder for the JSON results")
     args = parser.parse_args()
 
     results: dict = {}
-    for workload_name in args.workloads:
-        results[workload_name] = {}
-        for peer_name in args.peers:
+    jobs = plan(args.workloads, args.repeat)
+    with tqdm(jobs, unit="run", desc="benchmarks") as progress:
+        for workload, peer, run in progress:
+            progress.set_postfix_str(f"{workload} {peer}"[:50])
             try:
-                results[workload_name][peer_name] = measure(
-                    WORKLOADS[workload_name], PEERS[peer_name], args.repeat
-                )
+                row = run()
             except Exception as e:  # a peer that cannot run here is reported, not fatal
-                results[workload_name][peer_name] = {"error": f"{type(e).__name__}: {e}"}
-    print_table(results)
+                row = {"error": f"{type(e).__name__}: {e}"}
+            results.setdefault(workload, {})[peer] = row
+    print_tables(results)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     path = out / f"results-{stamp}.json"
-    path.write_text(json.dumps({"machine": machine(), "results": results}, indent=2))
+    path.write_text(json.dumps({"machine": machine(), "results": results}, indent=2, default=str))
     print(f"\nSaved {path}")
 
 
 def machine() -> dict:
-    import os
-
     return {
         "python": platform.python_version(),
         "cpus": os.cpu_count(),
@@ -79,28 +117,39 @@ def machine() -> dict:
     }
 
 
-def print_table(results: dict) -> None:
-    header = f"{'workload':<34}{'peer':<30}{'seconds':>9}{'ratio':>8}{'invokes':>9}"
-    header += f"{'tasks/inv':>10}{'client MB':>11}"
-    print(header)
-    print("-" * len(header))
-    for workload_name, rows in results.items():
+def print_tables(results: dict) -> None:
+    for workload, rows in results.items():
         timed = [r["seconds"] for r in rows.values() if "seconds" in r]
         best = min(timed) if timed else None
-        for peer_name, row in rows.items():
+        print(f"\n{workload}")
+        print(f"  {'peer':<36}{'seconds':>9}{'ratio':>8}  details")
+        for peer, row in rows.items():
             if "error" in row:
-                print(f"{workload_name:<34}{peer_name:<30}  skipped: {row['error'][:60]}")
+                print(f"  {peer:<36}  skipped: {row['error'][:90]}")
                 continue
-            extra = ""
-            if "invocations" in row:
-                extra = (
-                    f"{row['invocations']:>9}{row['tasks_per_invocation']:>10.0f}"
-                    f"{row['bytes_through_client'] / 1e6:>11.2f}"
-                )
-            print(
-                f"{workload_name:<34}{peer_name:<30}{row['seconds']:>9.3f}"
-                f"{row['seconds'] / best:>7.2f}x{extra}"
-            )
+            details = describe(row)
+            print(f"  {peer:<36}{row['seconds']:>9.3f}{row['seconds'] / best:>7.2f}x  {details}")
+
+
+def describe(row: dict) -> str:
+    parts = []
+    if "invocations" in row:
+        parts.append(
+            f"{row['invocations']} invocations, {row['tasks_per_invocation']:.0f} tasks/inv"
+        )
+    if "bytes_spilled" in row:
+        parts.append(
+            f"client {row['bytes_through_client'] / 1e6:.1f} MB,"
+            f" spilled {row['bytes_spilled'] / 1e6:.0f} MB"
+        )
+    for key, label in (("throughput_mb_s", "MB/s"), ("ideal_seconds", "s ideal"),
+                       ("efficiency", "of ideal"), ("calls_per_second", "calls/s")):  # fmt: skip
+        if key in row:
+            value = row[key]
+            parts.append(f"{value:.0%} {label}" if key == "efficiency" else f"{value:.1f} {label}")
+    if "note" in row:
+        parts.append(row["note"])
+    return "; ".join(parts)
 
 
 if __name__ == "__main__":

@@ -1,8 +1,11 @@
-"""The benchmark workloads, as Dask collections. Functions here are pickled by value for Lambda."""
+"""The benchmark workloads. Functions here are pickled by value for Lambda and Lithops."""
 
 from __future__ import annotations
 
+import time
+
 import dask
+import dask.array as da
 import dask.bag as db
 
 
@@ -12,6 +15,19 @@ def inc(x):
 
 def add(x, y):
     return x + y
+
+
+def noop(x):
+    return x
+
+
+def nap(x, seconds):
+    time.sleep(seconds)
+    return x
+
+
+def total(*values):
+    return sum(values)
 
 
 def w1_bag():
@@ -27,4 +43,26 @@ def w2_tree(leaves: int = 4096):
     return level[0], sum(range(1, leaves + 1))
 
 
-WORKLOADS = {"W1 bag map+sum (1000 partitions)": w1_bag, "W2 delayed tree (4096 leaves)": w2_tree}
+def w4_large_arrays(chunks: int = 16, chunk_mb: int = 64):
+    """W4: ~1 GB of intermediate arrays in ``chunk_mb`` MB chunks: x - x.mean(axis=0), summed.
+
+    The column means need every chunk, and every chunk is needed again after them, so each
+    chunk and each partial sum is an intermediate of ``chunk_mb`` MB that must travel between
+    invocations (or workers) rather than stay inside one.
+    """
+    columns = chunk_mb * 1024 * 1024 // 8
+    x = da.random.default_rng(0).random((chunks, columns), chunks=(1, columns))
+    centred = x - x.mean(axis=0)
+    return abs(centred).sum(), None, chunks * chunk_mb * 1024 * 1024
+
+
+def w5_sleepers(tasks: int, seconds: float) -> tuple[dict, str, int]:
+    """W5: a raw graph of ``tasks`` independent tasks of ``seconds`` each, then one small sum.
+
+    A plain task graph for the scheduler's get function: building the same thing with
+    ``dask.delayed(total)(*10_000 delayed)`` costs dask ~3.5 s of expression optimisation on the
+    client before any scheduler starts, which would hide what W5 measures.
+    """
+    graph = {("nap", i): (nap, 1, seconds) for i in range(tasks)}
+    graph["total"] = (total, *graph)
+    return graph, "total", tasks
