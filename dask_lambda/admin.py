@@ -69,11 +69,17 @@ def list_functions(lambda_client: Any) -> list[FunctionSummary]:
     return sorted(found, key=lambda f: f.name)
 
 
-def delete_function(lambda_client: Any, iam_client: Any, name: str, delete_role: bool) -> list[str]:
-    """Delete a dask-lambda function (and, if asked, its dask-lambda role); return what went."""
+def delete_function(
+    lambda_client: Any, iam_client: Any, name: str, delete_role: bool, ssm_client: Any = None
+) -> list[str]:
+    """Delete a dask-lambda function, its signing key and, if asked, its role; say what went."""
+    from .keys import delete_key
+
     configuration = require_ours(lambda_client, name)
     lambda_client.delete_function(FunctionName=name)
     removed = [f"function {name}"]
+    if ssm_client is not None and delete_key(ssm_client, name):
+        removed.append(f"signing key of {name}")
     if delete_role:
         role = configuration["Role"].rsplit("/", 1)[-1]
         removed += delete_role_if_ours(iam_client, role)

@@ -202,10 +202,14 @@ def update(aws, name: str, **options: Any) -> None:
 def _deploy_or_update(aws, name: str, options: dict, current_env: dict | None = None) -> None:
     from .build import BuildSpec, build
     from .deploy import FunctionSettings, deploy, ensure_role, role_policy
+    from .keys import ENV_VARIABLE, ensure_key
 
     environment = _parse_env(options["env"])
     if current_env is not None and (environment or options["bucket"]):
         environment = {**current_env, **environment}
+    needs_key = current_env is None or ENV_VARIABLE not in current_env
+    if needs_key:
+        environment = {**(current_env or {}), **environment}
     if options["bucket"]:
         environment["DASK_LAMBDA_BUCKET"] = options["bucket"]
         environment["DASK_LAMBDA_PREFIX"] = options["prefix"]
@@ -231,6 +235,8 @@ def _deploy_or_update(aws, name: str, options: dict, current_env: dict | None = 
         with_dependencies=not options["no_dependencies"],
     )
     result = build(spec, progress=lambda step: click.echo(f"  build: {step}", err=True))
+    if needs_key:  # every function gets its own signing key (first AWS call: after validation)
+        environment[ENV_VARIABLE] = ensure_key(aws.client("ssm"), name)
     click.echo(
         f"Package: {result.size / 1e6:.1f} MB zipped, {result.unpacked_size / 1e6:.1f} MB"
         f" unzipped, {result.files} files", err=True,
@@ -305,7 +311,8 @@ def delete(aws, name: str, delete_role: bool, yes: bool) -> None:
     require_ours(aws.client("lambda"), name)
     if not yes:
         click.confirm(f"Delete function {name}?", abort=True)
-    for removed in delete_function(aws.client("lambda"), aws.client("iam"), name, delete_role):
+    clients = aws.client("lambda"), aws.client("iam")
+    for removed in delete_function(*clients, name, delete_role, aws.client("ssm")):
         click.echo(f"Deleted {removed}")
 
 
@@ -319,14 +326,21 @@ def info(aws, name: str) -> None:
 
     lam = aws.client("lambda")
     configuration = lam.get_function_configuration(FunctionName=name)
+    from .keys import ENV_VARIABLE, fetch_key
+
+    variables = (configuration.get("Environment") or {}).get("Variables", {})
+    key = (
+        fetch_key(aws.client("ssm"), variables[ENV_VARIABLE]) if ENV_VARIABLE in variables else None
+    )
     invoker = Invoker(name, lambda cfg: aws.client("lambda", cfg), 1,
-                      configuration.get("Timeout", 60), store=None, retries=1)  # fmt: skip
+                      configuration.get("Timeout", 60), store=None, retries=1,
+                      signing_key=key)  # fmt: skip
     response = invoker.call({"op": "ping"})
     remote, stats = response.get("versions", {}), response.get("stats", {})
     click.echo(f"Function    {configuration['FunctionArn']}")
     click.echo(f"Memory      {configuration.get('MemorySize')} MB, timeout"
                f" {configuration.get('Timeout')} s")  # fmt: skip
-    bucket = (configuration.get("Environment") or {}).get("Variables", {}).get("DASK_LAMBDA_BUCKET")
+    bucket = variables.get("DASK_LAMBDA_BUCKET")
     click.echo(f"Bucket      {bucket or '(none: pass bucket= to LambdaCluster)'}")
     click.echo(f"Cold start  {stats.get('cold_start')}")
     for key in ("python_full", "dask", "cloudpickle", "msgpack", "dask_lambda", "protocol"):
@@ -400,7 +414,8 @@ def clean(aws, bucket, prefix, older_than, functions, roles, yes) -> None:  # fm
         lam, iam = aws.client("lambda"), aws.client("iam")
         for f in list_functions(lam):
             plan.append((f"function {f.name}",
-                         functools.partial(delete_function, lam, iam, f.name, False)))  # fmt: skip
+                         functools.partial(delete_function, lam, iam, f.name, False,
+                                           aws.client("ssm"))))  # fmt: skip
     if roles:
         iam = aws.client("iam")
         for role in tagged_roles(iam):

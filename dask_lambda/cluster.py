@@ -173,6 +173,7 @@ class LambdaCluster:
                 self.bucket = env.get("DASK_LAMBDA_BUCKET")
             if self._explicit_prefix is None and env.get("DASK_LAMBDA_PREFIX"):
                 self.prefix = env["DASK_LAMBDA_PREFIX"].strip("/")  # what its role may write
+            signing_key = self._signing_key(env)
             if not self.bucket:
                 raise ValueError(
                     f"No spill bucket for function {self.function_name!r}: pass bucket=, set"
@@ -188,6 +189,7 @@ class LambdaCluster:
                 payload_prefix=self.prefix,
                 retries=self.retries,
                 retry_backoff=self.retry_backoff,
+                signing_key=signing_key,
             )
             self.pool = resources["pool"] = ThreadPoolExecutor(
                 self.settings.max_concurrency, thread_name_prefix="dask-lambda-invoke"
@@ -207,6 +209,8 @@ class LambdaCluster:
     def _start_local(self, resources: dict) -> None:
         from .build import package_zip
         from .deploy import ensure_function, ensure_role
+        from .keys import ENV_VARIABLE as KEY_VARIABLE
+        from .keys import ensure_key
         from .local import LocalLambda
 
         local = resources["local"] = LocalLambda(
@@ -224,6 +228,7 @@ class LambdaCluster:
         self.function_name = f"dask-lambda-{code_digest(code)}"
         self.bucket = self.bucket or LOCAL_BUCKET
         self._client("s3").create_bucket(Bucket=self.bucket)
+        key_parameter = ensure_key(self._client("ssm"), self.function_name)
         ensure_function(
             self._client("lambda"),
             self.function_name,
@@ -231,8 +236,19 @@ class LambdaCluster:
             role,
             memory=self.memory,
             timeout=self.timeout,
-            environment={"DASK_LAMBDA_BUCKET": self.bucket},
+            environment={"DASK_LAMBDA_BUCKET": self.bucket, KEY_VARIABLE: key_parameter},
         )
+
+    def _signing_key(self, env: dict[str, str]) -> bytes:
+        from .keys import ENV_VARIABLE, fetch_key
+
+        name = env.get(ENV_VARIABLE)
+        if not name:
+            raise ValueError(
+                f"Function {self.function_name!r} has no signing key ({ENV_VARIABLE}), so it"
+                f" would refuse every task. Update it: dask-lambda update {self.function_name}"
+            )
+        return fetch_key(self._client("ssm"), name)
 
     def _client(self, service: str, client_config=None):
         if client_config is None and service == "s3":

@@ -106,7 +106,13 @@ def version_tags() -> dict[str, str]:
 
 
 def role_policy(bucket: str, prefix: str, function_name: str) -> dict[str, Any]:
-    """Least privilege for a dask-lambda function: its spill prefix and its own logs."""
+    """Least privilege for a dask-lambda function: its spill prefix, its key and its own logs.
+
+    The key is a SecureString under the AWS-managed ``aws/ssm`` KMS key, which SSM decrypts for
+    any caller allowed ``ssm:GetParameter``: no KMS statement is needed.
+    """
+    from .keys import parameter_name
+
     prefix = prefix.strip("/")
     return {
         "Version": "2012-10-17",
@@ -116,6 +122,12 @@ def role_policy(bucket: str, prefix: str, function_name: str) -> dict[str, Any]:
                 "Effect": "Allow",
                 "Action": ["s3:GetObject", "s3:PutObject", "s3:DeleteObject"],
                 "Resource": f"arn:aws:s3:::{bucket}/{prefix}/*",
+            },
+            {
+                "Sid": "OwnSigningKey",
+                "Effect": "Allow",
+                "Action": "ssm:GetParameter",
+                "Resource": f"arn:aws:ssm:*:*:parameter{parameter_name(function_name)}",
             },
             {
                 "Sid": "OwnLogs",

@@ -14,6 +14,7 @@ pickled with its traceback. See :mod:`.protocol` for the message formats.
 
 from __future__ import annotations
 
+import os
 import resource
 import time
 import uuid
@@ -26,14 +27,21 @@ import cloudpickle
 from . import protocol
 from .storage import S3Store, object_name
 
-_state = {"cold": True, "pool": None, "runtime_id": uuid.uuid4().hex[:12]}
+KEY_VARIABLE = "DASK_LAMBDA_KEY_PARAMETER"  # see dask_lambda.keys (client side)
+_state: dict[str, Any] = {"cold": True, "pool": None, "runtime_id": uuid.uuid4().hex[:12]}
 
 
 def lambda_handler(event: dict, context: Any) -> dict:
     """Run one dask-lambda request; see :mod:`dask_lambda.protocol`."""
     started = time.perf_counter()
     cold, _state["cold"] = _state["cold"], False
-    payload = protocol.open_envelope(event, fetch=lambda bucket, key: S3Store(bucket).get(key))
+    try:
+        payload = protocol.open_envelope(
+            event, fetch=lambda bucket, key: S3Store(bucket).get(key), key=_signing_key()
+        )
+    except protocol.ProtocolError as e:
+        print(f"dask-lambda refused an event: {e}")  # the function's log: who sent what
+        raise
     op = payload.get("op")
     if op == "ping":
         body: dict[str, Any] = {"stats": {}}
@@ -51,6 +59,22 @@ def lambda_handler(event: dict, context: Any) -> dict:
         memory_limit_mb=int(getattr(context, "memory_limit_in_mb", 0) or 0),
     )
     return protocol.envelope(protocol.encode_payload(body))
+
+
+def _signing_key() -> bytes:
+    """The function's key, read once per runtime from the SSM parameter its environment names."""
+    if "key" not in _state:
+        name = os.environ.get(KEY_VARIABLE)
+        if not name:
+            raise protocol.SignatureError(
+                f"This function has no signing key ({KEY_VARIABLE} is not set), so it runs"
+                " nothing. Deploy it with `dask-lambda deploy`, which creates one."
+            )
+        import boto3
+
+        value = boto3.client("ssm").get_parameter(Name=name, WithDecryption=True)
+        _state["key"] = bytes.fromhex(value["Parameter"]["Value"])
+    return _state["key"]
 
 
 def _io_pool() -> ThreadPoolExecutor:

@@ -89,6 +89,8 @@ class Invoker:
         Where oversized request payloads are spilled.
     retries, retry_backoff
         Bounded retry policy for infrastructure failures.
+    signing_key
+        The function's key (:mod:`.keys`); every event is signed with it.
     """
 
     def __init__(
@@ -101,8 +103,11 @@ class Invoker:
         payload_prefix: str = "dask-lambda",
         retries: int = 3,
         retry_backoff: float = 0.1,
+        signing_key: bytes | None = None,
     ):
         self.function_name = function_name
+        self.signing_key = signing_key
+        self.signature_ttl = function_timeout + 900
         self.store = store
         self.payload_prefix = payload_prefix
         self.retries = retries
@@ -150,9 +155,11 @@ class Invoker:
                 protocol.MARKER: protocol.PROTOCOL_VERSION,
                 "payload_ref": {"bucket": self.store.bucket, "key": spilled_key},
             }
+            if self.signing_key is not None:
+                event = protocol.sign(event, data, self.signing_key, self.signature_ttl)
             counters.add(spilled_requests=1)
         else:
-            event = protocol.envelope(data)
+            event = protocol.envelope(data, self.signing_key, self.signature_ttl)
         body = json.dumps(event).encode()
         try:
             return self._call_with_retries(body, task_keys or [], counters)

@@ -3,11 +3,18 @@
 Both sides import this module; it needs only the standard library, msgpack and cloudpickle.
 
 Event (the JSON document sent to ``Invoke``)
-    ``{"dask_lambda": 1, "payload": "<base64 msgpack>"}``, or, when the encoded payload would not
-    fit Lambda's 6 MB request limit, ``{"dask_lambda": 1, "payload_ref": {"bucket": B, "key": K}}``
-    with the same bytes stored in S3 (the handler fetches them). The ``dask_lambda`` field marks
-    the event as ours and names the protocol version; any other event is refused with a
-    :class:`ProtocolError` that says what the function expected.
+    ``{"dask_lambda": 1, "payload": "<base64 msgpack>", "expires": T, "signature": S}``, or, when
+    the encoded payload would not fit Lambda's 6 MB request limit, ``"payload_ref": {"bucket": B,
+    "key": K}`` in place of ``payload`` with the same bytes stored in S3 (the handler fetches
+    them). The ``dask_lambda`` field marks the event as ours and names the protocol version; any
+    other event is refused with a :class:`ProtocolError` that says what the function expected.
+
+Signature
+    ``S = hex(HMAC-SHA256(key, b"1.<T>." + SHA256(payload bytes)))`` with the key the client and
+    the function share (:mod:`.keys`); ``T`` is a Unix time after which the event is refused. The
+    handler checks it before it unpickles anything, so being allowed to invoke the function is
+    not enough to make it run code, and a captured event stops working when it expires.
+    Responses are not signed: they come back over Lambda's authenticated API.
 
 Request payload (msgpack map)
     ``op``
@@ -44,7 +51,10 @@ Response (the handler's return value, JSON)
 from __future__ import annotations
 
 import base64
+import hashlib
+import hmac
 import json
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -56,6 +66,10 @@ MARKER = "dask_lambda"
 
 class ProtocolError(ValueError):
     """An event or response that is not (this version of) the dask-lambda protocol."""
+
+
+class SignatureError(ProtocolError):
+    """An event that is unsigned, tampered with, expired or signed with another key."""
 
 
 @dataclass
@@ -86,9 +100,21 @@ def decode_payload(data: bytes) -> dict[str, Any]:
     return payload
 
 
-def envelope(payload_bytes: bytes) -> dict[str, Any]:
-    """The JSON event/response carrying ``payload_bytes`` inline."""
-    return {MARKER: PROTOCOL_VERSION, "payload": base64.b64encode(payload_bytes).decode("ascii")}
+def signature(key: bytes, payload_bytes: bytes, expires: int) -> str:
+    material = f"{PROTOCOL_VERSION}.{expires}.".encode() + hashlib.sha256(payload_bytes).digest()
+    return hmac.new(key, material, hashlib.sha256).hexdigest()
+
+
+def sign(document: dict[str, Any], payload_bytes: bytes, key: bytes, ttl: float) -> dict[str, Any]:
+    """Add ``expires`` and ``signature`` for ``payload_bytes`` to an event."""
+    expires = int(time.time() + ttl)
+    return {**document, "expires": expires, "signature": signature(key, payload_bytes, expires)}
+
+
+def envelope(payload_bytes: bytes, key: bytes | None = None, ttl: float = 900) -> dict[str, Any]:
+    """The JSON event/response carrying ``payload_bytes`` inline; signed if ``key`` is given."""
+    document = {MARKER: PROTOCOL_VERSION, "payload": base64.b64encode(payload_bytes).decode()}
+    return sign(document, payload_bytes, key, ttl) if key is not None else document
 
 
 def envelope_size(payload_bytes: bytes) -> int:
@@ -96,8 +122,11 @@ def envelope_size(payload_bytes: bytes) -> int:
     return 4 * -(-len(payload_bytes) // 3) + len(MARKER) + 32
 
 
-def open_envelope(document: Any, fetch=None) -> dict[str, Any]:
-    """The payload of an event or response; ``fetch(bucket, key)`` reads a spilled payload."""
+def open_envelope(document: Any, fetch=None, key: bytes | None = None) -> dict[str, Any]:
+    """The payload of an event or response; ``fetch(bucket, key)`` reads a spilled payload.
+
+    With ``key``, the event must carry a valid, unexpired signature (:class:`SignatureError`).
+    """
     if isinstance(document, (bytes, str)):
         try:
             document = json.loads(document)
@@ -127,7 +156,28 @@ def open_envelope(document: Any, fetch=None) -> dict[str, Any]:
         data = fetch(ref["bucket"], ref["key"])
     else:
         raise ProtocolError("dask-lambda event has neither 'payload' nor 'payload_ref'")
+    if key is not None:
+        verify(document, data, key)
     return decode_payload(data)
+
+
+def verify(document: dict, payload_bytes: bytes, key: bytes) -> None:
+    """Raise :class:`SignatureError` unless ``document`` is signed for ``payload_bytes``."""
+    given, expires = document.get("signature"), document.get("expires")
+    if not isinstance(given, str) or not isinstance(expires, int):
+        raise SignatureError(
+            "Refused an unsigned event: this function runs only task batches signed with its"
+            " key. Invoke it through dask_lambda, whose clients sign with the key in SSM."
+        )
+    if not hmac.compare_digest(given, signature(key, payload_bytes, expires)):
+        raise SignatureError(
+            "Refused an event whose signature does not match: it was altered, or signed with"
+            " another key (was the function's key rotated? restart the client)."
+        )
+    if time.time() > expires:
+        raise SignatureError(
+            f"Refused an event that expired at {expires}: is the client's clock right?"
+        )
 
 
 def versions() -> dict[str, str]:

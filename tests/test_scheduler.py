@@ -15,7 +15,7 @@ import dask.bag as db
 import numpy as np
 import pytest
 import tasks
-from conftest import spill_objects
+from conftest import spill_objects, unique
 from dask.diagnostics import ProgressBar
 from dask.utils_test import GetFunctionTestMixin
 
@@ -191,7 +191,12 @@ def test_version_mismatch_is_refused(local, deploy, monkeypatch):
         monkeypatch.setenv(variable, value)
     bucket = "versions-test"
     local.client("s3").create_bucket(Bucket=bucket)
-    name = deploy("old_versions.lambda_handler", code=_old_versions_zip())
+    from dask_lambda.keys import ENV_VARIABLE, ensure_key
+
+    name = unique("old-versions")
+    key = ensure_key(local.client("ssm"), name)
+    deploy("old_versions.lambda_handler", code=_old_versions_zip(), FunctionName=name,
+           Environment={"Variables": {ENV_VARIABLE: key}})  # fmt: skip
     with pytest.raises(VersionMismatchError) as info:
         LambdaCluster(function_name=name, bucket=bucket)
     message = str(info.value)

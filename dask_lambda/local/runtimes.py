@@ -307,7 +307,7 @@ class Runtime:
             if not raw and final:
                 continue
             line = raw.decode("utf-8", "replace")
-            if inv is not None and not inv.done.is_set():
+            if inv is not None:  # also after its response: drain_logs() runs then
                 inv.log_lines.append(line)
             self.manager.record_log(self.spec.name, self.log_stream, line)
 
