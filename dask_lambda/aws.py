@@ -45,14 +45,23 @@ class Aws:
             return self._session
 
     def client(self, service: str, config=None):
-        """A boto3 client for ``service``."""
-        if config is None and service == "s3":
-            from botocore.config import Config
+        """A boto3 client for ``service``, with deadlines on every call (``lambda.api-timeout``).
 
-            config = Config(
-                retries={"mode": "standard", "max_attempts": 5}, signature_version="s3v4"
-            )
-        return self.session.client(service, endpoint_url=self.endpoint_url, config=config)
+        ``config`` (a botocore ``Config``) overrides the defaults it names.
+        """
+        from botocore.config import Config
+
+        from . import config as settings
+
+        timeout = float(settings.get("api-timeout"))
+        defaults = Config(
+            connect_timeout=timeout,
+            read_timeout=timeout,
+            retries={"mode": "standard", "max_attempts": 5 if service == "s3" else 3},
+            signature_version="s3v4" if service == "s3" else None,
+        )
+        merged = defaults.merge(config) if config is not None else defaults
+        return self.session.client(service, endpoint_url=self.endpoint_url, config=merged)
 
     @property
     def region_name(self) -> str | None:

@@ -50,6 +50,9 @@ class Settings:
     max_bytes: int
     per_slot: int
     inline_limit: int
+    max_object_bytes: int
+    kms_key_id: str | None
+    task_retries: int
 
 
 def current_cluster() -> LambdaCluster:
@@ -144,6 +147,9 @@ class LambdaCluster:
             max_bytes=int(config.get("batch.max-bytes", max_bytes)),
             per_slot=int(config.get("batch.per-slot", per_slot)),
             inline_limit=int(config.get("spill.inline-limit", inline_limit)),
+            max_object_bytes=int(config.get("spill.max-object-bytes")),
+            kms_key_id=config.get("spill.kms-key-id"),
+            task_retries=int(config.get("task-retries")),
         )
         if self.settings.max_concurrency < 1:
             raise ValueError(f"max_concurrency must be at least 1, got {concurrency}")
@@ -163,8 +169,7 @@ class LambdaCluster:
             self.aws = Aws(region=self.region, endpoint_url=self.endpoint_url)
             if self.function_name is None:
                 self._start_local(resources)
-            lam = self._client("lambda")
-            function = lam.get_function_configuration(FunctionName=self.function_name)
+            function = self._describe_function()
             self.function_timeout = int(function.get("Timeout") or self.timeout)
             self.function_memory = int(function.get("MemorySize") or self.memory)
             self.function_architecture = (function.get("Architectures") or ["x86_64"])[0]
@@ -179,7 +184,10 @@ class LambdaCluster:
                     f"No spill bucket for function {self.function_name!r}: pass bucket=, set"
                     " lambda.bucket (DASK_LAMBDA__BUCKET), or deploy with --bucket"
                 )
-            self.store = S3Store(self.bucket, client=self._client("s3"))
+            self.store = S3Store(
+                self.bucket, client=self._client("s3"), kms_key_id=self.settings.kms_key_id
+            )
+            self._check_bucket()
             self.invoker = Invoker(
                 self.function_name,
                 lambda cfg: self._client("lambda", cfg),
@@ -238,6 +246,71 @@ class LambdaCluster:
             timeout=self.timeout,
             environment={"DASK_LAMBDA_BUCKET": self.bucket, KEY_VARIABLE: key_parameter},
         )
+
+    def _where(self) -> str:
+        region = self.aws.region_name or "no region"
+        return f"{region}" + (f" at {self.endpoint_url}" if self.endpoint_url else "")
+
+    def _describe_function(self) -> dict[str, Any]:
+        """The function's configuration, or an error that says what to fix."""
+        import botocore.exceptions as bce
+
+        name = self.function_name
+        try:
+            return self._client("lambda").get_function_configuration(FunctionName=name)
+        except bce.NoCredentialsError:
+            raise PermissionError(
+                f"No AWS credentials to reach Lambda function {name!r}. Configure them (aws"
+                " configure, AWS_PROFILE, or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY), or"
+                " leave function_name unset to run on the embedded local Lambda."
+            ) from None
+        except bce.NoRegionError:
+            raise ValueError(
+                f"No AWS region for Lambda function {name!r}: pass region= or set AWS_REGION."
+            ) from None
+        except (bce.ReadTimeoutError, bce.ConnectTimeoutError) as e:
+            raise TimeoutError(
+                f"Lambda at {e.kwargs.get('endpoint_url')} did not answer within"
+                f" {config.get('api-timeout')} s (lambda.api-timeout): is the endpoint right?"
+            ) from None
+        except bce.EndpointConnectionError as e:
+            raise ConnectionError(
+                f"Cannot reach Lambda at {e.kwargs.get('endpoint_url')}: check endpoint_url"
+                " (or AWS_ENDPOINT_URL*) and your network."
+            ) from None
+        except bce.ClientError as e:
+            code = e.response.get("Error", {}).get("Code", "")
+            if code == "ResourceNotFoundException":
+                raise ValueError(
+                    f"Lambda function {name!r} does not exist in {self._where()}. Deploy it"
+                    f" (dask-lambda deploy {name} ...), or check the name and the region."
+                ) from None
+            if code in ("UnrecognizedClientException", "InvalidSignatureException",
+                        "AccessDeniedException", "ExpiredTokenException"):  # fmt: skip
+                raise PermissionError(
+                    f"AWS refused these credentials for Lambda function {name!r} ({code}):"
+                    " check the profile or keys, and that they may call lambda:GetFunction."
+                ) from None
+            raise
+
+    def _check_bucket(self) -> None:
+        import botocore.exceptions as bce
+
+        try:
+            self.store.client.head_bucket(Bucket=self.bucket)
+        except bce.ClientError as e:
+            status = e.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+            if status == 404:
+                raise ValueError(
+                    f"The spill bucket {self.bucket!r} does not exist in {self._where()}. Create"
+                    f" it (aws s3 mb s3://{self.bucket}) or pass another bucket=."
+                ) from None
+            if status == 403:
+                raise PermissionError(
+                    f"No access to the spill bucket {self.bucket!r}: these credentials need"
+                    f" s3:ListBucket, GetObject, PutObject and DeleteObject on it."
+                ) from None
+            raise
 
     def _signing_key(self, env: dict[str, str]) -> bytes:
         from .keys import ENV_VARIABLE, fetch_key

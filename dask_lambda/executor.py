@@ -27,7 +27,7 @@ from .cluster import LambdaCluster
 from .exceptions import LambdaFunctionError
 from .protocol import BatchSpec
 from .remote_errors import _rebuild
-from .scheduler import RESPONSE_BUDGET
+from .scheduler import run_payload
 
 _STOP = object()
 
@@ -189,15 +189,8 @@ class LambdaExecutor(Executor):
                 return
             tasks = [task for _, task in batch]
             spec_bytes = cloudpickle.dumps(BatchSpec(self._id, tasks, [t.key for t in tasks]))
-        cluster = self.cluster
-        response = cluster.invoker.call(
-            {
-                "op": "run",
-                "spec": spec_bytes,
-                "store": {"bucket": cluster.bucket, "prefix": self._prefix},
-                "inline_limit": cluster.settings.inline_limit,
-                "response_limit": RESPONSE_BUDGET,
-            },
+        response = self.cluster.invoker.call(
+            run_payload(self.cluster, spec_bytes, self._prefix),
             task_keys=[t.key for t in tasks],
             payload_prefix=f"{self._prefix}/{self._id}",
         )

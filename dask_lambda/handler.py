@@ -36,9 +36,7 @@ def lambda_handler(event: dict, context: Any) -> dict:
     started = time.perf_counter()
     cold, _state["cold"] = _state["cold"], False
     try:
-        payload = protocol.open_envelope(
-            event, fetch=lambda bucket, key: S3Store(bucket).get(key), key=_signing_key()
-        )
+        payload = protocol.open_envelope(event, fetch=_fetch_payload, key=_signing_key())
     except protocol.ProtocolError as e:
         print(f"dask-lambda refused an event: {e}")  # the function's log: who sent what
         raise
@@ -59,6 +57,13 @@ def lambda_handler(event: dict, context: Any) -> dict:
         memory_limit_mb=int(getattr(context, "memory_limit_in_mb", 0) or 0),
     )
     return protocol.envelope(protocol.encode_payload(body))
+
+
+def _fetch_payload(bucket: str, key: str) -> bytes:
+    try:
+        return S3Store(bucket).get(key)
+    except Exception as e:
+        raise protocol.TransientError(f"Could not read the spilled request {key}: {e}") from e
 
 
 def _signing_key() -> bytes:
@@ -89,7 +94,7 @@ def _run(payload: dict, started: float) -> dict:
         spec: protocol.BatchSpec = cloudpickle.loads(payload["spec"])
     except Exception as e:
         return {"fatal": error_info(-1, e), "stats": stats}
-    store = S3Store(payload["store"]["bucket"])
+    store = S3Store(payload["store"]["bucket"], kms_key_id=payload["store"].get("kms_key_id"))
     prefix = payload["store"]["prefix"]
     values = _load_inputs(spec, store, stats)
 
@@ -97,7 +102,11 @@ def _run(payload: dict, started: float) -> dict:
     output_index = {key: i for i, key in enumerate(spec.outputs)}
     results: list = [["skipped", None, None, 0] for _ in spec.outputs]
     uploads: list[tuple[list, Future]] = []
-    budget = {"inline": payload["inline_limit"], "response": payload["response_limit"]}
+    budget = {
+        "inline": payload["inline_limit"],
+        "response": payload["response_limit"],
+        "largest": payload.get("max_object_bytes") or float("inf"),
+    }
     failed: set = set()
     errors, timings = [], []
     for index, node in enumerate(spec.tasks):
@@ -109,16 +118,16 @@ def _run(payload: dict, started: float) -> dict:
         began = time.perf_counter()
         try:
             value = node(values)
-        except Exception as e:
-            failed.add(key)
-            errors.append(error_info(index, e))
-            if key in output_index:
-                results[output_index[key]] = ["error", None, None, 0]
-        else:
             values[key] = value
             if key in output_index:
                 name = object_name(prefix, spec.compute_id, key)
                 results[output_index[key]] = _output(value, name, store, budget, uploads, stats)
+        except Exception as e:
+            failed.add(key)
+            values.pop(key, None)
+            errors.append(error_info(index, e))
+            if key in output_index:
+                results[output_index[key]] = ["error", None, None, 0]
         timings.append([began - started, time.perf_counter() - started])
         for dep in node.dependencies:
             remaining_uses[dep] -= 1
@@ -127,7 +136,10 @@ def _run(payload: dict, started: float) -> dict:
         if not remaining_uses.get(key):
             values.pop(key, None)
     for entry, upload in uploads:
-        stats["s3_bytes_written"] += upload.result()
+        try:
+            stats["s3_bytes_written"] += upload.result()
+        except Exception as e:
+            raise protocol.TransientError(f"Could not write a result to S3: {e}") from e
         entry[0] = "ok"
     return {"results": results, "errors": errors, "timings": timings, "stats": stats}
 
@@ -140,7 +152,10 @@ def _load_inputs(spec: protocol.BatchSpec, store: S3Store, stats: dict) -> dict:
             values[key] = cloudpickle.loads(ref[1])
         else:
             remote.append((key, ref[1], ref[2]))
-    fetched = _io_pool().map(lambda item: store.get(item[1], item[2]), remote)
+    try:
+        fetched = list(_io_pool().map(lambda item: store.get(item[1], item[2]), remote))
+    except Exception as e:
+        raise protocol.TransientError(f"Could not read an input from S3: {e}") from e
     for (key, _, size), data in zip(remote, fetched, strict=True):
         values[key] = cloudpickle.loads(data)
         stats["s3_bytes_read"] += size
@@ -149,6 +164,12 @@ def _load_inputs(spec: protocol.BatchSpec, store: S3Store, stats: dict) -> dict:
 
 def _output(value, name: str, store: S3Store, budget: dict, uploads: list, stats: dict) -> list:
     data = cloudpickle.dumps(value, protocol=5)
+    if len(data) > budget["largest"]:
+        raise ValueError(
+            f"This task's result is {len(data)} bytes pickled, over the largest object dask-lambda"
+            f" may store ({budget['largest']} bytes, lambda.spill.max-object-bytes). Split it into"
+            " smaller chunks, or raise the limit (within the function's memory and /tmp)."
+        )
     if len(data) <= budget["inline"] and len(data) <= budget["response"]:
         budget["response"] -= len(data)
         stats["inline_bytes"] += len(data)

@@ -42,7 +42,12 @@ RETRYABLE_CODES = {
     "SlowDown",
     "InternalError",
 }
-RETRYABLE_FUNCTION_ERRORS = ("Runtime.ExitError", "Sandbox.Timedout", "Runtime.Unknown")
+RETRYABLE_FUNCTION_ERRORS = (
+    "Runtime.ExitError",
+    "Sandbox.Timedout",
+    "Runtime.Unknown",
+    "TransientError",
+)
 RETRYABLE_EXCEPTIONS = (
     botocore.exceptions.ConnectionError,
     botocore.exceptions.ReadTimeoutError,
@@ -56,6 +61,7 @@ class InvokeStats:
 
     invocations: int = 0
     retries: int = 0
+    task_retries: int = 0
     throttles: int = 0
     cold_starts: int = 0
     request_bytes: int = 0
@@ -190,6 +196,11 @@ class Invoker:
             message = e.response.get("Error", {}).get("Message", str(e))
             if code == "TooManyRequestsException":
                 stats.add(throttles=1)
+            if code == "ResourceNotFoundException":
+                message += (
+                    f". Was it deleted, or is it in another region? Deploy it:"
+                    f" dask-lambda deploy {self.function_name}"
+                )
             error = LambdaFunctionError(self.function_name, code, message, task_keys)
             if (
                 code in RETRYABLE_CODES
@@ -232,6 +243,12 @@ class Invoker:
             error = {"errorType": "Unknown", "errorMessage": raw[:500].decode(errors="replace")}
         error_type = error.get("errorType", "Unknown")
         message = error.get("errorMessage", "")
+        if error_type == "Sandbox.Timedout":
+            message += (
+                f". A batch ran longer than the function's timeout: raise it (dask-lambda update"
+                f" {self.function_name} --timeout SECONDS, at most 900) or split the work into"
+                " smaller tasks (or lower lambda.batch.max-tasks)."
+            )
         failure = LambdaFunctionError(
             self.function_name,
             error_type,

@@ -68,6 +68,10 @@ class ProtocolError(ValueError):
     """An event or response that is not (this version of) the dask-lambda protocol."""
 
 
+class TransientError(RuntimeError):
+    """The handler's own S3 traffic failed; the client retries the whole batch."""
+
+
 class SignatureError(ProtocolError):
     """An event that is unsigned, tampered with, expired or signed with another key."""
 

@@ -34,6 +34,7 @@ class ComputeReport:
     tasks: int = 0
     invocations: int = 0
     retries: int = 0
+    task_retries: int = 0
     throttles: int = 0
     cold_starts: int = 0
     wall_time: float = 0.0

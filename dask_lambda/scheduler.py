@@ -49,13 +49,39 @@ if TYPE_CHECKING:
 RESPONSE_BUDGET = 4_000_000  # raw bytes of inline results per response (6 MB after base64)
 
 
-def get(cluster: LambdaCluster, dsk, keys, cache: Mapping | None = None, callbacks=None, **kwargs):
-    """Compute ``keys`` of ``dsk`` on ``cluster``'s Lambda function (a Dask get function)."""
+def run_payload(cluster: LambdaCluster, spec_bytes: bytes, prefix: str) -> dict:
+    """The ``run`` request for a pickled batch (see :mod:`.protocol`)."""
+    settings = cluster.settings
+    return {
+        "op": "run",
+        "spec": spec_bytes,
+        "store": {"bucket": cluster.bucket, "prefix": prefix, "kms_key_id": settings.kms_key_id},
+        "inline_limit": settings.inline_limit,
+        "response_limit": RESPONSE_BUDGET,
+        "max_object_bytes": settings.max_object_bytes,
+    }
+
+
+def get(
+    cluster: LambdaCluster,
+    dsk,
+    keys,
+    cache: Mapping | None = None,
+    callbacks=None,
+    retries: int | None = None,
+    **kwargs,
+):
+    """Compute ``keys`` of ``dsk`` on ``cluster``'s Lambda function (a Dask get function).
+
+    ``retries`` runs a task whose own code raised again, up to that many times (as
+    ``distributed``'s ``compute(retries=...)``); the default is ``lambda.task-retries``.
+    """
     if not isinstance(dsk, Mapping):
         dsk = dsk.__dask_graph__()
     dsk = convert_legacy_graph(ensure_dict(dsk))
     flat_keys = list(flatten(keys)) if isinstance(keys, list) else [keys]
     compute = _Compute(cluster, dsk, flat_keys, dict(cache or {}))
+    compute.task_retries = int(cluster.settings.task_retries if retries is None else retries)
     with local_callbacks(callbacks) as active_callbacks:
         values = compute.run(active_callbacks)
     return nested_get(keys, values)
@@ -177,25 +203,21 @@ class _Compute:
                 f"Could not serialize task {spec.tasks[0].key!r} for Lambda: {e}. Tasks must be"
                 " picklable: use module-level functions and picklable arguments."
             ) from e
-        settings = self.cluster.settings
-        response = self.cluster.invoker.call(
-            {
-                "op": "run",
-                "spec": spec_bytes,
-                "store": {"bucket": self.cluster.bucket, "prefix": self.prefix},
-                "inline_limit": settings.inline_limit,
-                "response_limit": RESPONSE_BUDGET,
-            },
-            task_keys=[node.key for node in spec.tasks],
-            stats=self.stats,
-            payload_prefix=f"{self.prefix}/{self.id}",
-        )
-        if "fatal" in response:
-            raise_fatal(response["fatal"], self.cluster.function_name)
-        if response["errors"]:
-            error = min(response["errors"], key=lambda e: e["index"])
-            raise_task_error(error, spec.tasks[error["index"]].key)
-        return response
+        for attempt in range(self.task_retries + 1):
+            response = self.cluster.invoker.call(
+                run_payload(self.cluster, spec_bytes, self.prefix),
+                task_keys=[node.key for node in spec.tasks],
+                stats=self.stats,
+                payload_prefix=f"{self.prefix}/{self.id}",
+            )
+            if "fatal" in response:
+                raise_fatal(response["fatal"], self.cluster.function_name)
+            if not response["errors"]:
+                return response
+            if attempt < self.task_retries:
+                self.stats.add(task_retries=1)
+        error = min(response["errors"], key=lambda e: e["index"])
+        raise_task_error(error, spec.tasks[error["index"]].key)
 
     # -- data -----------------------------------------------------------------------------------
     def _input_size(self, key) -> int:
@@ -214,6 +236,13 @@ class _Compute:
         except Exception as e:
             raise TypeError(f"Could not serialize the graph literal {key!r}: {e}") from e
         self.report.bytes_from_client += len(data)
+        largest = self.cluster.settings.max_object_bytes
+        if len(data) > largest:
+            raise ValueError(
+                f"The graph literal {key!r} is {len(data)} bytes pickled, over the largest object"
+                f" dask-lambda may store ({largest} bytes, lambda.spill.max-object-bytes). Load"
+                " it inside a task (e.g. from S3) in chunks, or raise the limit."
+            )
         if len(data) <= self.cluster.settings.inline_limit:
             where: tuple = ("inline", data)
         else:
@@ -251,6 +280,7 @@ class _Compute:
             stats = self.stats
             self.report.invocations = stats.invocations
             self.report.retries = stats.retries
+            self.report.task_retries = stats.task_retries
             self.report.throttles = stats.throttles
             self.report.cold_starts = stats.cold_starts
             self.report.bytes_to_client += stats.response_bytes

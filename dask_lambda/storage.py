@@ -53,11 +53,14 @@ class S3Store:
         The spill bucket.
     client
         A boto3 S3 client; by default one from :func:`s3_client` with the environment's settings.
+    kms_key_id
+        Encrypt objects with this KMS key (SSE-KMS) instead of S3-managed keys (SSE-S3).
     """
 
-    def __init__(self, bucket: str, client: Any = None):
+    def __init__(self, bucket: str, client: Any = None, kms_key_id: str | None = None):
         self.bucket = bucket
         self.client = client if client is not None else s3_client()
+        self.kms_key_id = kms_key_id
         self._transfer_config = None
 
     @property
@@ -74,7 +77,11 @@ class S3Store:
 
     def put(self, name: str, data: bytes) -> int:
         """Write ``data`` (private, encrypted at rest) and return its size."""
-        extra = {"ServerSideEncryption": "AES256"}
+        extra = (
+            {"ServerSideEncryption": "aws:kms", "SSEKMSKeyId": self.kms_key_id}
+            if self.kms_key_id
+            else {"ServerSideEncryption": "AES256"}
+        )
         if len(data) >= MULTIPART_THRESHOLD:
             self.client.upload_fileobj(
                 io.BytesIO(data), self.bucket, name, ExtraArgs=extra, Config=self.transfer_config

@@ -87,3 +87,17 @@ def module_file(module: str) -> str:
     import importlib
 
     return importlib.import_module(module).__file__
+
+
+def fail_first_time(marker: str, value):
+    """Raise on the first run (no marker file yet), succeed afterwards."""
+    import os
+
+    if not os.path.exists(marker):
+        open(marker, "w").close()
+        raise RuntimeError("first attempt fails")
+    return value
+
+
+def chunk_of(values, seed):
+    return [v * seed for v in values]

@@ -1,0 +1,196 @@
+"""Faults, retries and bad input: right answers or clear errors, nothing left behind."""
+
+from __future__ import annotations
+
+import operator
+import os
+import threading
+
+import dask
+import dask.bag as db
+import pytest
+import tasks
+from conftest import gone, spill_objects, unique, wait_until
+
+from dask_lambda import LambdaCluster, LambdaFunctionError
+
+SOAK_TASKS = int(os.environ.get("DASK_LAMBDA_SOAK_TASKS", "10000"))
+
+
+def test_soak_with_ten_percent_faults():
+    """>= 10,000 tasks while 10% of invocations crash, run out of memory, time out or are
+    throttled, and 2% of S3 requests fail: exactly the right answer, nothing left behind."""
+    partitions = SOAK_TASKS // 2
+    with LambdaCluster(max_tasks=10, retries=12, retry_backoff=0.01, inline_limit=0) as cluster:
+        cluster.local.set_faults(
+            crash_rate=0.04, oom_rate=0.02, timeout_rate=0.02, throttle_rate=0.02,
+            s3_error_rate=0.02,
+        )  # fmt: skip
+        bag = db.from_sequence(range(SOAK_TASKS * 5), npartitions=partitions).map(tasks.inc)
+        assert bag.sum().compute(scheduler=cluster) == sum(range(1, SOAK_TASKS * 5 + 1))
+        report = cluster.last_report
+        stats = cluster.local.stats()
+        injected = stats["faults"]["injected"]
+        print(f"\nsoak: {report.summary()}\n  injected: {injected}")
+        assert report.tasks >= SOAK_TASKS
+        assert sum(v for k, v in injected.items() if k != "s3_error") > 0
+        assert report.retries >= sum(injected.get(k, 0) for k in ("crash", "oom", "timeout"))
+        assert report.s3_objects_left == 0 and spill_objects(cluster) == []
+        pids = stats["pids"] + [cluster.local.pid]
+    assert wait_until(lambda: all(gone(pid) for pid in pids))
+
+
+def test_user_exceptions_are_retried_only_when_asked(cluster, tmp_path):
+    marker = str(tmp_path / "marker")
+    x = dask.delayed(tasks.fail_first_time)(marker, 7)
+    with pytest.raises(RuntimeError, match="first attempt fails"):
+        x.compute(scheduler=cluster)
+    assert cluster.last_report.retries == 0
+    os.remove(marker)
+    assert x.compute(scheduler=cluster, retries=1) == 7
+    assert cluster.last_report.task_retries == 1
+
+
+def test_transient_s3_errors_are_retried():
+    with LambdaCluster(inline_limit=0, retries=12, retry_backoff=0.01) as cluster:
+        cluster.local.set_faults(s3_error_rate=0.2)
+        parts = [dask.delayed(tasks.chunk_of)(list(range(100)), i) for i in range(20)]
+        total = dask.delayed(sum)([dask.delayed(sum)(p) for p in parts])
+        assert total.compute(scheduler=cluster) == sum(sum(range(100)) * i for i in range(20))
+        assert cluster.local.stats()["faults"]["injected"].get("s3_error", 0) > 0
+
+
+def test_unpicklable_function_is_a_clear_error(cluster):
+    lock = threading.Lock()
+    with pytest.raises(TypeError, match="picklable"):
+        dask.delayed(lock.acquire)().compute(scheduler=cluster)
+    assert spill_objects(cluster) == []
+
+
+def test_object_over_the_size_limit_is_a_clear_error():
+    limit = {"lambda.spill.max-object-bytes": 1_000_000}
+    with dask.config.set(limit), LambdaCluster(max_concurrency=1) as cluster:
+        with pytest.raises(ValueError, match="lambda.spill.max-object-bytes") as info:
+            dask.delayed(tasks.big_array)(2).compute(scheduler=cluster)
+        assert "Split it into smaller chunks" in str(info.value)
+        literal = dask.delayed(b"x" * 2_000_000, name="huge-literal")
+        with pytest.raises(ValueError, match="graph literal"):
+            dask.delayed(len)(literal).compute(scheduler=cluster)
+        assert spill_objects(cluster) == []
+
+
+@pytest.fixture
+def aws_env(local, monkeypatch):
+    for variable, value in local.env().items():
+        monkeypatch.setenv(variable, value)
+
+
+@pytest.fixture
+def own_function(local, aws_env):
+    """A dask-lambda function on the session's local Lambda that a test may break."""
+    from dask_lambda.build import package_zip
+    from dask_lambda.deploy import ensure_function, ensure_role
+    from dask_lambda.keys import ENV_VARIABLE, ensure_key
+
+    def make(timeout: int = 30) -> tuple[str, str]:
+        name, bucket = unique("breakable"), unique("bucket")
+        local.client("s3").create_bucket(Bucket=bucket)
+        environment = {"DASK_LAMBDA_BUCKET": bucket,
+                       ENV_VARIABLE: ensure_key(local.client("ssm"), name)}  # fmt: skip
+        role = ensure_role(local.client("iam"), "breakable")
+        ensure_function(local.client("lambda"), name, package_zip(), role, memory=1024,
+                        timeout=timeout, environment=environment)  # fmt: skip
+        return name, bucket
+
+    return make
+
+
+def test_missing_bucket(own_function):
+    name, _ = own_function()
+    with pytest.raises(ValueError, match="'no-such-bucket' does not exist.*aws s3 mb"):
+        LambdaCluster(function_name=name, bucket="no-such-bucket")
+
+
+def test_missing_credentials(own_function, monkeypatch, tmp_path):
+    name, _ = own_function()
+    for variable in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN",
+                     "AWS_PROFILE"):  # fmt: skip
+        monkeypatch.delenv(variable, raising=False)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    with pytest.raises(PermissionError, match="No AWS credentials"):
+        LambdaCluster(function_name=name)
+
+
+def test_missing_deleted_and_wrong_region_functions(local, own_function):
+    with pytest.raises(ValueError, match="'never-deployed' does not exist.*dask-lambda deploy"):
+        LambdaCluster(function_name="never-deployed")
+    name, _ = own_function()
+    with pytest.raises(ValueError, match="does not exist in eu-west-1"):
+        LambdaCluster(function_name=name, region="eu-west-1")
+    with LambdaCluster(function_name=name) as cluster:
+        assert dask.delayed(tasks.inc)(1).compute(scheduler=cluster) == 2
+        local.client("lambda").delete_function(FunctionName=name)
+        with pytest.raises(LambdaFunctionError, match="deleted"):
+            dask.delayed(tasks.inc)(2).compute(scheduler=cluster)
+
+
+def test_function_timeout_shorter_than_a_task(own_function):
+    name, _ = own_function(timeout=1)
+    cluster = LambdaCluster(function_name=name, retries=1, retry_backoff=0.01)
+    with cluster, pytest.raises(LambdaFunctionError) as info:
+        dask.delayed(tasks.slow)(1, 5).compute(scheduler=cluster)
+    message = str(info.value)
+    assert info.value.error_type == "Sandbox.Timedout" and info.value.attempts == 2
+    assert f"dask-lambda update {name} --timeout" in message
+
+
+def test_spilled_objects_are_encrypted(cluster, local):
+    cluster.store.put("dask-lambda/encryption-check", b"secret")
+    head = cluster.store.client.head_object(
+        Bucket=cluster.bucket, Key="dask-lambda/encryption-check"
+    )
+    assert head["ServerSideEncryption"] == "AES256"
+    cluster.store.delete(["dask-lambda/encryption-check"])
+
+    from dask_lambda.storage import S3Store
+
+    s3 = local.client("s3")
+    bucket = unique("kms")
+    s3.create_bucket(Bucket=bucket)
+    S3Store(bucket, s3, kms_key_id="alias/spill").put("x", b"secret")
+    head = s3.head_object(Bucket=bucket, Key="x")
+    assert head["ServerSideEncryption"] == "aws:kms" and "spill" in head["SSEKMSKeyId"]
+
+
+def test_local_lambda_binds_loopback_only(local):
+    import psutil
+
+    port = int(local.endpoint_url.rsplit(":", 1)[1])
+    listening = [c for c in psutil.Process(local.pid).net_connections("tcp")
+                 if c.status == psutil.CONN_LISTEN]  # fmt: skip
+    assert listening and all(c.laddr.ip == "127.0.0.1" for c in listening)
+    assert port in {c.laddr.port for c in listening}
+
+
+def test_nothing_hangs_on_a_silent_endpoint(monkeypatch):
+    """A function endpoint that accepts connections and never answers: a deadline, an error."""
+    import socket
+
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen()
+    port = server.getsockname()[1]
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    try:
+        with dask.config.set({"lambda.api-timeout": 0.5}), pytest.raises(TimeoutError) as info:
+            LambdaCluster(function_name="silent", endpoint_url=f"http://127.0.0.1:{port}",
+                          region="us-east-1")  # fmt: skip
+        assert "did not answer within 0.5 s (lambda.api-timeout)" in str(info.value)
+    finally:
+        server.close()
+
+
+_ = operator  # keeps the import for readers of the soak test's arithmetic
