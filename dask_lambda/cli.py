@@ -147,10 +147,14 @@ def _deploy_options(defaults: bool):
                      help="Create a least-privilege role (spill prefix + own logs) and use it."),
         click.option("--env", "env", multiple=True, metavar="KEY=VALUE",
                      help="Environment variable of the function. Repeatable."),
+        click.option("--allow", multiple=True, metavar="MODULE.FUNCTION",
+                     help="Run only these functions (MODULE.* for a whole module). Repeatable."),
         click.option("--bucket", default=default("bucket"),
                      help="Spill bucket the function uses (also stages zips over 50 MB)."),
         click.option("--prefix", default=config.get("prefix"), show_default=True,
                      help="S3 prefix of spilled data."),
+        click.option("--expire-days", type=int, default=1, show_default=True,
+                     help="Lifecycle rule: spill objects a killed client left expire after this."),
     ]  # fmt: skip
 
     def decorate(function):
@@ -210,6 +214,10 @@ def _deploy_or_update(aws, name: str, options: dict, current_env: dict | None = 
     needs_key = current_env is None or ENV_VARIABLE not in current_env
     if needs_key:
         environment = {**(current_env or {}), **environment}
+    if options["allow"]:
+        from .allowlist import ENV_VARIABLE as ALLOWED
+
+        environment[ALLOWED] = ",".join(options["allow"])
     if options["bucket"]:
         environment["DASK_LAMBDA_BUCKET"] = options["bucket"]
         environment["DASK_LAMBDA_PREFIX"] = options["prefix"]
@@ -254,6 +262,12 @@ def _deploy_or_update(aws, name: str, options: dict, current_env: dict | None = 
         bucket=options["bucket"],
         prefix=options["prefix"],
     )
+    if options["bucket"]:
+        from .deploy import ensure_expiry
+
+        ensure_expiry(
+            aws.client("s3"), options["bucket"], options["prefix"], options["expire_days"]
+        )
     configuration = outcome.configuration
     if outcome.created:
         click.echo(f"Created {configuration['FunctionArn']}")

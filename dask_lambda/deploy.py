@@ -142,6 +142,32 @@ def role_policy(bucket: str, prefix: str, function_name: str) -> dict[str, Any]:
     }
 
 
+def ensure_expiry(s3: Any, bucket: str, prefix: str, days: int) -> None:
+    """A lifecycle rule that deletes spill objects under ``prefix`` after ``days`` days.
+
+    Computes delete their objects themselves; the rule catches what a killed client left. Other
+    rules of the bucket are kept.
+    """
+    rule_id = f"dask-lambda-expire-{prefix.strip('/')}"[:255]
+    try:
+        rules = s3.get_bucket_lifecycle_configuration(Bucket=bucket)["Rules"]
+    except s3.exceptions.ClientError as e:
+        if e.response.get("Error", {}).get("Code") != "NoSuchLifecycleConfiguration":
+            raise
+        rules = []
+    rules = [rule for rule in rules if rule.get("ID") != rule_id]
+    rules.append(
+        {
+            "ID": rule_id,
+            "Filter": {"Prefix": prefix.strip("/") + "/"},
+            "Status": "Enabled",
+            "Expiration": {"Days": int(days)},
+            "AbortIncompleteMultipartUpload": {"DaysAfterInitiation": 1},
+        }
+    )
+    s3.put_bucket_lifecycle_configuration(Bucket=bucket, LifecycleConfiguration={"Rules": rules})
+
+
 def ensure_role(iam: Any, name: str, policy: dict | None = None) -> str:
     """The ARN of role ``name`` (assumable by Lambda), created if missing.
 

@@ -4,7 +4,9 @@ Runs on the Lambda side only and imports nothing of the client (no scheduler, cl
 ``distributed`` or the local Lambda): just :mod:`.protocol` and :mod:`.storage`. boto3 is imported
 on first use of S3, so a batch with only inline data never pays for it.
 
-For a ``run`` request it unpickles the batch, fetches the inputs that live in S3 (in parallel),
+Every event must be signed with the function's key (:mod:`.protocol`); a function deployed with
+an allowlist unpickles through it (:mod:`.allowlist`). For a ``run`` request it unpickles the
+batch, fetches the inputs that live in S3 (in parallel),
 runs the nodes in the order given (a topological order, chosen on the client by ``dask.order``),
 frees each intermediate value once its last consumer in the batch has run, and returns every
 requested result inline or, past the inline limit or the response budget, as an S3 reference it
@@ -24,7 +26,7 @@ from typing import Any
 
 import cloudpickle
 
-from . import protocol
+from . import allowlist, protocol
 from .storage import S3Store, object_name
 
 KEY_VARIABLE = "DASK_LAMBDA_KEY_PARAMETER"  # see dask_lambda.keys (client side)
@@ -82,6 +84,15 @@ def _signing_key() -> bytes:
     return _state["key"]
 
 
+def _loads(data: bytes) -> Any:
+    """Unpickle; through the allowlist when the function has one (see :mod:`.allowlist`)."""
+    if "allowed" not in _state:
+        _state["allowed"] = allowlist.parse(os.environ.get(allowlist.ENV_VARIABLE))
+    if _state["allowed"]:
+        return allowlist.loads(data, _state["allowed"])
+    return cloudpickle.loads(data)
+
+
 def _io_pool() -> ThreadPoolExecutor:
     if _state["pool"] is None:
         _state["pool"] = ThreadPoolExecutor(16, thread_name_prefix="dask-lambda-io")
@@ -91,7 +102,7 @@ def _io_pool() -> ThreadPoolExecutor:
 def _run(payload: dict, started: float) -> dict:
     stats = {"s3_bytes_read": 0, "s3_bytes_written": 0, "inline_bytes": 0}
     try:
-        spec: protocol.BatchSpec = cloudpickle.loads(payload["spec"])
+        spec: protocol.BatchSpec = _loads(payload["spec"])
     except Exception as e:
         return {"fatal": error_info(-1, e), "stats": stats}
     store = S3Store(payload["store"]["bucket"], kms_key_id=payload["store"].get("kms_key_id"))
@@ -149,7 +160,7 @@ def _load_inputs(spec: protocol.BatchSpec, store: S3Store, stats: dict) -> dict:
     remote = []
     for key, ref in spec.inputs.items():
         if ref[0] == "inline":
-            values[key] = cloudpickle.loads(ref[1])
+            values[key] = _loads(ref[1])
         else:
             remote.append((key, ref[1], ref[2]))
     try:
@@ -157,7 +168,7 @@ def _load_inputs(spec: protocol.BatchSpec, store: S3Store, stats: dict) -> dict:
     except Exception as e:
         raise protocol.TransientError(f"Could not read an input from S3: {e}") from e
     for (key, _, size), data in zip(remote, fetched, strict=True):
-        values[key] = cloudpickle.loads(data)
+        values[key] = _loads(data)
         stats["s3_bytes_read"] += size
     return values
 

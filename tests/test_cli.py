@@ -286,3 +286,41 @@ def test_builds_target_the_architecture_and_are_cached(aws_env):
     assert "dask_lambda/handler.py" in names and "dask/__init__.py" in names
     again = build(BuildSpec(architecture="arm64"))
     assert again.dependencies_cached and again.zip_bytes == first.zip_bytes  # reproducible
+
+
+def test_deploy_sets_an_expiry_rule_on_the_spill_prefix(local, aws_env, bucket):
+    s3 = local.client("s3")
+    other = {"ID": "keep-me", "Filter": {"Prefix": "logs/"}, "Status": "Enabled",
+             "Expiration": {"Days": 30}}  # fmt: skip
+    s3.put_bucket_lifecycle_configuration(Bucket=bucket, LifecycleConfiguration={"Rules": [other]})
+    cli("deploy", unique("expiring"), "--no-dependencies", "--create-role", "--bucket", bucket,
+        "--expire-days", "2")  # fmt: skip
+    rules = {r["ID"]: r for r in s3.get_bucket_lifecycle_configuration(Bucket=bucket)["Rules"]}
+    assert rules["dask-lambda-expire-dask-lambda"]["Expiration"]["Days"] == 2
+    assert rules["dask-lambda-expire-dask-lambda"]["Filter"]["Prefix"] == "dask-lambda/"
+    assert "keep-me" in rules
+
+
+def test_allowlist_restricts_what_runs(local, aws_env, bucket, tmp_path, monkeypatch):
+    from dask_lambda import LambdaExecutor
+
+    folder = tmp_path / "allowed"
+    folder.mkdir()
+    (folder / "vetted.py").write_text(
+        "def double(x):\n    return 2 * x\n\ndef other(x):\n    return x\n"
+    )
+    monkeypatch.syspath_prepend(str(folder))  # importable here too: pickled by reference
+    vetted = importlib.import_module("vetted")
+    name = unique("locked")
+    cli("deploy", name, str(folder / "vetted.py"), "--allow", "vetted.double", "--create-role",
+        "--bucket", bucket)  # fmt: skip
+    with LambdaCluster(function_name=name) as cluster, LambdaExecutor(cluster=cluster) as ex:
+        assert ex.submit(vetted.double, 21).result(timeout=60) == 42
+        import numpy as np
+
+        doubled = ex.submit(vetted.double, np.arange(3.0)).result(timeout=60)  # data passes
+        np.testing.assert_array_equal(doubled, [0.0, 2.0, 4.0])
+        with pytest.raises(Exception, match="vetted.other is not allowed"):
+            ex.submit(vetted.other, 1).result(timeout=60)
+        with pytest.raises(Exception, match="not allowed by this function's allowlist"):
+            ex.submit(lambda x: x, 1).result(timeout=60)  # pickled by value: never allowed

@@ -194,3 +194,49 @@ def test_nothing_hangs_on_a_silent_endpoint(monkeypatch):
 
 
 _ = operator  # keeps the import for readers of the soak test's arithmetic
+
+
+def test_keyboard_interrupt_cleans_up(tmp_path):
+    """Ctrl-C in the middle of a compute: its S3 objects go, then every process of the cluster."""
+    import json
+    import signal
+    import subprocess
+    import sys
+    import textwrap
+
+    script = textwrap.dedent(
+        f"""
+        import json, sys
+        sys.path.insert(0, {os.path.dirname(__file__)!r})
+        import cloudpickle, dask, tasks
+        cloudpickle.register_pickle_by_value(tasks)
+        from dask_lambda import LambdaCluster
+        cluster = LambdaCluster(inline_limit=0)
+        print(json.dumps({{"pids": [cluster.local.pid]}}), flush=True)
+        produced = [dask.delayed(tasks.chunk_of)(list(range(10)), i) for i in range(8)]
+        slow = [dask.delayed(tasks.slow)(p, 3) for p in produced]
+        try:
+            print("computing", flush=True)
+            dask.delayed(sum)([dask.delayed(len)(s) for s in slow]).compute(scheduler=cluster)
+        except KeyboardInterrupt:
+            left = cluster.store.list(cluster.prefix + "/")
+            pids = cluster.local.stats()["pids"]
+            print(json.dumps({{"interrupted": True, "left": left, "runtimes": pids}}), flush=True)
+        cluster.close()
+        """
+    )
+    child = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    try:
+        server_pid = json.loads(child.stdout.readline())["pids"][0]
+        assert child.stdout.readline().strip() == "computing"
+        import time
+
+        time.sleep(2.0)  # the first batch has written its results to S3; the slow ones run
+        child.send_signal(signal.SIGINT)
+        outcome = json.loads(child.stdout.readline())
+        assert child.wait(60) == 0
+    finally:
+        child.kill()
+        child.stdout.close()
+    assert outcome["interrupted"] and outcome["left"] == []
+    assert wait_until(lambda: gone(server_pid) and all(gone(p) for p in outcome["runtimes"]))
