@@ -15,7 +15,7 @@ import os
 import threading
 import warnings
 import weakref
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Any
 
@@ -53,6 +53,9 @@ class Settings:
     max_object_bytes: int
     kms_key_id: str | None
     task_retries: int
+    speculation: bool
+    speculation_multiplier: float
+    speculation_min_seconds: float
 
 
 def current_cluster() -> LambdaCluster:
@@ -150,10 +153,14 @@ class LambdaCluster:
             max_object_bytes=int(config.get("spill.max-object-bytes")),
             kms_key_id=config.get("spill.kms-key-id"),
             task_retries=int(config.get("task-retries")),
+            speculation=bool(config.get("speculation.enabled")),
+            speculation_multiplier=float(config.get("speculation.multiplier")),
+            speculation_min_seconds=float(config.get("speculation.min-seconds")),
         )
         if self.settings.max_concurrency < 1:
             raise ValueError(f"max_concurrency must be at least 1, got {concurrency}")
         self._check_versions = check_versions
+        self._late_cleanups: list[threading.Thread] = []
         self._finalizer: weakref.finalize | None = None
         self.start()
 
@@ -334,10 +341,27 @@ class LambdaCluster:
             )
         return self.aws.client(service, client_config)
 
+    def clean_after(self, futures: list, prefix: str) -> None:
+        """Once ``futures`` (invocations nobody waits for) end, delete ``prefix`` again."""
+
+        def clean() -> None:
+            wait(futures, timeout=self.function_timeout + 120)
+            self.store.delete_prefix(prefix)
+
+        thread = threading.Thread(target=clean, daemon=True, name="dask-lambda-late-cleanup")
+        thread.start()
+        self._late_cleanups.append(thread)
+
     def close(self) -> None:
-        """Stop using the function; an embedded local Lambda is shut down. Safe to call twice."""
+        """Stop using the function; an embedded local Lambda is shut down. Safe to call twice.
+
+        Waits for invocations a compute left running (speculative copies) and deletes what they
+        wrote.
+        """
         if self.status is Status.closed:
             return
+        for thread in self._late_cleanups:
+            thread.join()
         self.status = Status.closed
         with _active_lock:
             _active[:] = [ref for ref in _active if ref() not in (None, self)]

@@ -31,7 +31,7 @@ from dask._task_spec import Alias, GraphNode
 from dask.order import order
 
 
-@dataclass
+@dataclass(eq=False)  # compared and hashed by identity: each batch is one piece of work
 class Batch:
     """One invocation's work: ``tasks`` in execution order, ``outputs`` and ``inputs`` keys."""
 

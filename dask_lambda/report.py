@@ -35,6 +35,7 @@ class ComputeReport:
     invocations: int = 0
     retries: int = 0
     task_retries: int = 0
+    speculations: int = 0
     throttles: int = 0
     cold_starts: int = 0
     wall_time: float = 0.0

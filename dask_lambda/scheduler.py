@@ -24,6 +24,7 @@ The loop (:class:`_Compute`):
 
 from __future__ import annotations
 
+import statistics
 import time
 import uuid
 from collections.abc import Mapping
@@ -47,6 +48,7 @@ if TYPE_CHECKING:
     from .cluster import LambdaCluster
 
 RESPONSE_BUDGET = 4_000_000  # raw bytes of inline results per response (6 MB after base64)
+SPECULATION_CHECK = 0.25  # seconds between looks for stragglers
 
 
 def run_payload(cluster: LambdaCluster, spec_bytes: bytes, prefix: str) -> dict:
@@ -69,12 +71,15 @@ def get(
     cache: Mapping | None = None,
     callbacks=None,
     retries: int | None = None,
+    speculation: bool | None = None,
     **kwargs,
 ):
     """Compute ``keys`` of ``dsk`` on ``cluster``'s Lambda function (a Dask get function).
 
     ``retries`` runs a task whose own code raised again, up to that many times (as
     ``distributed``'s ``compute(retries=...)``); the default is ``lambda.task-retries``.
+    ``speculation`` starts a second copy of a batch that runs far longer than the others
+    (``lambda.speculation``); the first copy to finish wins.
     """
     if not isinstance(dsk, Mapping):
         dsk = dsk.__dask_graph__()
@@ -82,9 +87,67 @@ def get(
     flat_keys = list(flatten(keys)) if isinstance(keys, list) else [keys]
     compute = _Compute(cluster, dsk, flat_keys, dict(cache or {}))
     compute.task_retries = int(cluster.settings.task_retries if retries is None else retries)
+    compute.speculation = bool(cluster.settings.speculation if speculation is None else speculation)
     with local_callbacks(callbacks) as active_callbacks:
         values = compute.run(active_callbacks)
     return nested_get(keys, values)
+
+
+class _InFlight:
+    """Invocations in flight: one per batch, two when a straggler got a speculative copy.
+
+    The first copy of a batch to succeed settles it; a copy that fails while its twin still runs
+    is ignored, so speculation never turns a success into a failure.
+    """
+
+    def __init__(self) -> None:
+        self._batch: dict[Future, Any] = {}
+        self._spec: dict[Any, BatchSpec] = {}
+        self._started: dict[Future, float] = {}
+        self._copies: dict[Any, int] = {}
+        self._settled: set = set()  # the batches themselves, so no id can be reused
+        self.durations: list[float] = []
+
+    def __len__(self) -> int:
+        return len(self._batch)
+
+    def futures(self) -> list[Future]:
+        return list(self._batch)
+
+    def launch(self, future: Future, batch, spec: BatchSpec) -> None:
+        self._batch[future] = batch
+        self._spec[batch] = spec
+        self._started[future] = time.monotonic()
+        self._copies[batch] = self._copies.get(batch, 0) + 1
+
+    def settle(self, future: Future) -> tuple[Any, dict | None]:
+        """``(batch, response)`` if ``future`` settles its batch, else ``(None, None)``."""
+        batch = self._batch.pop(future)
+        started = self._started.pop(future)
+        if batch in self._settled:
+            return None, None
+        twin_running = any(b is batch for b in self._batch.values())
+        try:
+            response = future.result()
+        except BaseException:
+            if twin_running:
+                return None, None
+            raise
+        self._settled.add(batch)
+        self.durations.append(time.monotonic() - started)
+        return batch, response
+
+    def stragglers(self, multiplier: float, min_seconds: float) -> list[tuple[BatchSpec, Any]]:
+        """Batches with one copy, running longer than ``multiplier`` x the median duration."""
+        if len(self.durations) < 3:
+            return []
+        limit = max(min_seconds, multiplier * statistics.median(self.durations))
+        now = time.monotonic()
+        return [
+            (self._spec[batch], batch)
+            for future, batch in self._batch.items()
+            if self._copies[batch] == 1 and now - self._started[future] > limit
+        ]
 
 
 class _Compute:
@@ -123,14 +186,14 @@ class _Compute:
             if cb[1]:
                 cb[1](self.dsk, self.state.state)
         settings = self.cluster.settings
-        running: dict[Future, Any] = {}
+        flight = _InFlight()
         failed = False
         try:
-            while True:
-                self._resolve_aliases(posttask_cbs)
-                while len(running) < settings.max_concurrency:
+            self._resolve_aliases(posttask_cbs)
+            while not self.state.complete:
+                while len(flight) < settings.max_concurrency:
                     batch = self.state.next_batch(
-                        settings.max_concurrency - len(running),
+                        settings.max_concurrency - len(flight),
                         settings.max_tasks,
                         settings.max_bytes,
                         self._input_size,
@@ -147,25 +210,41 @@ class _Compute:
                         batch.outputs,
                         {k: self._input_ref(k) for k in batch.inputs},
                     )
-                    running[self.cluster.pool.submit(self._invoke, spec)] = batch
-                if not running:
-                    if self.state.complete:
-                        break
+                    flight.launch(self.cluster.pool.submit(self._invoke, spec), batch, spec)
+                if not len(flight):
                     raise RuntimeError("dask-lambda scheduler stalled with tasks left to run")
-                done, _ = wait(running, return_when=FIRST_COMPLETED)
+                interval = SPECULATION_CHECK if self.speculation else None
+                done, _ = wait(flight.futures(), interval, return_when=FIRST_COMPLETED)
                 for future in done:
-                    batch = running.pop(future)
-                    self._finished(batch, future.result(), posttask_cbs)
+                    batch, response = flight.settle(future)
+                    if batch is not None:
+                        self._finished(batch, response, posttask_cbs)
+                        self._resolve_aliases(posttask_cbs)
+                if self.speculation:
+                    self._speculate(flight)
             return self._results()
         except BaseException:
             failed = True
-            wait(running)  # no invocation may write after the cleanup below
+            wait(flight.futures())  # no invocation may write after the cleanup below
             raise
         finally:
+            stragglers = flight.futures()  # copies of batches a faster twin finished
+            if stragglers:
+                self.cluster.clean_after(stragglers, f"{self.prefix.rstrip('/')}/{self.id}")
             self._cleanup(failed, started)
             for cb in callbacks:
                 if cb[4]:
                     cb[4](self.dsk, self.state.state, failed)
+
+    def _speculate(self, flight: _InFlight) -> None:
+        """Start a second copy of batches running far longer than the finished ones."""
+        settings = self.cluster.settings
+        for spec, batch in flight.stragglers(settings.speculation_multiplier,
+                                              settings.speculation_min_seconds):  # fmt: skip
+            if len(flight) >= settings.max_concurrency:
+                return
+            flight.launch(self.cluster.pool.submit(self._invoke, spec), batch, spec)
+            self.report.speculations += 1
 
     def _resolve_aliases(self, posttask_cbs: list) -> None:
         while aliases := self.state.pop_ready_aliases():

@@ -101,3 +101,14 @@ def fail_first_time(marker: str, value):
 
 def chunk_of(values, seed):
     return [v * seed for v in values]
+
+
+def slow_first_time(marker: str, value, seconds: float):
+    """A straggler: the first run (no marker yet) sleeps ``seconds``; later runs are quick."""
+    import os
+    import time
+
+    if not os.path.exists(marker):
+        open(marker, "w").close()
+        time.sleep(seconds)
+    return value

@@ -240,3 +240,16 @@ def test_keyboard_interrupt_cleans_up(tmp_path):
         child.stdout.close()
     assert outcome["interrupted"] and outcome["left"] == []
     assert wait_until(lambda: gone(server_pid) and all(gone(p) for p in outcome["runtimes"]))
+
+
+def test_stragglers_are_speculatively_re_executed(tmp_path):
+    settings = {"lambda.speculation.min-seconds": 1.0, "lambda.speculation.multiplier": 2.0}
+    with dask.config.set(settings), LambdaCluster(max_tasks=1, max_concurrency=3) as cluster:
+        marker = str(tmp_path / "straggler")
+        quick = [dask.delayed(tasks.slow)(i, 0.05) for i in range(6)]
+        straggler = dask.delayed(tasks.slow_first_time)(marker, 100, 8)
+        total = dask.delayed(tasks.total)(straggler, *quick)
+        assert total.compute(scheduler=cluster, speculation=True) == 100 + sum(range(6))
+        assert cluster.last_report.speculations == 1
+        # the abandoned first copy ends later; what it wrote is removed then
+        assert wait_until(lambda: cluster.store.list(cluster.prefix + "/") == [], timeout=60)
