@@ -187,7 +187,10 @@ class LambdaPool:
         callback=None,
         error_callback=None,
     ) -> AsyncResult:
-        futures = self._submit_chunks(func, iterable, chunksize, star=False)
+        return self._map_async(func, iterable, chunksize, callback, error_callback, star=False)
+
+    def _map_async(self, func, iterable, chunksize, callback, error_callback, star: bool):
+        futures = self._submit_chunks(func, iterable, chunksize, star=star)
         return AsyncResult(futures, _concat, callback, error_callback)
 
     def starmap(self, func: Callable, iterable: Iterable, chunksize: int | None = None) -> list:
@@ -202,8 +205,7 @@ class LambdaPool:
         callback=None,
         error_callback=None,
     ) -> AsyncResult:
-        futures = self._submit_chunks(func, iterable, chunksize, star=True)
-        return AsyncResult(futures, _concat, callback, error_callback)
+        return self._map_async(func, iterable, chunksize, callback, error_callback, star=True)
 
     def imap(self, func: Callable, iterable: Iterable, chunksize: int = 1) -> Iterator:
         """Results in order, each as soon as it and those before it are done."""

@@ -142,7 +142,8 @@ def test_function_timeout_shorter_than_a_task(own_function):
     with cluster, pytest.raises(LambdaFunctionError) as info:
         dask.delayed(tasks.slow)(1, 5).compute(scheduler=cluster)
     message = str(info.value)
-    assert info.value.error_type == "Sandbox.Timedout" and info.value.attempts == 2
+    error = info.value
+    assert error.error_type == "Sandbox.Timedout" and error.attempts == 2, repr(error)
     assert f"dask-lambda update {name} --timeout" in message
 
 
