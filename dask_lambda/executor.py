@@ -26,7 +26,7 @@ from . import remote
 from .cluster import LambdaCluster
 from .exceptions import LambdaFunctionError
 from .protocol import BatchSpec
-from .remote_errors import _rebuild
+from .remote_errors import rebuild_exception
 from .scheduler import run_payload
 
 _STOP = object()
@@ -217,7 +217,7 @@ class LambdaExecutor(Executor):
 
     def _deliver(self, batch: list[tuple[Future, Task]], response: dict) -> None:
         if "fatal" in response:
-            error = _rebuild(response["fatal"])
+            error = rebuild_exception(response["fatal"])
             for future, _ in batch:
                 future.set_exception(error)
             return
@@ -228,7 +228,7 @@ class LambdaExecutor(Executor):
         for index, ((future, _), result) in enumerate(zip(batch, response["results"], strict=True)):
             status, where, data, nbytes = result
             if index in errors:
-                outcomes.append((future, True, _rebuild(errors[index])))
+                outcomes.append((future, True, rebuild_exception(errors[index])))
             elif status != "ok":
                 error = LambdaFunctionError(self.cluster.function_name, "MissingResult", status)
                 outcomes.append((future, True, error))

@@ -11,7 +11,8 @@ class RemoteTaskError(RuntimeError):
     """Stands in for a remote exception that could not be unpickled on the client."""
 
 
-def _rebuild(error: dict) -> BaseException:
+def rebuild_exception(error: dict) -> BaseException:
+    """The exception a protocol error entry describes, with its remote traceback attached."""
     exc = None
     if error.get("exception") is not None:
         try:
@@ -32,14 +33,14 @@ def _rebuild(error: dict) -> BaseException:
 
 def raise_task_error(error: dict, key) -> NoReturn:
     """Raise the exception a task raised in Lambda, noting which task it was."""
-    exc = _rebuild(error)
+    exc = rebuild_exception(error)
     exc.add_note(f"(raised in AWS Lambda by dask task {key!r})")
     raise exc
 
 
 def raise_fatal(error: dict, function_name: str) -> NoReturn:
     """Raise a failure to load a batch at all (typically a module missing from the function)."""
-    exc = _rebuild(error)
+    exc = rebuild_exception(error)
     if isinstance(exc, ImportError):
         exc.add_note(
             f"Lambda function {function_name!r} cannot import what the tasks reference. Deploy"

@@ -39,6 +39,7 @@ from dask.local import nested_get
 from dask.utils import ensure_dict
 
 from .invoker import InvokeStats
+from .planner import GraphState
 from .protocol import BatchSpec
 from .remote_errors import raise_fatal, raise_task_error
 from .report import ComputeReport
@@ -170,8 +171,6 @@ class _Compute:
             if isinstance(node, DataNode) and key not in cache:
                 self.location[key] = ("value", node.value)
         graph = {k: n for k, n in dsk.items() if k not in self.location}
-        from .planner import GraphState
-
         self.state = GraphState(graph, keys, done=self.location)
         self.graph = graph
 

@@ -360,3 +360,35 @@ def test_killed_owner_takes_the_server_and_runtimes_with_it():
     owner.stdout.close()
     assert wait_until(lambda: gone(server_pid) and gone(runtime_pid), timeout=20)
     assert wait_until(lambda: not os.path.exists(workdir), timeout=5)
+
+
+def test_cli_local_runs_in_the_foreground_and_prints_exports():
+    process = subprocess.Popen(
+        [sys.executable, "-m", "dask_lambda.cli", "local", "--port", "0"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        first = process.stdout.readline()
+        assert first.startswith("Embedded local Lambda listening on http://127.0.0.1:")
+        exports = {}
+        while len(exports) < 8:
+            line = process.stdout.readline()
+            if line.startswith("export "):
+                name, _, value = line[len("export ") :].strip().partition("=")
+                exports[name] = value
+        import boto3
+
+        lam = boto3.client(
+            "lambda",
+            endpoint_url=exports["AWS_ENDPOINT_URL_LAMBDA"],
+            region_name=exports["AWS_REGION"],
+            aws_access_key_id=exports["AWS_ACCESS_KEY_ID"],
+            aws_secret_access_key=exports["AWS_SECRET_ACCESS_KEY"],
+        )
+        assert lam.list_functions()["Functions"] == []
+        process.send_signal(signal.SIGINT)
+        assert process.wait(30) == 0
+    finally:
+        process.kill()
+        process.stdout.close()
+        process.stderr.close()
