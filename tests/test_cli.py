@@ -324,3 +324,31 @@ def test_allowlist_restricts_what_runs(local, aws_env, bucket, tmp_path, monkeyp
             ex.submit(vetted.other, 1).result(timeout=60)
         with pytest.raises(Exception, match="not allowed by this function's allowlist"):
             ex.submit(lambda x: x, 1).result(timeout=60)  # pickled by value: never allowed
+
+
+def test_logs_follow(local, aws_env, bucket, user_module):
+    import subprocess
+    import sys
+    import time
+
+    name = unique("followed")
+    cli("deploy", name, str(user_module), "--create-role", "--bucket", bucket)
+    follower = subprocess.Popen(
+        [sys.executable, "-m", "dask_lambda.cli", "logs", name, "--since", "1m", "--follow"],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        time.sleep(1)  # following, with nothing logged yet
+        with LambdaCluster(function_name=name) as cluster:
+            x = dask.delayed(tasks.call_by_name)("only_in_zip", "triple", 3)
+            assert x.compute(scheduler=cluster) == 9
+        import select
+
+        seen, deadline = "", time.monotonic() + 120
+        while "only_in_zip.triple(3,)" not in seen and time.monotonic() < deadline:
+            if select.select([follower.stdout], [], [], 1)[0]:
+                seen += follower.stdout.readline()
+        assert "only_in_zip.triple(3,)" in seen
+    finally:
+        follower.kill()
+        follower.stdout.close()

@@ -1,0 +1,41 @@
+"""Compute reports: counts, billed duration, cost at configurable prices, the timeline PNG."""
+
+from __future__ import annotations
+
+import math
+
+import dask
+import dask.bag as db
+import tasks
+
+
+def test_report_counts_and_cost(cluster):
+    bag = db.from_sequence(range(200), npartitions=20).map(tasks.inc)
+    assert bag.sum().compute(scheduler=cluster) == sum(range(1, 201))
+    report = cluster.last_report
+    records = report.invocation_records
+    assert report.invocations == len(records) > 0
+    assert report.tasks_per_invocation == report.tasks / report.invocations
+    assert all(r["stop"] >= r["start"] and r["runtime_id"] for r in records)
+    billed = sum(math.ceil(r["duration"] * 1000) / 1000 for r in records)
+    assert report.billed_gb_seconds == billed * report.memory_mb / 1024 > 0
+    expected = report.invocations * 0.0000002 + report.billed_gb_seconds * 0.0000166667
+    assert math.isclose(report.cost_usd, expected)
+    with dask.config.set({"lambda.pricing.gb-second.x86_64": 1.0, "lambda.pricing.request": 0}):
+        assert math.isclose(report.cost_usd, report.billed_gb_seconds)
+    timings = report.task_timings()
+    assert len(timings) >= report.tasks - 40  # aliases resolved on the client have no timing
+    assert all(stop >= start for start, stop in timings)
+    assert "GB-s billed" in report.summary() and report.to_dict()["cost_usd"] == report.cost_usd
+
+
+def test_timeline_pngs(cluster, tmp_path):
+    dask.delayed(tasks.total)(*[dask.delayed(tasks.inc)(i) for i in range(10)]).compute(
+        scheduler=cluster
+    )
+    for path in (
+        cluster.last_report.plot_timeline(tmp_path / "compute.png"),
+        cluster.plot_timeline(tmp_path / "cluster.png"),
+    ):
+        data = path.read_bytes()
+        assert data.startswith(b"\x89PNG") and len(data) > 10_000
