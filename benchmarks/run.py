@@ -8,9 +8,10 @@ W4  ~1 GB of intermediate arrays in 64 MB chunks: bytes through the client vs by
     dask-lambda's spill throughput vs raw boto3 put/get on the same S3 endpoint.
 W5  scale simulation (see benchmarks/scale.py).
 
-Each (workload, peer) runs once to warm up and then ``--repeat`` times; the best time counts, and
-the ratio compares it with the best peer of the same workload in this run. A peer that cannot run
-here is reported as skipped with the reason.
+Each (workload, peer) runs in a process of its own (so no peer inherits another's threads or
+processes), once to warm up and then ``--repeat`` times; the best time counts, and the ratio
+compares it with the best peer of the same workload in this run. A peer that cannot run here, or
+does not finish within ``--budget`` seconds, is reported as skipped with the reason.
 """
 
 from __future__ import annotations
@@ -20,6 +21,9 @@ import datetime
 import json
 import os
 import platform
+import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -37,16 +41,16 @@ W4_PEERS = {
 }
 
 
-def measure_graph(build, peer_factory, repeat: int) -> dict:
+def measure_graph(build, peer_factory, repeat: int, **compute_kwargs) -> dict:
     collection, expected, *_ = build()
     with peer_factory() as scheduler:
-        first = collection.compute(scheduler=scheduler)  # warm-up
+        first = collection.compute(scheduler=scheduler, **compute_kwargs)  # warm-up
         if expected is not None:
             assert first == expected, (first, expected)
         times, report = [], None
         for _ in range(repeat):
             began = time.perf_counter()
-            result = collection.compute(scheduler=scheduler)
+            result = collection.compute(scheduler=scheduler, **compute_kwargs)
             times.append(time.perf_counter() - began)
             assert result == first
             report = getattr(scheduler, "last_report", None)
@@ -68,8 +72,12 @@ def plan(selected: list[str], repeat: int) -> list[tuple[str, str, object]]:
     jobs: list[tuple[str, str, object]] = []
     for name, build in (("W1", workloads.w1_bag), ("W2", workloads.w2_tree)):
         if name in selected:
-            jobs += [(name, peer, lambda b=build, f=factory: measure_graph(b, f, repeat))
-                     for peer, factory in GRAPH_PEERS.items()]  # fmt: skip
+            for peer, factory in GRAPH_PEERS.items():
+                # Lithops starts a job per submit; Dask's chunksize puts 100 tasks in each.
+                extra = {"chunksize": 100} if peer.startswith("Lithops") else {}
+                jobs.append((name, peer, lambda b=build, f=factory, e=extra: {
+                    **measure_graph(b, f, repeat, **e), **({"note": "chunksize=100"} if e else {})
+                }))  # fmt: skip
     if "W3" in selected:
         jobs += [("W3", peer, fn) for peer, fn in calls.PEERS.items()]
     if "W4" in selected:
@@ -87,18 +95,25 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--workloads", nargs="*", default=["W1", "W2", "W3", "W4", "W5"])
     parser.add_argument("--out", default="benchmarks/results", help="folder for the JSON results")
+    parser.add_argument("--budget", type=float, default=600, help="seconds per workload and peer")
+    parser.add_argument("--job", help=argparse.SUPPRESS)  # "W1::peer": run one, print JSON
     args = parser.parse_args()
 
-    results: dict = {}
     jobs = plan(args.workloads, args.repeat)
+    if args.job:
+        run = {f"{w}::{p}": fn for w, p, fn in jobs}[args.job]
+        try:
+            row = run()
+        except Exception as e:  # a peer that cannot run here is reported, not fatal
+            row = {"error": f"{type(e).__name__}: {e}"}
+        print("RESULT " + json.dumps(row, default=str), flush=True)
+        return
+
+    results: dict = {}
     with tqdm(jobs, unit="run", desc="benchmarks") as progress:
-        for workload, peer, run in progress:
+        for workload, peer, _ in progress:
             progress.set_postfix_str(f"{workload} {peer}"[:50])
-            try:
-                row = run()
-            except Exception as e:  # a peer that cannot run here is reported, not fatal
-                row = {"error": f"{type(e).__name__}: {e}"}
-            results.setdefault(workload, {})[peer] = row
+            results.setdefault(workload, {})[peer] = run_isolated(workload, peer, args)
     print_tables(results)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -106,6 +121,27 @@ def main() -> None:
     path = out / f"results-{stamp}.json"
     path.write_text(json.dumps({"machine": machine(), "results": results}, indent=2, default=str))
     print(f"\nSaved {path}")
+
+
+def run_isolated(workload: str, peer: str, args) -> dict:
+    """Run one (workload, peer) in a child process, killed with its children past the budget."""
+    command = [sys.executable, "-m", "benchmarks.run", "--job", f"{workload}::{peer}",
+               "--workloads", workload, "--repeat", str(args.repeat)]  # fmt: skip
+    child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                             text=True, start_new_session=True)  # fmt: skip
+    try:
+        out, _ = child.communicate(timeout=args.budget)
+    except subprocess.TimeoutExpired:
+        os.killpg(child.pid, signal.SIGKILL)
+        child.communicate()
+        return {"error": f"did not finish within the {args.budget:.0f} s budget"}
+    finally:
+        if child.poll() is None:
+            os.killpg(child.pid, signal.SIGKILL)
+    for line in out.splitlines():
+        if line.startswith("RESULT "):
+            return json.loads(line[len("RESULT ") :])
+    return {"error": f"exited with status {child.returncode} and no result"}
 
 
 def machine() -> dict:
