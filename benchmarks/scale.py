@@ -50,6 +50,7 @@ def simulate(concurrency: int) -> dict:
     from dask_lambda import LambdaCluster
     from dask_lambda.build import package_zip
     from dask_lambda.deploy import ensure_function, ensure_role
+    from dask_lambda.keys import ENV_VARIABLE, ensure_key
     from dask_lambda.local import LocalLambda
 
     cloudpickle.register_pickle_by_value(workloads)
@@ -58,8 +59,10 @@ def simulate(concurrency: int) -> dict:
         local.set_faults(invoke_latency_ms=LATENCY * 1000, cold_start_ms=COLD_START * 1000)
         local.client("s3").create_bucket(Bucket="simulation")
         role = ensure_role(local.client("iam"), "simulation")
+        environment = {"DASK_LAMBDA_BUCKET": "simulation",
+                       ENV_VARIABLE: ensure_key(local.client("ssm"), "simulation")}  # fmt: skip
         ensure_function(local.client("lambda"), "simulation", package_zip(), role, memory=1024,
-                        timeout=300, environment={"DASK_LAMBDA_BUCKET": "simulation"})  # fmt: skip
+                        timeout=300, environment=environment)  # fmt: skip
         with LambdaCluster(function_name="simulation", max_concurrency=concurrency) as cluster:
             graph, key, expected = w5_sleepers(TASKS, TASK_SECONDS)
             began = time.perf_counter()

@@ -349,8 +349,9 @@ class ThreadRuntime:
 
     For scale simulations only (``runtime_mode="thread"``): a thousand of them fit on two cores,
     where a thousand runtime processes would not. The handler is imported in the server process
-    (its own installed ``dask_lambda`` wins over the deployed one), killing abandons the thread's
-    result instead of stopping it, and memory is not enforced.
+    (its own installed ``dask_lambda`` wins over the deployed one), the function's environment
+    variables are set process-wide, killing abandons the thread's result instead of stopping it,
+    and memory is not enforced.
     """
 
     _ids = itertools.count(1)
@@ -380,6 +381,7 @@ class ThreadRuntime:
     def _load(self):
         module_name, _, function_name = self.spec.handler.rpartition(".")
         with self._import_lock:
+            os.environ.update(self.spec.environment)
             for folder in reversed([self.spec.code_dir, *self.spec.layer_dirs]):
                 if folder not in sys.path:
                     sys.path.append(folder)
