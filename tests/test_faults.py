@@ -137,10 +137,10 @@ def test_missing_deleted_and_wrong_region_functions(local, own_function):
 
 
 def test_function_timeout_shorter_than_a_task(own_function):
-    name, _ = own_function(timeout=1)
+    name, _ = own_function(timeout=3)  # headroom for a cold start on a loaded machine
     cluster = LambdaCluster(function_name=name, retries=1, retry_backoff=0.01)
     with cluster, pytest.raises(LambdaFunctionError) as info:
-        dask.delayed(tasks.slow)(1, 5).compute(scheduler=cluster)
+        dask.delayed(tasks.slow)(1, 10).compute(scheduler=cluster)
     message = str(info.value)
     error = info.value
     assert error.error_type == "Sandbox.Timedout" and error.attempts == 2, repr(error)
