@@ -37,6 +37,8 @@ def s3_client(region: str | None = None, endpoint_url: str | None = None, pool: 
                 retries={"mode": "standard", "max_attempts": 5},
                 max_pool_connections=pool,
                 signature_version="s3v4",
+                connect_timeout=10,
+                read_timeout=30,
             )
             _clients[key] = boto3.session.Session().client(
                 "s3", region_name=region, endpoint_url=endpoint_url, config=config

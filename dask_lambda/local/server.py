@@ -333,9 +333,13 @@ class LocalLambdaServer:
 
 
 def _read_body(environ: dict[str, Any]) -> bytes:
-    length = int(environ.get("CONTENT_LENGTH") or 0)
+    """The whole request body, also when it came chunked (botocore streams some uploads)."""
     stream = environ["wsgi.input"]
-    data = stream.read(length) if length else b""
+    if environ.get("wsgi.input_terminated"):  # werkzeug decodes chunked bodies to EOF
+        data = stream.read()
+    else:
+        length = int(environ.get("CONTENT_LENGTH") or 0)
+        data = stream.read(length) if length else b""
     environ["wsgi.input"] = io.BytesIO(data)
     return data
 
