@@ -15,6 +15,8 @@ from typing import Any
 
 from .deploy import CREATED_BY
 
+FOLLOW_OVERLAP = 30  # seconds
+
 
 class NotOursError(PermissionError):
     """The resource was not created by dask-lambda, so dask-lambda will not change it."""
@@ -118,7 +120,9 @@ def log_events(
 ) -> Iterator[dict[str, Any]]:
     """The function's log events (CloudWatch Logs ``FilterLogEvents``), oldest first.
 
-    With ``follow``, keeps polling for new events until the caller stops iterating.
+    With ``follow``, keeps polling for new events until the caller stops iterating. Each poll
+    looks back ``FOLLOW_OVERLAP`` seconds before the newest event seen (events can arrive late,
+    on CloudWatch as here); event ids keep anything from being shown twice.
     """
     group = f"/aws/lambda/{function_name}"
     start = int((time.time() - since_seconds) * 1000)
@@ -141,7 +145,7 @@ def log_events(
                 return
         if not follow:
             return
-        start = newest
+        start = max(start, newest - FOLLOW_OVERLAP * 1000)
         time.sleep(poll_interval)
 
 

@@ -342,12 +342,18 @@ def test_logs_follow(local, aws_env, bucket, user_module):
         with LambdaCluster(function_name=name) as cluster:
             x = dask.delayed(tasks.call_by_name)("only_in_zip", "triple", 3)
             assert x.compute(scheduler=cluster) == 9
-        import select
+        import queue
+        import threading
 
+        lines: queue.Queue = queue.Queue()
+        threading.Thread(target=lambda: [lines.put(line) for line in follower.stdout],
+                         daemon=True).start()  # fmt: skip
         seen, deadline = "", time.monotonic() + 120
         while "only_in_zip.triple(3,)" not in seen and time.monotonic() < deadline:
-            if select.select([follower.stdout], [], [], 1)[0]:
-                seen += follower.stdout.readline()
+            try:
+                seen += lines.get(timeout=1)
+            except queue.Empty:
+                pass
         assert "only_in_zip.triple(3,)" in seen
     finally:
         follower.kill()

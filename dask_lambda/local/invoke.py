@@ -134,6 +134,8 @@ class InvokeService:
                 time.sleep(injected.cold_start_ms / 1000)
         inv = Invocation(payload=payload, function_arn=spec.arn, timeout_s=spec.timeout_s)
         inv.doomed = fault is not None
+        start_line = f"START RequestId: {inv.request_id} Version: $LATEST"
+        self.runtimes.record_log(spec.name, runtime.log_stream, start_line)
         try:
             runtime.assign(inv)
             if fault is not None:
@@ -184,10 +186,9 @@ class InvokeService:
         )
         if cold and inv.init_duration_ms is not None:
             report += f"Init Duration: {inv.init_duration_ms:.2f} ms\t"
-        start, end = f"START RequestId: {rid} Version: $LATEST", f"END RequestId: {rid}"
-        inv.log_lines[:0] = [start]
-        inv.log_lines += [end, report]
-        for line in (start, end, report):
+        inv.log_lines[:0] = [f"START RequestId: {rid} Version: $LATEST"]  # recorded at start
+        inv.log_lines += [f"END RequestId: {rid}", report]
+        for line in inv.log_lines[-2:]:
             self.runtimes.record_log(spec.name, stream, line)
 
 

@@ -248,7 +248,8 @@ class Runtime:
 
     @property
     def alive(self) -> bool:
-        return self.proc.returncode is None and not self._closing
+        # A killed process stays unreaped for a moment: it must not go back to the warm pool.
+        return self.kill_reason is None and self.proc.returncode is None and not self._closing
 
     @property
     def pid(self) -> int:
