@@ -58,15 +58,18 @@ def noop(x=None):
     return x
 
 
-_initialized = []
-
-
 def initializer(value):
-    _initialized.append(value)
+    """Record in the runtime process (this module is pickled by value: its globals are not)."""
+    import os
+
+    os.environ["TEST_POOL_INIT_VALUE"] = value
+    os.environ["TEST_POOL_INIT_COUNT"] = str(int(os.environ.get("TEST_POOL_INIT_COUNT", "0")) + 1)
 
 
 def initialized_value(_):
-    return list(_initialized)
+    import os
+
+    return os.environ.get("TEST_POOL_INIT_VALUE"), os.environ.get("TEST_POOL_INIT_COUNT")
 
 
 def crash(x):

@@ -85,5 +85,4 @@ def test_close_join_terminate(cluster):
 def test_initializer_runs_once_per_runtime(cluster):
     with LambdaPool(cluster=cluster, initializer=tasks.initializer, initargs=("ready",)) as pool:
         values = pool.map(tasks.initialized_value, range(20))
-    assert all(v and set(v) == {"ready"} for v in values)
-    assert max(len(v) for v in values) == 1
+    assert values == [("ready", "1")] * 20  # every call saw it; no runtime ran it twice
