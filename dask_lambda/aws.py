@@ -29,6 +29,7 @@ class Aws:
     endpoint_url: str | None = None
     credentials: dict[str, str] = field(default_factory=dict)
     _session: Any = field(default=None, repr=False)
+    _clients: dict = field(default_factory=dict, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @property
@@ -47,8 +48,20 @@ class Aws:
     def client(self, service: str, config=None):
         """A boto3 client for ``service``, with deadlines on every call (``lambda.api-timeout``).
 
-        ``config`` (a botocore ``Config``) overrides the defaults it names.
+        ``config`` (a botocore ``Config``) overrides the defaults it names. Clients without one
+        are made once and shared (boto3 clients are thread-safe).
         """
+        if config is None:
+            with self._lock:
+                cached = self._clients.get(service)
+            if cached is None:
+                cached = self._make_client(service, None)
+                with self._lock:
+                    cached = self._clients.setdefault(service, cached)
+            return cached
+        return self._make_client(service, config)
+
+    def _make_client(self, service: str, config):
         from botocore.config import Config
 
         from . import config as settings

@@ -209,11 +209,9 @@ def _deploy_or_update(aws, name: str, options: dict, current_env: dict | None = 
     from .keys import ENV_VARIABLE, ensure_key
 
     environment = _parse_env(options["env"])
-    if current_env is not None and (environment or options["bucket"]):
-        environment = {**current_env, **environment}
     needs_key = current_env is None or ENV_VARIABLE not in current_env
-    if needs_key:
-        environment = {**(current_env or {}), **environment}
+    if current_env is not None and (environment or options["bucket"] or needs_key):
+        environment = {**current_env, **environment}  # update keeps what it does not change
     if options["allow"]:
         from .allowlist import ENV_VARIABLE as ALLOWED
 

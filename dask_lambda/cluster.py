@@ -331,14 +331,10 @@ class LambdaCluster:
         return fetch_key(self._client("ssm"), name)
 
     def _client(self, service: str, client_config=None):
-        if client_config is None and service == "s3":
+        if client_config is None and service == "s3":  # one connection per concurrent invocation
             from botocore.config import Config
 
-            client_config = Config(
-                retries={"mode": "standard", "max_attempts": 5},
-                max_pool_connections=max(10, self.settings.max_concurrency + 2),
-                signature_version="s3v4",
-            )
+            client_config = Config(max_pool_connections=max(10, self.settings.max_concurrency + 2))
         return self.aws.client(service, client_config)
 
     def clean_after(self, futures: list, prefix: str) -> None:

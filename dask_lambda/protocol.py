@@ -51,6 +51,7 @@ Response (the handler's return value, JSON)
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import hmac
 import json
@@ -184,8 +185,12 @@ def verify(document: dict, payload_bytes: bytes, key: bytes) -> None:
         )
 
 
+@functools.cache
 def versions() -> dict[str, str]:
-    """Versions that must match between client and function for pickles to be safe."""
+    """Versions that must match between client and function for pickles to be safe.
+
+    Constant for a process, so computed once (the handler returns it with every response).
+    """
     import platform
 
     import cloudpickle

@@ -105,7 +105,8 @@ class _InFlight:
         self._batch: dict[Future, Any] = {}
         self._spec: dict[Any, BatchSpec] = {}
         self._started: dict[Future, float] = {}
-        self._copies: dict[Any, int] = {}
+        self._copies: dict[Any, int] = {}  # copies ever launched, per batch
+        self._live: dict[Any, int] = {}  # copies still in flight, per batch
         self._settled: set = set()  # the batches themselves, so no id can be reused
         self.durations: list[float] = []
 
@@ -120,14 +121,16 @@ class _InFlight:
         self._spec[batch] = spec
         self._started[future] = time.monotonic()
         self._copies[batch] = self._copies.get(batch, 0) + 1
+        self._live[batch] = self._live.get(batch, 0) + 1
 
     def settle(self, future: Future) -> tuple[Any, dict | None]:
         """``(batch, response)`` if ``future`` settles its batch, else ``(None, None)``."""
         batch = self._batch.pop(future)
         started = self._started.pop(future)
+        self._live[batch] -= 1
         if batch in self._settled:
             return None, None
-        twin_running = any(b is batch for b in self._batch.values())
+        twin_running = self._live[batch] > 0
         try:
             response = future.result()
         except BaseException:

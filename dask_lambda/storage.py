@@ -15,7 +15,7 @@ import threading
 from typing import Any
 
 MULTIPART_THRESHOLD = 16 * 1024 * 1024
-_clients: dict[tuple, Any] = {}
+_clients: dict[str, Any] = {}
 _clients_lock = threading.Lock()
 
 
@@ -25,25 +25,22 @@ def object_name(prefix: str, compute_id: str, key: object) -> str:
     return f"{prefix.rstrip('/')}/{compute_id}/{digest}"
 
 
-def s3_client(region: str | None = None, endpoint_url: str | None = None, pool: int = 32) -> Any:
-    """A shared, thread-safe S3 client (boto3 imported on first use, not at import)."""
-    key = (region, endpoint_url, pool)
+def s3_client() -> Any:
+    """The process's shared S3 client, configured by the environment (boto3 imported lazily)."""
     with _clients_lock:
-        if key not in _clients:
+        if "s3" not in _clients:
             import boto3
             from botocore.config import Config
 
             config = Config(
                 retries={"mode": "standard", "max_attempts": 5},
-                max_pool_connections=pool,
+                max_pool_connections=32,
                 signature_version="s3v4",
                 connect_timeout=10,
                 read_timeout=30,
             )
-            _clients[key] = boto3.session.Session().client(
-                "s3", region_name=region, endpoint_url=endpoint_url, config=config
-            )
-        return _clients[key]
+            _clients["s3"] = boto3.session.Session().client("s3", config=config)
+        return _clients["s3"]
 
 
 class S3Store:

@@ -26,6 +26,7 @@ import socket
 import tempfile
 import threading
 import urllib.parse
+from http import HTTPStatus
 from pathlib import Path
 from typing import Any
 
@@ -345,6 +346,4 @@ def _read_body(environ: dict[str, Any]) -> bytes:
 
 
 def _status_line(status: int) -> str:
-    from http import HTTPStatus
-
     return f"{status} {HTTPStatus(status).phrase}"
