@@ -13,17 +13,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from .deploy import CREATED_BY
+from .deploy import NotOursError, is_ours
 
 FOLLOW_OVERLAP = 30  # seconds
-
-
-class NotOursError(PermissionError):
-    """The resource was not created by dask-lambda, so dask-lambda will not change it."""
-
-
-def is_ours(tags: dict[str, str]) -> bool:
-    return all(tags.get(k) == v for k, v in CREATED_BY.items())
 
 
 def function_tags(lambda_client: Any, configuration: dict) -> dict[str, str]:
@@ -149,15 +141,35 @@ def log_events(
         time.sleep(poll_interval)
 
 
+_SPILL_NAME = (
+    r"(?:executor/)?(?:[0-9a-f]{16}/)?(?:payloads/)?[0-9a-f]{32}"  # results, literals, requests
+    r"|deploy/[0-9a-f]{32}\.zip"  # zips staged for CreateFunction
+)
+
+
 def stale_objects(s3_client: Any, bucket: str, prefix: str, older_than: float) -> list[str]:
-    """Spill objects under ``prefix`` last written more than ``older_than`` seconds ago."""
+    """Objects dask-lambda wrote under ``prefix`` more than ``older_than`` seconds ago.
+
+    An object counts as dask-lambda's only if its name has the shape dask-lambda gives its
+    objects (a compute id and a digest under the prefix) *and* it carries the
+    ``createdBy=dask-lambda`` tag every write sets (:mod:`.storage`): anything else under the
+    prefix — the user's own data — is never listed, so never deleted.
+    """
+    from .storage import S3Store
+
+    store = S3Store(bucket, s3_client)
     cutoff = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=older_than)
-    names = []
+    shape = re.compile(re.escape(prefix.strip("/")) + "/(?:" + _SPILL_NAME + ")")
+    candidates = []
     for page in s3_client.get_paginator("list_objects_v2").paginate(
         Bucket=bucket, Prefix=prefix.strip("/") + "/"
     ):
-        names += [o["Key"] for o in page.get("Contents", ()) if o["LastModified"] <= cutoff]
-    return names
+        candidates += [
+            o["Key"]
+            for o in page.get("Contents", ())
+            if o["LastModified"] <= cutoff and shape.fullmatch(o["Key"])
+        ]
+    return [name for name in candidates if store.is_ours(name)]
 
 
 def tagged_roles(iam_client: Any) -> list[str]:

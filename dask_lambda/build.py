@@ -8,7 +8,11 @@ The zip holds, at its root:
    --python-version X.Y``, so compiled wheels match Lambda's Linux and CPU;
 2. dask_lambda's Lambda-side code;
 3. the user's files and folders (``PATHS``), each under its own name, so modules deployed this way
-   are importable inside the function and tasks can refer to them by import.
+   are importable inside the function and tasks can refer to them by import. What must never
+   ship is left out (:data:`DEFAULT_EXCLUDES`): dotfiles and dot-folders (``.env``, ``.aws/``,
+   ``.git/``), credential and key files (``credentials``, ``id_rsa``, ``*.pem``), virtualenvs
+   (any folder with a ``pyvenv.cfg``) and ``__pycache__``; ``exclude`` patterns add more, and
+   :class:`UserFiles` says what was packed and what was left out.
 
 The pip step is cached by a hash of what it installs (``~/.cache/dask-lambda/builds``); the zip is
 reproducible (sorted entries, fixed timestamps), so the same inputs give the same ``CodeSha256``
@@ -18,6 +22,7 @@ an unzipped size over 250 MB is an error that suggests layers; a zip over 50 MB 
 
 from __future__ import annotations
 
+import fnmatch
 import hashlib
 import importlib.metadata
 import io
@@ -43,6 +48,10 @@ _ZIP_TIME = (2020, 1, 1, 0, 0, 0)
 _SKIPPED_DIRS = {"__pycache__", ".git", ".venv", "bin"}
 PACKAGE_ROOT = Path(dask_lambda.__file__).parent
 _CLIENT_ONLY = {"__pycache__", "local"}
+DEFAULT_EXCLUDES = (
+    ".*", "__pycache__", "*.pyc", "credentials", "credentials.*", "id_rsa*", "id_dsa*",
+    "id_ecdsa*", "id_ed25519*", "*.pem", "*.key", "*.p12", "*.pfx", "*.keystore", "*.kdbx",
+)  # fmt: skip
 
 
 def package_files() -> list[tuple[Path, str]]:
@@ -75,6 +84,7 @@ class BuildSpec:
     python_version: str = ".".join(platform.python_version_tuple()[:2])
     architecture: str = "x86_64"
     with_dependencies: bool = True
+    exclude: list[str] = field(default_factory=list)
 
     def pinned(self) -> list[str]:
         """Requirement specifiers: runtime dependencies and ``include`` at the client's versions."""
@@ -91,11 +101,32 @@ class BuildSpec:
 
 
 @dataclass
+class UserFiles:
+    """What of the user's PATHS went into the zip, and what was left out (and why)."""
+
+    packed: list[tuple[str, int]] = field(default_factory=list)  # (archive name, bytes)
+    excluded: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
+
+    def summary(self, largest: int = 3) -> str:
+        total = sum(size for _, size in self.packed)
+        lines = [f"Your files: {len(self.packed)} packed ({total / 1e6:.2f} MB)"]
+        if self.packed:
+            top = sorted(self.packed, key=lambda item: -item[1])[:largest]
+            lines[0] += "; largest: " + ", ".join(f"{n} ({s / 1e3:.1f} kB)" for n, s in top)
+        if self.excluded:
+            shown = ", ".join(f"{path} ({why})" for path, why in self.excluded[:10])
+            more = f" and {len(self.excluded) - 10} more" if len(self.excluded) > 10 else ""
+            lines.append(f"Left out {len(self.excluded)}: {shown}{more} (--exclude adds more)")
+        return "\n".join(lines)
+
+
+@dataclass
 class BuildResult:
     zip_bytes: bytes
     unpacked_size: int
     files: int
     dependencies_cached: bool
+    user_files: UserFiles = field(default_factory=UserFiles)
 
     @property
     def size(self) -> int:
@@ -145,8 +176,9 @@ def build(spec: BuildSpec, progress: Callable[[str], None] = lambda _: None) -> 
         site, cached = _dependencies(spec, progress)
         entries += _walk(site, "")
     entries += list(package_files())
+    user = UserFiles()
     for path in spec.paths:
-        entries += _walk(path, path.name) if path.is_dir() else [(path, path.name)]
+        entries += _user_entries(path, [*DEFAULT_EXCLUDES, *spec.exclude], user)
     unpacked = sum(source.stat().st_size for source, _ in entries)
     if unpacked > UNZIPPED_LIMIT:
         raise BuildError(
@@ -155,7 +187,7 @@ def build(spec: BuildSpec, progress: Callable[[str], None] = lambda _: None) -> 
             " do not need from --include/--requirements."
         )
     progress(f"zipping {len(entries)} files ({unpacked / 1e6:.1f} MB)")
-    return BuildResult(zip_entries(entries), unpacked, len(entries), cached)
+    return BuildResult(zip_entries(entries), unpacked, len(entries), cached, user)
 
 
 def _dependencies(spec: BuildSpec, progress: Callable[[str], None]) -> tuple[Path, bool]:
@@ -211,6 +243,48 @@ def _walk(root: Path, prefix: str) -> Iterable[tuple[Path, str]]:
             path = Path(directory, name)
             relative = path.relative_to(root).as_posix()
             yield path, f"{prefix}/{relative}" if prefix else relative
+
+
+def _excluded_by(relative: str, patterns: list[str]) -> str | None:
+    """The pattern that leaves ``relative`` (a POSIX path) out: matched by name or by path."""
+    name = relative.rsplit("/", 1)[-1]
+    return next(
+        (p for p in patterns if fnmatch.fnmatch(name, p) or fnmatch.fnmatch(relative, p)), None
+    )
+
+
+def _user_entries(path: Path, patterns: list[str], user: UserFiles) -> list[tuple[Path, str]]:
+    """``(file, archive name)`` of one of the user's PATHS, without what must not ship."""
+    if not path.is_dir():
+        reason = _excluded_by(path.name, patterns)
+        if reason:
+            user.excluded.append((str(path), f"matches {reason!r}"))
+            return []
+        user.packed.append((path.name, path.stat().st_size))
+        return [(path, path.name)]
+    prefix = path.name
+    entries = []
+    for directory, subdirs, files in os.walk(path):
+        here = Path(directory)
+        kept = []
+        for name in sorted(subdirs):
+            relative = (here / name).relative_to(path).as_posix()
+            if (here / name / "pyvenv.cfg").exists():
+                user.excluded.append((relative + "/", "virtualenv"))
+            elif reason := _excluded_by(relative, patterns):
+                user.excluded.append((relative + "/", f"matches {reason!r}"))
+            else:
+                kept.append(name)
+        subdirs[:] = kept
+        for name in sorted(files):
+            relative = (here / name).relative_to(path).as_posix()
+            if reason := _excluded_by(relative, patterns):
+                user.excluded.append((relative, f"matches {reason!r}"))
+                continue
+            archive_name = f"{prefix}/{relative}" if prefix else relative
+            user.packed.append((archive_name, (here / name).stat().st_size))
+            entries.append((here / name, archive_name))
+    return entries
 
 
 def zip_entries(entries: list[tuple[Path, str]]) -> bytes:

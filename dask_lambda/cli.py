@@ -19,6 +19,8 @@ import click
 
 from . import config
 
+CLEAN_LISTED = 50  # object names `clean` lists before it asks
+
 _AWS_OPTIONS = [
     click.option("--profile", help="AWS profile (default: boto3's chain)."),
     click.option("--region", help="AWS region (default: boto3's chain)."),
@@ -155,6 +157,9 @@ def _deploy_options(defaults: bool):
                      help="S3 prefix of spilled data."),
         click.option("--expire-days", type=int, default=1, show_default=True,
                      help="Lifecycle rule: spill objects a killed client left expire after this."),
+        click.option("--exclude", multiple=True, metavar="PATTERN",
+                     help="Leave files matching PATTERN out of PATHS (dotfiles, credentials,"
+                          " virtualenvs and __pycache__ always are). Repeatable."),
     ]  # fmt: skip
 
     def decorate(function):
@@ -169,6 +174,9 @@ def _deploy_options(defaults: bool):
 @click.argument("name")
 @_deploy_options(defaults=True)
 @click.option("--print-policy", is_flag=True, help="Print the role policy JSON and exit.")
+@click.option("--adopt", is_flag=True,
+              help="Take over an existing function (or --create-role role) that dask-lambda did"
+                   " not create; without it deploy refuses to change them.")  # fmt: skip
 @aws_command
 def deploy(aws, name: str, print_policy: bool, **options: Any) -> None:
     """Build a package and create (or update) function NAME from it.
@@ -200,12 +208,20 @@ def update(aws, name: str, **options: Any) -> None:
 
     current = require_ours(aws.client("lambda"), name)
     variables = (current.get("Environment") or {}).get("Variables", {})
-    _deploy_or_update(aws, name, options, current_env=variables)
+    _deploy_or_update(aws, name, {**options, "adopt": False}, current_env=variables)
 
 
 def _deploy_or_update(aws, name: str, options: dict, current_env: dict | None = None) -> None:
     from .build import BuildSpec, build
-    from .deploy import FunctionSettings, deploy, ensure_role, role_policy
+    from .deploy import (
+        FunctionSettings,
+        check_location,
+        check_ownership,
+        current_configuration,
+        deploy,
+        ensure_role,
+        role_policy,
+    )
     from .keys import ENV_VARIABLE, ensure_key
 
     environment = _parse_env(options["env"])
@@ -233,32 +249,43 @@ def _deploy_or_update(aws, name: str, options: dict, current_env: dict | None = 
         raise click.ClickException("Pass either --role or --create-role, not both")
     if options["create_role"] and not options["bucket"]:
         raise click.ClickException("--create-role needs --bucket: the role may use only that")
+    if options["bucket"]:
+        options["bucket"], options["prefix"] = check_location(options["bucket"], options["prefix"])
+    lam = aws.client("lambda")
+    check_ownership(lam, current_configuration(lam, name), options["adopt"])  # before any change
     spec = BuildSpec(
         paths=list(options["paths"]),
         requirements=options["requirements"],
         include=list(options["include"]),
         architecture=options["architecture"] or "x86_64",
         with_dependencies=not options["no_dependencies"],
+        exclude=list(options["exclude"]),
     )
     result = build(spec, progress=lambda step: click.echo(f"  build: {step}", err=True))
-    if needs_key:  # every function gets its own signing key (first AWS call: after validation)
-        environment[ENV_VARIABLE] = ensure_key(aws.client("ssm"), name)
     click.echo(
         f"Package: {result.size / 1e6:.1f} MB zipped, {result.unpacked_size / 1e6:.1f} MB"
         f" unzipped, {result.files} files", err=True,
     )  # fmt: skip
+    if spec.paths:
+        click.echo(result.user_files.summary(), err=True)
     if options["create_role"]:
         policy = role_policy(options["bucket"], options["prefix"], name)
-        settings.role = ensure_role(aws.client("iam"), f"dask-lambda-{name}", policy)
+        settings.role = ensure_role(
+            aws.client("iam"), f"dask-lambda-{name}", policy, adopt=options["adopt"]
+        )
         click.echo(f"Role: {settings.role}", err=True)
+    if needs_key:  # every function gets its own signing key
+        environment[ENV_VARIABLE] = ensure_key(aws.client("ssm"), name)
+        settings.environment = environment
     outcome = deploy(
-        aws.client("lambda"),
+        lam,
         name,
         result.zip_bytes,
         settings,
         s3_client=aws.client("s3") if options["bucket"] else None,
         bucket=options["bucket"],
         prefix=options["prefix"],
+        adopt=options["adopt"],
     )
     if options["bucket"]:
         from .deploy import ensure_expiry
@@ -404,7 +431,12 @@ def logs(aws, name: str, since: str, follow: bool, pattern: str | None) -> None:
 @click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
 @aws_command
 def clean(aws, bucket, prefix, older_than, functions, roles, yes) -> None:  # fmt: skip
-    """Remove leftover spill objects, and optionally tagged functions and roles."""
+    """Remove leftover spill objects, and optionally tagged functions and roles.
+
+    Only objects dask-lambda wrote are deleted: names of the shape it gives its objects, carrying
+    the createdBy=dask-lambda object tag it sets on every write. Your own objects under the same
+    bucket or prefix are never listed or touched.
+    """
     from .admin import (
         delete_function,
         delete_role_if_ours,
@@ -420,7 +452,11 @@ def clean(aws, bucket, prefix, older_than, functions, roles, yes) -> None:  # fm
         s3 = aws.client("s3")
         names = stale_objects(s3, bucket, prefix, parse_since(older_than))
         if names:
-            plan.append((f"{len(names)} spill objects under s3://{bucket}/{prefix}/",
+            shown = "".join(f"\n    s3://{bucket}/{n}" for n in names[:CLEAN_LISTED])
+            hidden = len(names) - CLEAN_LISTED
+            more = f"\n    ... and {hidden} more" if hidden > 0 else ""
+            plan.append((f"{len(names)} objects dask-lambda wrote under s3://{bucket}/{prefix}/"
+                         f" (tagged createdBy=dask-lambda; nothing else is touched):{shown}{more}",
                          lambda: S3Store(bucket, s3).delete(names)))  # fmt: skip
     if functions:
         lam, iam = aws.client("lambda"), aws.client("iam")

@@ -19,6 +19,8 @@ from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Any
 
+import dask
+
 from . import config
 from .aws import Aws
 from .exceptions import NoActiveClusterError, VersionMismatchError
@@ -33,6 +35,7 @@ LOCAL_ROLE = "dask-lambda-local"
 
 _active: list[weakref.ref] = []  # weak: an unclosed, forgotten cluster still gets collected
 _active_lock = threading.Lock()
+_shuffle_set = False  # whether dask-lambda set the default shuffle method (and may unset it)
 
 
 class Status(enum.Enum):
@@ -56,6 +59,24 @@ class Settings:
     speculation: bool
     speculation_multiplier: float
     speculation_min_seconds: float
+
+
+def _use_task_shuffle(clusters_running: bool) -> None:
+    """While a cluster runs, collections default to the task-based shuffle (bag and dataframe).
+
+    Dask's default is a shuffle through local disk, which cannot work on Lambda (see
+    :func:`.scheduler.refuse_local_disk_shuffle`), as ``distributed`` switches the default while
+    a client runs. A method the user chose is never changed. Called with ``_active_lock`` held.
+    """
+    global _shuffle_set
+    current = dask.config.get("dataframe.shuffle.method", None)
+    if clusters_running and current is None:
+        dask.config.set({"dataframe.shuffle.method": "tasks"})
+        _shuffle_set = True
+    elif not clusters_running and _shuffle_set:
+        if current == "tasks":
+            dask.config.set({"dataframe.shuffle.method": None})
+        _shuffle_set = False
 
 
 def current_cluster() -> LambdaCluster:
@@ -219,6 +240,7 @@ class LambdaCluster:
         self.status = Status.running
         with _active_lock:
             _active.append(weakref.ref(self))
+            _use_task_shuffle(True)
         return self
 
     def _start_local(self, resources: dict) -> None:
@@ -251,7 +273,11 @@ class LambdaCluster:
             role,
             memory=self.memory,
             timeout=self.timeout,
-            environment={"DASK_LAMBDA_BUCKET": self.bucket, KEY_VARIABLE: key_parameter},
+            environment={
+                "DASK_LAMBDA_BUCKET": self.bucket,
+                "DASK_LAMBDA_PREFIX": self.prefix,
+                KEY_VARIABLE: key_parameter,
+            },  # fmt: skip
         )
 
     def _where(self) -> str:
@@ -361,6 +387,7 @@ class LambdaCluster:
         self.status = Status.closed
         with _active_lock:
             _active[:] = [ref for ref in _active if ref() not in (None, self)]
+            _use_task_shuffle(any(ref() is not None for ref in _active))
         detached = self._finalizer.detach() if self._finalizer is not None else None
         if detached is not None:
             _release(detached[2][0], None)

@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import json
 import platform
+import re
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
 from .build import DIRECT_UPLOAD_LIMIT, code_sha256
+from .storage import MARKER_TAG
 
 HANDLER = "dask_lambda.handler.lambda_handler"
 CREATED_BY = {"createdBy": "dask-lambda"}
@@ -105,6 +107,29 @@ def version_tags() -> dict[str, str]:
     }
 
 
+_BUCKET_NAME = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
+
+
+def check_location(bucket: str, prefix: str) -> tuple[str, str]:
+    """``(bucket, prefix)`` normalised, or :class:`DeployError` for what a policy cannot name.
+
+    ``*``, ``?`` and ``$`` are wildcards and variables in IAM resource names: a prefix holding
+    them would grant far more than the prefix, so it is refused rather than escaped.
+    """
+    prefix = prefix.strip("/")
+    if not _BUCKET_NAME.fullmatch(bucket or ""):
+        raise DeployError(
+            f"{bucket!r} is not an S3 bucket name (3-63 lowercase letters, digits, dots and"
+            " hyphens): pass --bucket with the spill bucket's name."
+        )
+    if not prefix or any(c in prefix for c in "*?$"):
+        raise DeployError(
+            f"--prefix {prefix!r} cannot be used: it must be a plain, non-empty S3 prefix"
+            " without *, ? or $ (they are wildcards in IAM policies). Use e.g. dask-lambda."
+        )
+    return bucket, prefix
+
+
 def role_policy(bucket: str, prefix: str, function_name: str) -> dict[str, Any]:
     """Least privilege for a dask-lambda function: its spill prefix, its key and its own logs.
 
@@ -113,14 +138,19 @@ def role_policy(bucket: str, prefix: str, function_name: str) -> dict[str, Any]:
     """
     from .keys import parameter_name
 
-    prefix = prefix.strip("/")
+    bucket, prefix = check_location(bucket, prefix)
     return {
         "Version": "2012-10-17",
         "Statement": [
             {
                 "Sid": "SpillObjects",
                 "Effect": "Allow",
-                "Action": ["s3:GetObject", "s3:PutObject", "s3:DeleteObject"],
+                "Action": [
+                    "s3:GetObject",
+                    "s3:PutObject",
+                    "s3:PutObjectTagging",
+                    "s3:DeleteObject",
+                ],
                 "Resource": f"arn:aws:s3:::{bucket}/{prefix}/*",
             },
             {
@@ -145,8 +175,9 @@ def role_policy(bucket: str, prefix: str, function_name: str) -> dict[str, Any]:
 def ensure_expiry(s3: Any, bucket: str, prefix: str, days: int) -> None:
     """A lifecycle rule that deletes spill objects under ``prefix`` after ``days`` days.
 
-    Computes delete their objects themselves; the rule catches what a killed client left. Other
-    rules of the bucket are kept.
+    Computes delete their objects themselves; the rule catches what a killed client left. It
+    applies only to objects tagged ``createdBy=dask-lambda`` (every object dask-lambda writes),
+    so the user's own objects under the same prefix never expire. Other rules are kept.
     """
     rule_id = f"dask-lambda-expire-{prefix.strip('/')}"[:255]
     try:
@@ -156,10 +187,13 @@ def ensure_expiry(s3: Any, bucket: str, prefix: str, days: int) -> None:
             raise
         rules = []
     rules = [rule for rule in rules if rule.get("ID") != rule_id]
+    key, value = MARKER_TAG
     rules.append(
         {
             "ID": rule_id,
-            "Filter": {"Prefix": prefix.strip("/") + "/"},
+            "Filter": {  # only what dask-lambda wrote: never the user's data under the prefix
+                "And": {"Prefix": prefix.strip("/") + "/", "Tags": [{"Key": key, "Value": value}]}
+            },
             "Status": "Enabled",
             "Expiration": {"Days": int(days)},
             "AbortIncompleteMultipartUpload": {"DaysAfterInitiation": 1},
@@ -168,13 +202,34 @@ def ensure_expiry(s3: Any, bucket: str, prefix: str, days: int) -> None:
     s3.put_bucket_lifecycle_configuration(Bucket=bucket, LifecycleConfiguration={"Rules": rules})
 
 
-def ensure_role(iam: Any, name: str, policy: dict | None = None) -> str:
+class NotOursError(PermissionError):
+    """The resource was not created by dask-lambda, so dask-lambda will not change it."""
+
+
+def is_ours(tags: dict[str, str]) -> bool:
+    return all(tags.get(k) == v for k, v in CREATED_BY.items())
+
+
+def ensure_role(iam: Any, name: str, policy: dict | None = None, adopt: bool = False) -> str:
     """The ARN of role ``name`` (assumable by Lambda), created if missing.
 
-    ``policy``, if given, is set as the role's inline policy.
+    ``policy``, if given, is set as the role's inline policy — on a role dask-lambda created, or
+    with ``adopt`` on any role (which is then tagged as dask-lambda's); otherwise a role that
+    exists without the ``createdBy: dask-lambda`` tag raises :class:`NotOursError`.
     """
     try:
         arn = iam.get_role(RoleName=name)["Role"]["Arn"]
+        if policy is not None:
+            tags = {t["Key"]: t["Value"] for t in iam.list_role_tags(RoleName=name)["Tags"]}
+            if not is_ours(tags) and not adopt:
+                raise NotOursError(
+                    f"Role {name!r} exists and was not created by dask-lambda: --create-role"
+                    " will not overwrite its policy. Pass --role with its ARN to use it as it"
+                    " is, or --adopt to let dask-lambda replace its policy and manage it."
+                )
+            if not is_ours(tags):
+                iam.tag_role(RoleName=name, Tags=[{"Key": k, "Value": v}
+                                                  for k, v in CREATED_BY.items()])  # fmt: skip
     except iam.exceptions.NoSuchEntityException:
         arn = iam.create_role(
             RoleName=name,
@@ -200,11 +255,14 @@ def deploy(
     tags: dict[str, str] | None = None,
     handler: str = HANDLER,
     runtime: str | None = None,
+    adopt: bool = False,
 ) -> DeployResult:
     """Create ``name`` or update only what changed; wait until it is ready.
 
     ``code`` None updates the configuration only. Zips over 50 MB are uploaded to ``bucket``
-    first (and deleted from it once Lambda has taken them).
+    first (and deleted from it once Lambda has taken them). An existing function that
+    dask-lambda did not create is left alone (:class:`NotOursError`) unless ``adopt``, which tags
+    it as dask-lambda's.
     """
     settings.validate()
     runtime = runtime or f"python{'.'.join(platform.python_version_tuple()[:2])}"
@@ -213,10 +271,7 @@ def deploy(
             f"The zip is {len(code) / 1e6:.1f} MB, over the 50 MB Lambda accepts directly:"
             " pass --bucket so it is uploaded through S3, or move dependencies into a layer."
         )
-    try:
-        current = lambda_client.get_function(FunctionName=name)["Configuration"]
-    except lambda_client.exceptions.ResourceNotFoundException:
-        current = None
+    current = current_configuration(lambda_client, name)
     if current is None:
         if code is None:
             raise DeployError(f"Function {name!r} does not exist; deploy it first")
@@ -234,6 +289,8 @@ def deploy(
         configuration = lambda_client.get_function_configuration(FunctionName=name)
         return DeployResult(configuration, created=True)
 
+    if check_ownership(lambda_client, current, adopt):
+        lambda_client.tag_resource(Resource=current["FunctionArn"], Tags=CREATED_BY)
     result = DeployResult(current)
     arch_changed = settings.architecture and current.get("Architectures", ["x86_64"]) != [
         settings.architecture
@@ -245,7 +302,7 @@ def deploy(
             lambda_client.get_waiter("function_updated_v2").wait(FunctionName=name)
         result.code_updated = True
         lambda_client.tag_resource(Resource=current["FunctionArn"], Tags=version_tags())
-    wanted = settings.configuration()
+    wanted = {**settings.configuration(), "Handler": handler, "Runtime": runtime}
     changes = {k: v for k, v in wanted.items() if _differs(current, k, v)}
     if changes:
         lambda_client.update_function_configuration(FunctionName=name, **changes)
@@ -255,17 +312,47 @@ def deploy(
     return result
 
 
+def check_ownership(lambda_client: Any, current: dict | None, adopt: bool) -> bool:
+    """Whether deploying over ``current`` adopts it; :class:`NotOursError` if that needs --adopt.
+
+    ``current`` is the function's configuration (None: it does not exist yet).
+    """
+    if current is None:
+        return False
+    tags = lambda_client.list_tags(Resource=current["FunctionArn"]).get("Tags", {})
+    if is_ours(tags):
+        return False
+    if not adopt:
+        raise NotOursError(
+            f"Function {current['FunctionName']!r} exists and was not created by dask-lambda:"
+            " deploy will not replace its code, environment or settings. Deploy under another"
+            " name, or pass --adopt to let dask-lambda take it over (it is then tagged as"
+            " dask-lambda's)."
+        )
+    return True
+
+
+def current_configuration(lambda_client: Any, name: str) -> dict | None:
+    """The function's configuration, or None if it does not exist."""
+    try:
+        return lambda_client.get_function(FunctionName=name)["Configuration"]
+    except lambda_client.exceptions.ResourceNotFoundException:
+        return None
+
+
 class _code_location:
     """``Code`` for Create/UpdateFunctionCode: the zip inline, or staged in S3 for the call."""
 
     def __init__(self, code: bytes, s3_client: Any, bucket: str | None, prefix: str):
         self.code, self.s3, self.bucket = code, s3_client, bucket
-        self.key = f"{prefix.strip('/')}/deploy/{uuid.uuid4().hex}.zip"
+        self.key = f"{prefix.strip('/')}/deploy/{uuid.uuid4().hex}.zip"  # see admin.clean
 
     def __enter__(self) -> dict[str, Any]:
         if len(self.code) <= DIRECT_UPLOAD_LIMIT:
             return {"ZipFile": self.code}
-        self.s3.put_object(Bucket=self.bucket, Key=self.key, Body=self.code)
+        self.s3.put_object(
+            Bucket=self.bucket, Key=self.key, Body=self.code, Tagging="=".join(MARKER_TAG)
+        )
         return {"S3Bucket": self.bucket, "S3Key": self.key}
 
     def __exit__(self, *exc: object) -> None:

@@ -25,7 +25,7 @@ from dask._task_spec import Task
 from . import remote
 from .cluster import LambdaCluster
 from .exceptions import LambdaFunctionError
-from .protocol import BatchSpec
+from .protocol import BatchSpec, Stored
 from .remote_errors import rebuild_exception
 from .scheduler import run_payload
 
@@ -180,21 +180,24 @@ class LambdaExecutor(Executor):
                 self._slots.notify_all()
 
     def _invoke(self, batch: list[tuple[Future, Task]]) -> None:
-        tasks = [task for _, task in batch]
         try:
-            spec_bytes = cloudpickle.dumps(BatchSpec(self._id, tasks, [t.key for t in tasks]))
+            spec_bytes = self._spec_bytes(batch)
         except Exception:
             batch = self._fail_unpicklable(batch)
             if not batch:
                 return
-            tasks = [task for _, task in batch]
-            spec_bytes = cloudpickle.dumps(BatchSpec(self._id, tasks, [t.key for t in tasks]))
+            spec_bytes = self._spec_bytes(batch)
+        tasks = [task for _, task in batch]
         response = self.cluster.invoker.call(
             run_payload(self.cluster, spec_bytes, self._prefix),
             task_keys=[t.key for t in tasks],
             payload_prefix=f"{self._prefix}/{self._id}",
         )
         self._deliver(batch, response)
+
+    def _spec_bytes(self, batch: list[tuple[Future, Task]]) -> bytes:
+        keys = [task.key for _, task in batch]
+        return cloudpickle.dumps(BatchSpec(self._id, keys, [t for _, t in batch], keys))
 
     @staticmethod
     def _fail_unpicklable(batch: list[tuple[Future, Task]]) -> list[tuple[Future, Task]]:
@@ -226,7 +229,7 @@ class LambdaExecutor(Executor):
         spilled: list[str] = []
         outcomes: list[tuple[Future, bool, object]] = []  # (future, failed, value or exception)
         for index, ((future, _), result) in enumerate(zip(batch, response["results"], strict=True)):
-            status, where, data, nbytes = result
+            status, where, data, nbytes, sha256 = result
             if index in errors:
                 outcomes.append((future, True, rebuild_exception(errors[index])))
             elif status != "ok":
@@ -236,7 +239,7 @@ class LambdaExecutor(Executor):
                 try:
                     if where == "s3":
                         spilled.append(data)
-                        data = store.get(data, nbytes)
+                        data = store.get(data, expected=Stored(data, nbytes, sha256))
                     outcomes.append((future, False, cloudpickle.loads(data)))
                 except Exception as e:
                     outcomes.append((future, True, e))

@@ -1,23 +1,30 @@
 """The Lambda entry point: ``dask_lambda.handler.lambda_handler``.
 
 Runs on the Lambda side only and imports nothing of the client (no scheduler, cluster, CLI,
-``distributed`` or the local Lambda): just :mod:`.protocol` and :mod:`.storage`. boto3 is imported
-on first use of S3, so a batch with only inline data never pays for it.
+``distributed`` or the local Lambda): just :mod:`.protocol`, :mod:`.storage`, :mod:`.allowlist`
+and :mod:`.error_report`. boto3 is imported on first use of S3, so a batch with only inline data
+never pays for it.
 
-Every event must be signed with the function's key (:mod:`.protocol`); a function deployed with
-an allowlist unpickles through it (:mod:`.allowlist`). For a ``run`` request it unpickles the
-batch, fetches the inputs that live in S3 (in parallel),
-runs the nodes in the order given (a topological order, chosen on the client by ``dask.order``),
-frees each intermediate value once its last consumer in the batch has run, and returns every
-requested result inline or, past the inline limit or the response budget, as an S3 reference it
-wrote itself. A failing task fails only the tasks that depend on it; its exception travels back
-pickled with its traceback. See :mod:`.protocol` for the message formats.
+Every event must be signed with the function's key (:mod:`.protocol`), checked before anything is
+read or unpickled; a spilled request is fetched only from the function's own bucket and prefix,
+only at its signed size (at most a quarter of the function's memory) and digest. A function
+deployed with an allowlist unpickles through it (:mod:`.allowlist`). For a ``run`` request it
+unpickles the batch, fetches the inputs that live in S3 (in parallel, each checked against the
+size and SHA-256 the signed batch names), runs the nodes in the order given (a topological order,
+chosen on the client by ``dask.order``), frees each intermediate value once its last consumer in
+the batch has run, and returns every requested result inline or, past the inline limit or the
+response budget, as an S3 reference it wrote itself, with its digest. A failing task fails only
+the tasks that depend on it; its exception travels back with its traceback
+(:mod:`.error_report`), whatever it derives from: ``SystemExit`` and ``KeyboardInterrupt`` raised
+by a task are that task's errors, while a real interrupt of the runtime still ends it.
 """
 
 from __future__ import annotations
 
 import os
 import resource
+import signal
+import threading
 import time
 import uuid
 from collections import Counter
@@ -27,9 +34,12 @@ from typing import Any
 import cloudpickle
 
 from . import allowlist, protocol
+from .error_report import RESERVED, ErrorBudget, error_info
 from .storage import S3Store, object_name
 
 KEY_VARIABLE = "DASK_LAMBDA_KEY_PARAMETER"  # see dask_lambda.keys (client side)
+BUCKET_VARIABLE = "DASK_LAMBDA_BUCKET"
+PREFIX_VARIABLE = "DASK_LAMBDA_PREFIX"
 _state: dict[str, Any] = {"cold": True, "pool": None, "runtime_id": uuid.uuid4().hex[:12]}
 
 
@@ -37,9 +47,11 @@ def lambda_handler(event: dict, context: Any) -> dict:
     """Run one dask-lambda request; see :mod:`dask_lambda.protocol`."""
     started = time.perf_counter()
     cold, _state["cold"] = _state["cold"], False
+    if cold:
+        _watch_interrupts()
     try:
         payload = protocol.open_envelope(event, fetch=_fetch_payload, key=_signing_key())
-    except protocol.ProtocolError as e:
+    except (protocol.ProtocolError, protocol.IntegrityError) as e:
         print(f"dask-lambda refused an event: {e}")  # the function's log: who sent what
         raise
     op = payload.get("op")
@@ -56,16 +68,48 @@ def lambda_handler(event: dict, context: Any) -> dict:
         duration=time.perf_counter() - started,
         request_id=getattr(context, "aws_request_id", None),
         runtime_id=_state["runtime_id"],
-        memory_limit_mb=int(getattr(context, "memory_limit_in_mb", 0) or 0),
     )
     return protocol.envelope(protocol.encode_payload(body))
 
 
-def _fetch_payload(bucket: str, key: str) -> bytes:
+def _watch_interrupts() -> None:
+    """Remember a real SIGINT, so a task's own ``KeyboardInterrupt`` can be told from it."""
+    if threading.current_thread() is not threading.main_thread():
+        return  # handlers run in threads only in the local Lambda's simulation mode
+
+    def interrupted(signum, frame):
+        _state["interrupted"] = True
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, interrupted)
+
+
+def _fetch_payload(ref: dict) -> bytes:
+    """Read a signed ``payload_ref``: own bucket and prefix only, signed size within the limit."""
+    bucket, prefix = os.environ.get(BUCKET_VARIABLE), os.environ.get(PREFIX_VARIABLE)
+    if bucket and ref["bucket"] != bucket:
+        raise protocol.ProtocolError(
+            f"Refused a payload_ref in bucket {ref['bucket']!r}: this function reads requests"
+            f" only from its own bucket {bucket!r}."
+        )
+    if prefix and not ref["key"].startswith(prefix.strip("/") + "/"):
+        raise protocol.ProtocolError(
+            f"Refused a payload_ref outside this function's prefix {prefix!r}."
+        )
+    memory_mb = int(os.environ.get("AWS_LAMBDA_FUNCTION_MEMORY_SIZE") or 128)
+    limit = memory_mb * 1024 * 1024 // 4
+    if ref["size"] > limit:
+        raise protocol.ProtocolError(
+            f"Refused a spilled request of {ref['size']} bytes: over a quarter of this function's"
+            f" {memory_mb} MB. Use smaller tasks or give the function more memory."
+        )
+    expected = protocol.Stored(ref["key"], ref["size"], ref["sha256"])
     try:
-        return S3Store(bucket).get(key)
+        return S3Store(ref["bucket"]).get(ref["key"], expected=expected)
+    except protocol.IntegrityError:
+        raise
     except Exception as e:
-        raise protocol.TransientError(f"Could not read the spilled request {key}: {e}") from e
+        raise protocol.TransientError(f"Could not read the spilled request {ref['key']}: {e}")
 
 
 def _signing_key() -> bytes:
@@ -103,25 +147,25 @@ def _run(payload: dict, started: float) -> dict:
     stats = {"s3_bytes_read": 0, "s3_bytes_written": 0, "inline_bytes": 0}
     try:
         spec: protocol.BatchSpec = _loads(payload["spec"])
+        store = S3Store(payload["store"]["bucket"], kms_key_id=payload["store"].get("kms_key_id"))
+        values = _load_inputs(spec, store, stats)
+    except protocol.TransientError:
+        raise
     except Exception as e:
         return {"fatal": error_info(-1, e), "stats": stats}
-    store = S3Store(payload["store"]["bucket"], kms_key_id=payload["store"].get("kms_key_id"))
     prefix = payload["store"]["prefix"]
-    values = _load_inputs(spec, store, stats)
-
     remaining_uses: Counter = Counter(dep for node in spec.tasks for dep in node.dependencies)
     output_index = {key: i for i, key in enumerate(spec.outputs)}
-    results: list = [["skipped", None, None, 0] for _ in spec.outputs]
+    results: list = [["skipped", None, None, 0, None] for _ in spec.outputs]
     uploads: list[tuple[list, Future]] = []
     budget = {
         "inline": payload["inline_limit"],
-        "response": payload["response_limit"],
+        "response": payload["response_limit"] - RESERVED,
         "largest": payload.get("max_object_bytes") or float("inf"),
     }
     failed: set = set()
-    errors, timings = [], []
-    for index, node in enumerate(spec.tasks):
-        key = node.key
+    errors, timings = ErrorBudget(), []
+    for index, (key, node) in enumerate(zip(spec.keys, spec.tasks, strict=True)):
         if failed.intersection(node.dependencies):
             failed.add(key)
             timings.append(None)
@@ -133,12 +177,14 @@ def _run(payload: dict, started: float) -> dict:
             if key in output_index:
                 name = object_name(prefix, spec.compute_id, key)
                 results[output_index[key]] = _output(value, name, store, budget, uploads, stats)
-        except Exception as e:
+        except BaseException as e:
+            if isinstance(e, KeyboardInterrupt) and _state.get("interrupted"):
+                raise  # the runtime itself is being interrupted, not this task
             failed.add(key)
             values.pop(key, None)
-            errors.append(error_info(index, e))
+            errors.add(index, e)
             if key in output_index:
-                results[output_index[key]] = ["error", None, None, 0]
+                results[output_index[key]] = ["error", None, None, 0, None]
         timings.append([began - started, time.perf_counter() - started])
         for dep in node.dependencies:
             remaining_uses[dep] -= 1
@@ -148,28 +194,35 @@ def _run(payload: dict, started: float) -> dict:
             values.pop(key, None)
     for entry, upload in uploads:
         try:
-            stats["s3_bytes_written"] += upload.result()
+            stored = upload.result()
         except Exception as e:
             raise protocol.TransientError(f"Could not write a result to S3: {e}") from e
-        entry[0] = "ok"
-    return {"results": results, "errors": errors, "timings": timings, "stats": stats}
+        stats["s3_bytes_written"] += stored.nbytes
+        entry[0], entry[4] = "ok", stored.sha256
+    return {"results": results, "errors": errors.entries, "timings": timings, "stats": stats}
 
 
 def _load_inputs(spec: protocol.BatchSpec, store: S3Store, stats: dict) -> dict:
+    """The batch's inputs: inline ones unpickled, stored ones fetched and checked first."""
     values: dict = {}
     remote = []
     for key, ref in spec.inputs.items():
-        if ref[0] == "inline":
-            values[key] = _loads(ref[1])
+        if isinstance(ref, protocol.Inline):
+            values[key] = _loads(ref.data)
         else:
-            remote.append((key, ref[1], ref[2]))
-    try:
-        fetched = list(_io_pool().map(lambda item: store.get(item[1], item[2]), remote))
-    except Exception as e:
-        raise protocol.TransientError(f"Could not read an input from S3: {e}") from e
-    for (key, _, size), data in zip(remote, fetched, strict=True):
+            remote.append((key, ref))
+
+    def fetch(item: tuple[Any, protocol.Stored]) -> bytes:
+        try:
+            return store.get(item[1].name, expected=item[1])
+        except protocol.IntegrityError:
+            raise
+        except Exception as e:
+            raise protocol.TransientError(f"Could not read an input from S3: {e}") from e
+
+    for (key, ref), data in zip(remote, _io_pool().map(fetch, remote), strict=True):
         values[key] = _loads(data)
-        stats["s3_bytes_read"] += size
+        stats["s3_bytes_read"] += ref.nbytes
     return values
 
 
@@ -184,29 +237,7 @@ def _output(value, name: str, store: S3Store, budget: dict, uploads: list, stats
     if len(data) <= budget["inline"] and len(data) <= budget["response"]:
         budget["response"] -= len(data)
         stats["inline_bytes"] += len(data)
-        return ["ok", "inline", data, len(data)]
-    entry = ["pending", "s3", name, len(data)]
+        return ["ok", "inline", data, len(data), None]
+    entry = ["pending", "s3", name, len(data), None]  # the digest comes with the upload
     uploads.append((entry, _io_pool().submit(store.put, name, data)))
     return entry
-
-
-def error_info(index: int, exc: BaseException) -> dict:
-    """An exception as the protocol carries it (see :mod:`.protocol`)."""
-    from tblib import Traceback
-
-    try:
-        pickled = cloudpickle.dumps(exc)
-    except Exception:
-        pickled = None
-    try:
-        traceback = Traceback(exc.__traceback__).to_dict() if exc.__traceback__ else None
-    except Exception:
-        traceback = None
-    return {
-        "index": index,
-        "type": type(exc).__qualname__,
-        "module": type(exc).__module__,
-        "message": str(exc),
-        "exception": pickled,
-        "traceback": traceback,
-    }

@@ -156,14 +156,11 @@ class Invoker:
                 )
             prefix = (payload_prefix or self.payload_prefix).rstrip("/")
             spilled_key = f"{prefix}/payloads/{uuid.uuid4().hex}"
-            self.store.put(spilled_key, data)
-            event = {
-                protocol.MARKER: protocol.PROTOCOL_VERSION,
-                "payload_ref": {"bucket": self.store.bucket, "key": spilled_key},
-            }
-            if self.signing_key is not None:
-                event = protocol.sign(event, data, self.signing_key, self.signature_ttl)
-            counters.add(spilled_requests=1)
+            stored = self.store.put(spilled_key, data)
+            ref = {"bucket": self.store.bucket, "key": spilled_key, "size": stored.nbytes,
+                   "sha256": stored.sha256}  # fmt: skip
+            event = protocol.reference_envelope(ref, self.signing_key, self.signature_ttl)
+            counters.add(spilled_requests=1, request_bytes=len(data))
         else:
             event = protocol.envelope(data, self.signing_key, self.signature_ttl)
         body = json.dumps(event).encode()
@@ -215,8 +212,7 @@ class Invoker:
         stats.add(invocations=1, request_bytes=len(body), response_bytes=len(raw))
         if response.get("FunctionError"):
             self._function_error(raw, task_keys, response)
-        fetch = self.store.get if self.store is not None else None
-        decoded = protocol.open_envelope(raw, fetch=lambda bucket, key: fetch(key))
+        decoded = protocol.open_envelope(raw)
         remote = decoded.get("stats", {})
         if remote.get("cold_start"):
             stats.add(cold_starts=1)
@@ -243,6 +239,8 @@ class Invoker:
             error = {"errorType": "Unknown", "errorMessage": raw[:500].decode(errors="replace")}
         error_type = error.get("errorType", "Unknown")
         message = error.get("errorMessage", "")
+        if error_type == "IntegrityError":
+            raise protocol.IntegrityError(f"{message} (function {self.function_name!r})")
         if error_type == "Sandbox.Timedout":
             message += (
                 f". A batch ran longer than the function's timeout: raise it (dask-lambda update"

@@ -67,9 +67,11 @@ class GraphState:
             if dep not in dsk and dep not in self.done_initially
         }
         if self._missing:
-            raise KeyError(
-                "The graph depends on keys it does not define:"
-                f" {sorted(map(str, self._missing))[:5]}"
+            key = sorted(self._missing, key=str)[0]
+            needing = sorted((k for k, deps in self.dependencies.items() if key in deps), key=str)
+            raise ValueError(  # dask.local's wording, so code that matches on it still works
+                f"Missing dependency {key} for dependents {set(needing[:5])}: the graph depends"
+                f" on keys it does not define ({len(self._missing)} in all)"
             )
         for key, deps in self.dependencies.items():
             if key in self.done_initially:

@@ -1,27 +1,39 @@
-"""The wire protocol between the client and the Lambda handler (version 1).
+"""The wire protocol between the client and the Lambda handler (version 2).
 
 Both sides import this module; it needs only the standard library, msgpack and cloudpickle.
 
 Event (the JSON document sent to ``Invoke``)
-    ``{"dask_lambda": 1, "payload": "<base64 msgpack>", "expires": T, "signature": S}``, or, when
+    ``{"dask_lambda": 2, "payload": "<base64 msgpack>", "expires": T, "signature": S}``, or, when
     the encoded payload would not fit Lambda's 6 MB request limit, ``"payload_ref": {"bucket": B,
-    "key": K}`` in place of ``payload`` with the same bytes stored in S3 (the handler fetches
-    them). The ``dask_lambda`` field marks the event as ours and names the protocol version; any
-    other event is refused with a :class:`ProtocolError` that says what the function expected.
+    "key": K, "size": N, "sha256": H}`` in place of ``payload`` with the same bytes stored in S3.
+    The ``dask_lambda`` field marks the event as ours and names the protocol version; any other
+    event is refused with a :class:`ProtocolError` that says what the function expected.
 
 Signature
-    ``S = hex(HMAC-SHA256(key, b"1.<T>." + SHA256(payload bytes)))`` with the key the client and
-    the function share (:mod:`.keys`); ``T`` is a Unix time after which the event is refused. The
-    handler checks it before it unpickles anything, so being allowed to invoke the function is
-    not enough to make it run code, and a captured event stops working when it expires.
-    Responses are not signed: they come back over Lambda's authenticated API.
+    ``S = hex(HMAC-SHA256(key, b"2.<T>." + SHA256(payload bytes) + R))`` with the key the client
+    and the function share (:mod:`.keys`); ``T`` is a Unix time after which the event is refused;
+    ``R`` is empty for an inline payload and the canonical JSON of ``payload_ref`` otherwise, so
+    the reference, its size and its digest are signed too. The handler checks the signature before
+    it reads or unpickles anything: an unsigned reference is never fetched, and a signed one is
+    fetched only from the function's own bucket and prefix, only if S3 reports the signed size
+    (and that size is within a quarter of the function's memory), and is unpickled only if its
+    SHA-256 matches. Being allowed to invoke the function is not enough to make it run code, and
+    a captured event stops working when it expires. Responses are not signed: they come back over
+    Lambda's authenticated API.
+
+Integrity of what travels through S3
+    Whoever can write the spill bucket cannot sign. So every object dask-lambda reads back is
+    named by a :class:`Stored` reference carrying its size and SHA-256, and the reader checks
+    both before it unpickles (:class:`IntegrityError` otherwise): inputs' references travel inside
+    the signed batch; results' references come back in the function's response, computed by the
+    function that wrote them.
 
 Request payload (msgpack map)
     ``op``
         ``"ping"`` (answer versions only) or ``"run"``.
     ``spec`` (``run``)
-        cloudpickle of a :class:`BatchSpec`: the batch's graph nodes in execution order, the keys
-        to return, and its inputs. Keys and values travel pickled, so any Dask key survives.
+        cloudpickle of a :class:`BatchSpec`: the batch's graph nodes in execution order with their
+        keys, the keys to return, and its inputs (:class:`Inline` or :class:`Stored`).
     ``store`` (``run``)
         ``{"bucket": B, "prefix": P}``: where spilled inputs are and spilled results go.
     ``inline_limit``, ``response_limit`` (``run``)
@@ -29,17 +41,22 @@ Request payload (msgpack map)
         under ``response_limit`` bytes; anything else is written to S3 by the handler.
 
 Response (the handler's return value, JSON)
-    ``{"dask_lambda": 1, "payload": "<base64 msgpack>"}`` with a msgpack map:
+    ``{"dask_lambda": 2, "payload": "<base64 msgpack>"}`` with a msgpack map:
 
     ``results``
-        One entry per requested key, in request order: ``[status, where, data, nbytes]`` with
-        status ``"ok"``, ``"error"`` or ``"skipped"`` (a dependency failed); ``where`` is
-        ``"inline"`` (``data`` = pickled value) or ``"s3"`` (``data`` = object key).
+        One entry per requested key, in request order: ``[status, where, data, nbytes, sha256]``
+        with status ``"ok"``, ``"error"`` or ``"skipped"`` (a dependency failed); ``where`` is
+        ``"inline"`` (``data`` = pickled value) or ``"s3"`` (``data`` = object key, ``sha256`` its
+        digest).
     ``errors``
         ``{"index": i, ...}`` for each failed task (index into the spec's tasks), with the
-        exception's ``type``, ``message``, pickled ``exception`` (or None if unpicklable) and
-        ``traceback`` (a tblib dict), so the client re-raises the original type with the remote
-        traceback.
+        exception's ``type``, ``module``, ``message`` (truncated and marked past a limit), pickled
+        ``exception`` (or None) and ``traceback`` (a tblib dict of the first and last frames), so
+        the client re-raises the original type with the remote traceback. Past an error budget
+        further errors are summarised (type and a short message), so a response always fits.
+    ``fatal``
+        Instead of ``results``: the batch could not be loaded at all (an import error, an
+        integrity error), as one error entry.
     ``timings``
         ``[start, stop]`` seconds since the invocation began, per task.
     ``stats``
@@ -57,12 +74,13 @@ import hmac
 import json
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import msgpack
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
 MARKER = "dask_lambda"
+_HEX = frozenset("0123456789abcdef")
 
 
 class ProtocolError(ValueError):
@@ -77,18 +95,54 @@ class SignatureError(ProtocolError):
     """An event that is unsigned, tampered with, expired or signed with another key."""
 
 
+class IntegrityError(RuntimeError):
+    """An object read back from S3 is not the one dask-lambda wrote (size or SHA-256 differ)."""
+
+
+class Inline(NamedTuple):
+    """A pickled value carried inside the request itself."""
+
+    data: bytes
+
+
+class Stored(NamedTuple):
+    """A pickled value in the spill bucket, with what its reader must check before unpickling."""
+
+    name: str
+    nbytes: int
+    sha256: str
+
+
 @dataclass
 class BatchSpec:
     """One invocation's work: graph nodes in execution order, outputs and inputs.
 
-    ``inputs`` maps each key the batch needs from outside to ``("inline", pickled_bytes)`` or
-    ``("s3", object_key, nbytes)``.
+    ``keys[i]`` is the graph's key of ``tasks[i]`` (a node's own ``.key`` may differ from the key
+    it is stored under). ``inputs`` maps each key the batch needs from outside to an
+    :class:`Inline` or a :class:`Stored`.
     """
 
     compute_id: str
+    keys: list
     tasks: list
     outputs: list
     inputs: dict = field(default_factory=dict)
+
+
+def digest(data: bytes) -> str:
+    """Hex SHA-256, as :class:`Stored` and ``payload_ref`` carry it."""
+    return hashlib.sha256(data).hexdigest()
+
+
+def check_integrity(name: str, data: bytes, expected: Stored | None) -> bytes:
+    """``data`` if it is what ``expected`` describes, else :class:`IntegrityError`."""
+    if expected is not None and (len(data) != expected.nbytes or digest(data) != expected.sha256):
+        raise IntegrityError(
+            f"The S3 object {name!r} is not the one dask-lambda wrote ({len(data)} bytes, expected"
+            f" {expected.nbytes} with SHA-256 {expected.sha256[:16]}...): something else wrote to"
+            " the spill prefix. It was not unpickled. Restrict who may write the spill bucket."
+        )
+    return data
 
 
 def encode_payload(payload: dict[str, Any]) -> bytes:
@@ -105,21 +159,34 @@ def decode_payload(data: bytes) -> dict[str, Any]:
     return payload
 
 
-def signature(key: bytes, payload_bytes: bytes, expires: int) -> str:
-    material = f"{PROTOCOL_VERSION}.{expires}.".encode() + hashlib.sha256(payload_bytes).digest()
+def _canonical(ref: dict | None) -> bytes:
+    return json.dumps(ref, sort_keys=True, separators=(",", ":")).encode() if ref else b""
+
+
+def signature(key: bytes, payload_digest: bytes, expires: int, ref: dict | None = None) -> str:
+    """The HMAC of an event: version, expiry, the payload's SHA-256 and its reference, if any."""
+    material = f"{PROTOCOL_VERSION}.{expires}.".encode() + payload_digest + _canonical(ref)
     return hmac.new(key, material, hashlib.sha256).hexdigest()
-
-
-def sign(document: dict[str, Any], payload_bytes: bytes, key: bytes, ttl: float) -> dict[str, Any]:
-    """Add ``expires`` and ``signature`` for ``payload_bytes`` to an event."""
-    expires = int(time.time() + ttl)
-    return {**document, "expires": expires, "signature": signature(key, payload_bytes, expires)}
 
 
 def envelope(payload_bytes: bytes, key: bytes | None = None, ttl: float = 900) -> dict[str, Any]:
     """The JSON event/response carrying ``payload_bytes`` inline; signed if ``key`` is given."""
     document = {MARKER: PROTOCOL_VERSION, "payload": base64.b64encode(payload_bytes).decode()}
-    return sign(document, payload_bytes, key, ttl) if key is not None else document
+    if key is None:
+        return document
+    expires = int(time.time() + ttl)
+    sig = signature(key, hashlib.sha256(payload_bytes).digest(), expires)
+    return {**document, "expires": expires, "signature": sig}
+
+
+def reference_envelope(ref: dict, key: bytes | None, ttl: float = 900) -> dict[str, Any]:
+    """The event for a payload stored in S3: ``ref`` is ``{bucket, key, size, sha256}``."""
+    document = {MARKER: PROTOCOL_VERSION, "payload_ref": ref}
+    if key is None:
+        return document
+    expires = int(time.time() + ttl)
+    sig = signature(key, bytes.fromhex(ref["sha256"]), expires, ref)
+    return {**document, "expires": expires, "signature": sig}
 
 
 def envelope_size(payload_bytes: bytes) -> int:
@@ -128,17 +195,19 @@ def envelope_size(payload_bytes: bytes) -> int:
 
 
 def open_envelope(document: Any, fetch=None, key: bytes | None = None) -> dict[str, Any]:
-    """The payload of an event or response; ``fetch(bucket, key)`` reads a spilled payload.
+    """The payload of an event or response.
 
-    With ``key``, the event must carry a valid, unexpired signature (:class:`SignatureError`).
+    With ``key``, the event must carry a valid, unexpired signature (:class:`SignatureError`),
+    checked before anything is read or decoded. ``fetch(ref)`` reads a ``payload_ref`` (already
+    verified: signed, well formed); the bytes it returns must match the signed size and digest.
     """
     if isinstance(document, (bytes, str)):
         try:
             document = json.loads(document)
-        except ValueError as e:
+        except (ValueError, RecursionError) as e:
             raise ProtocolError(f"not a JSON document: {e}") from e
     if not isinstance(document, dict) or MARKER not in document:
-        keys = sorted(document)[:5] if isinstance(document, dict) else type(document).__name__
+        keys = sorted(map(str, document))[:5] if isinstance(document, dict) else type(document)
         raise ProtocolError(
             "This function runs dask-lambda task batches and expects an event with a"
             f" '{MARKER}' field; got {keys}. Invoke it through dask_lambda (LambdaCluster,"
@@ -147,7 +216,7 @@ def open_envelope(document: Any, fetch=None, key: bytes | None = None) -> dict[s
     version = document[MARKER]
     if version != PROTOCOL_VERSION:
         raise ProtocolError(
-            f"The event uses dask-lambda protocol version {version!r}, this side speaks version"
+            f"The event uses dask-lambda protocol version {version!r:.40}, this side speaks version"
             f" {PROTOCOL_VERSION}. Deploy the function from the same dask-lambda version as the"
             " client (dask-lambda deploy / update)."
         )
@@ -156,25 +225,48 @@ def open_envelope(document: Any, fetch=None, key: bytes | None = None) -> dict[s
             data = base64.b64decode(document["payload"], validate=True)
         except (ValueError, TypeError) as e:
             raise ProtocolError(f"dask-lambda payload is not valid base64: {e}") from e
-    elif "payload_ref" in document and fetch is not None:
-        ref = document["payload_ref"]
-        data = fetch(ref["bucket"], ref["key"])
-    else:
-        raise ProtocolError("dask-lambda event has neither 'payload' nor 'payload_ref'")
-    if key is not None:
-        verify(document, data, key)
-    return decode_payload(data)
+        if key is not None:
+            verify(document, hashlib.sha256(data).digest(), key)
+        return decode_payload(data)
+    if "payload_ref" in document and fetch is not None:
+        ref = payload_ref(document["payload_ref"])
+        if key is None:
+            raise SignatureError("Refused an unsigned payload_ref: references are never fetched")
+        verify(document, bytes.fromhex(ref["sha256"]), key, ref)
+        data = fetch(ref)
+        check_integrity(ref["key"], data, Stored(ref["key"], ref["size"], ref["sha256"]))
+        return decode_payload(data)
+    raise ProtocolError("dask-lambda event has neither 'payload' nor 'payload_ref'")
 
 
-def verify(document: dict, payload_bytes: bytes, key: bytes) -> None:
-    """Raise :class:`SignatureError` unless ``document`` is signed for ``payload_bytes``."""
+def payload_ref(ref: Any) -> dict:
+    """``ref`` if it is a well-formed ``payload_ref``, else :class:`ProtocolError`."""
+    fields = {"bucket": str, "key": str, "size": int, "sha256": str}
+    if (
+        not isinstance(ref, dict)
+        or set(ref) != set(fields)
+        or not all(type(ref[name]) is kind for name, kind in fields.items())
+        or ref["size"] < 0
+        or len(ref["sha256"]) != 64
+        or not _HEX.issuperset(ref["sha256"])
+    ):
+        raise ProtocolError(
+            "Refused a malformed payload_ref: expected {bucket, key, size, sha256} (str, str,"
+            " int, 64 hex digits)."
+        )
+    return ref
+
+
+def verify(document: dict, payload_digest: bytes, key: bytes, ref: dict | None = None) -> None:
+    """Raise :class:`SignatureError` unless ``document`` is signed for this payload digest."""
     given, expires = document.get("signature"), document.get("expires")
-    if not isinstance(given, str) or not isinstance(expires, int):
+    if not isinstance(given, str) or type(expires) is not int:
         raise SignatureError(
             "Refused an unsigned event: this function runs only task batches signed with its"
             " key. Invoke it through dask_lambda, whose clients sign with the key in SSM."
         )
-    if not hmac.compare_digest(given, signature(key, payload_bytes, expires)):
+    expected = signature(key, payload_digest, expires, ref).encode()
+    if not hmac.compare_digest(given.encode("utf-8", "surrogatepass"), expected):
         raise SignatureError(
             "Refused an event whose signature does not match: it was altered, or signed with"
             " another key (was the function's key rotated? restart the client)."

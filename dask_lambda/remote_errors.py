@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 from typing import NoReturn
 
 import cloudpickle
@@ -20,7 +21,9 @@ def rebuild_exception(error: dict) -> BaseException:
         except Exception:
             exc = None
     if not isinstance(exc, BaseException):
-        exc = RemoteTaskError(f"{error['module']}.{error['type']}: {error['message']}")
+        exc = _builtin_exception(error) or RemoteTaskError(
+            f"{error['module']}.{error['type']}: {error['message']}"
+        )
     if error.get("traceback"):
         try:
             from tblib import Traceback
@@ -29,6 +32,19 @@ def rebuild_exception(error: dict) -> BaseException:
         except Exception:
             pass
     return exc
+
+
+def _builtin_exception(error: dict) -> BaseException | None:
+    """A built-in exception type rebuilt from a summarised entry (no pickle travelled)."""
+    if error.get("module") != "builtins":
+        return None
+    kind = getattr(builtins, error.get("type", ""), None)
+    if isinstance(kind, type) and issubclass(kind, Exception):
+        try:
+            return kind(error.get("message", ""))
+        except Exception:
+            return None
+    return None
 
 
 def raise_task_error(error: dict, key) -> NoReturn:

@@ -24,15 +24,16 @@ The loop (:class:`_Compute`):
 
 from __future__ import annotations
 
+import functools
 import statistics
 import time
 import uuid
 from collections.abc import Mapping
 from concurrent.futures import FIRST_COMPLETED, Future, wait
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import cloudpickle
-from dask._task_spec import DataNode, convert_legacy_graph
+from dask._task_spec import DataNode, Task, convert_legacy_graph
 from dask.callbacks import local_callbacks, unpack_callbacks
 from dask.core import flatten
 from dask.local import nested_get
@@ -40,7 +41,7 @@ from dask.utils import ensure_dict
 
 from .invoker import InvokeStats
 from .planner import GraphState
-from .protocol import BatchSpec
+from .protocol import BatchSpec, Inline, Stored
 from .remote_errors import raise_fatal, raise_task_error
 from .report import ComputeReport
 from .storage import object_name
@@ -50,6 +51,15 @@ if TYPE_CHECKING:
 
 RESPONSE_BUDGET = 4_000_000  # raw bytes of inline results per response (6 MB after base64)
 SPECULATION_CHECK = 0.25  # seconds between looks for stragglers
+
+
+class Value(NamedTuple):
+    """A value the client holds (a graph literal or a ``cache=`` entry), not yet serialized."""
+
+    value: Any
+
+
+Location = Inline | Stored | Value
 
 
 def run_payload(cluster: LambdaCluster, spec_bytes: bytes, prefix: str) -> dict:
@@ -85,6 +95,7 @@ def get(
     if not isinstance(dsk, Mapping):
         dsk = dsk.__dask_graph__()
     dsk = convert_legacy_graph(ensure_dict(dsk))
+    refuse_local_disk_shuffle(dsk)
     flat_keys = list(flatten(keys)) if isinstance(keys, list) else [keys]
     compute = _Compute(cluster, dsk, flat_keys, dict(cache or {}))
     compute.task_retries = int(cluster.settings.task_retries if retries is None else retries)
@@ -92,6 +103,42 @@ def get(
     with local_callbacks(callbacks) as active_callbacks:
         values = compute.run(active_callbacks)
     return nested_get(keys, values)
+
+
+def _shuffles_on_local_disk(func: Any) -> bool:
+    while isinstance(func, functools.partial):
+        func = func.func
+    module = getattr(func, "__module__", None) or ""
+    kind = type(func)
+    return module.startswith("partd") or (
+        kind.__module__ == "dask.dataframe.shuffle" and kind.__name__ == "maybe_buffered_partd"
+    )
+
+
+def refuse_local_disk_shuffle(dsk: Mapping) -> None:
+    """Raise ``ValueError`` for a graph that shuffles through a ``partd`` folder on local disk.
+
+    A disk shuffle writes every partition to one process's ``/tmp`` and reads it back in later
+    tasks; on Lambda every execution environment has its own ``/tmp``, so it would silently lose
+    data. Graphs built while a cluster runs use the task-based shuffle (see
+    :class:`~.cluster.LambdaCluster`); one built otherwise is refused here, before anything runs.
+    """
+    for key, node in dsk.items():
+        stack = [node]
+        while stack:
+            task = stack.pop()
+            if not isinstance(task, Task):
+                continue
+            if _shuffles_on_local_disk(task.func):
+                raise ValueError(
+                    f"Task {key!r} belongs to a shuffle through local disk (partd), which cannot"
+                    " work on Lambda: every invocation has its own /tmp, so the data would be"
+                    " lost. Build the collection with the task-based shuffle: pass"
+                    " shuffle='tasks' (bag.groupby, DataFrame.shuffle/set_index/groupby) or set"
+                    " dask.config.set({'dataframe.shuffle.method': 'tasks'}) before building it."
+                    " A running LambdaCluster makes 'tasks' the default."
+                )
+            stack.extend(a for a in task.args if isinstance(a, Task))
 
 
 class _InFlight:
@@ -168,11 +215,10 @@ class _Compute:
             memory_mb=cluster.function_memory,
             architecture=cluster.function_architecture,
         )
-        # key -> ("inline", pickled) | ("s3", object name, nbytes) | ("value", object)
-        self.location: dict[Any, tuple] = {k: ("value", v) for k, v in cache.items()}
+        self.location: dict[Any, Location] = {k: Value(v) for k, v in cache.items()}
         for key, node in dsk.items():
             if isinstance(node, DataNode) and key not in cache:
-                self.location[key] = ("value", node.value)
+                self.location[key] = Value(node.value)
         graph = {k: n for k, n in dsk.items() if k not in self.location}
         self.state = GraphState(graph, keys, done=self.location)
         self.graph = graph
@@ -208,6 +254,7 @@ class _Compute:
                             cb(key, self.dsk, self.state.state)
                     spec = BatchSpec(
                         self.id,
+                        list(batch.tasks),
                         [self.graph[k] for k in batch.tasks],
                         batch.outputs,
                         {k: self._input_ref(k) for k in batch.inputs},
@@ -258,12 +305,12 @@ class _Compute:
                     cb(key, None, self.dsk, self.state.state, 0)
 
     def _finished(self, batch, response: dict, posttask_cbs: list) -> None:
-        for key, (status, where, data, nbytes) in zip(
+        for key, (status, where, data, nbytes, sha256) in zip(
             batch.outputs, response["results"], strict=True
         ):
             if status != "ok":  # errors were raised in _invoke
                 raise RuntimeError(f"dask-lambda: result of {key!r} missing ({status})")
-            self.location[key] = ("inline", data) if where == "inline" else ("s3", data, nbytes)
+            self.location[key] = Inline(data) if where == "inline" else Stored(data, nbytes, sha256)
         stats = response.get("stats", {})
         self.report.bytes_inline += stats.get("inline_bytes", 0)
         self.report.bytes_spilled += stats.get("s3_bytes_written", 0)
@@ -281,13 +328,13 @@ class _Compute:
             spec_bytes = cloudpickle.dumps(spec, protocol=5)
         except Exception as e:
             raise TypeError(
-                f"Could not serialize task {spec.tasks[0].key!r} for Lambda: {e}. Tasks must be"
+                f"Could not serialize task {spec.keys[0]!r} for Lambda: {e}. Tasks must be"
                 " picklable: use module-level functions and picklable arguments."
             ) from e
         for attempt in range(self.task_retries + 1):
             response = self.cluster.invoker.call(
                 run_payload(self.cluster, spec_bytes, self.prefix),
-                task_keys=[node.key for node in spec.tasks],
+                task_keys=spec.keys,
                 stats=self.stats,
                 payload_prefix=f"{self.prefix}/{self.id}",
             )
@@ -298,20 +345,20 @@ class _Compute:
             if attempt < self.task_retries:
                 self.stats.add(task_retries=1)
         error = min(response["errors"], key=lambda e: e["index"])
-        raise_task_error(error, spec.tasks[error["index"]].key)
+        raise_task_error(error, spec.keys[error["index"]])
 
     # -- data -----------------------------------------------------------------------------------
     def _input_size(self, key) -> int:
-        where = self.location.get(key, ("",))
-        return len(where[1]) if where[0] == "inline" else 0
+        where = self.location.get(key)
+        return len(where.data) if isinstance(where, Inline) else 0
 
-    def _input_ref(self, key) -> tuple:
+    def _input_ref(self, key) -> Inline | Stored:
         where = self.location[key]
-        if where[0] == "value":
-            where = self._serialize_value(key, where[1])
+        if isinstance(where, Value):
+            where = self._serialize_value(key, where.value)
         return where
 
-    def _serialize_value(self, key, value) -> tuple:
+    def _serialize_value(self, key, value) -> Inline | Stored:
         try:
             data = cloudpickle.dumps(value, protocol=5)
         except Exception as e:
@@ -324,30 +371,31 @@ class _Compute:
                 f" dask-lambda may store ({largest} bytes, lambda.spill.max-object-bytes). Load"
                 " it inside a task (e.g. from S3) in chunks, or raise the limit."
             )
+        where: Inline | Stored
         if len(data) <= self.cluster.settings.inline_limit:
-            where: tuple = ("inline", data)
+            where = Inline(data)
         else:
-            name = object_name(self.prefix, self.id, key)
-            self.cluster.store.put(name, data)
+            where = self.cluster.store.put(object_name(self.prefix, self.id, key), data)
             self.report.bytes_spilled += len(data)
-            where = ("s3", name, len(data))
         self.location[key] = where
         return where
 
     def _results(self) -> dict:
         wanted = {k: self.location[k] for k in dict.fromkeys(self.keys)}
-        remote = [(k, w) for k, w in wanted.items() if w[0] == "s3"]
-        fetched = self.cluster.pool.map(
-            lambda item: self.cluster.store.get(item[1][1], item[1][2]), remote
-        )
-        blobs = {k: data for (k, _), data in zip(remote, fetched, strict=True)}
+        remote = [w for w in wanted.values() if isinstance(w, Stored)]
+        store = self.cluster.store
+        fetched = self.cluster.pool.map(lambda where: store.get(where.name, expected=where), remote)
+        blobs = dict(zip(remote, fetched, strict=True))  # checked: size and SHA-256
         values = {}
         for key, where in wanted.items():
-            if where[0] == "value":
-                values[key] = where[1]
+            if isinstance(where, Value):
+                values[key] = where.value
                 continue
-            data = blobs[key] if where[0] == "s3" else where[1]
-            self.report.bytes_to_client += len(data) if where[0] == "s3" else 0
+            if isinstance(where, Stored):
+                data = blobs[where]
+                self.report.bytes_to_client += len(data)
+            else:
+                data = where.data
             values[key] = cloudpickle.loads(data)
         return values
 

@@ -1,28 +1,34 @@
 """The S3 spill store, used on both sides: payloads, task results and literals too big to inline.
 
 Everything one compute writes lives under ``<prefix>/<compute id>/``; :meth:`S3Store.delete_prefix`
-removes it when the compute ends. Object names are derived from the Dask key
-(:func:`object_name`), so a task that runs twice (Lambda runs code at least once) writes the same
-object with the same bytes. Large objects go through boto3's transfer manager (multipart,
-parallel parts); small ones through a single request.
+removes it when the compute ends. Every object it writes carries the object tag
+``createdBy=dask-lambda`` (:data:`MARKER_TAG`): ``dask-lambda clean`` and the lifecycle expiry
+rule touch only objects with that tag, never the user's own data under the same prefix.
+:meth:`S3Store.put` returns a :class:`~.protocol.Stored` reference with the object's size and
+SHA-256, and :meth:`S3Store.get` given that reference refuses an object of another size before
+downloading it and one with another digest before anyone unpickles it. Object names are derived
+from the Dask key (:func:`object_name`), so a task that runs twice (Lambda runs code at least
+once) writes the same object with the same bytes. Large objects go through boto3's transfer
+manager (multipart, parallel parts); small ones through a single request.
 """
 
 from __future__ import annotations
 
-import hashlib
 import io
 import threading
 from typing import Any
 
+from .protocol import IntegrityError, Stored, check_integrity, digest
+
 MULTIPART_THRESHOLD = 16 * 1024 * 1024
+MARKER_TAG = ("createdBy", "dask-lambda")
 _clients: dict[str, Any] = {}
 _clients_lock = threading.Lock()
 
 
 def object_name(prefix: str, compute_id: str, key: object) -> str:
     """The S3 key for the result of Dask key ``key`` in a compute."""
-    digest = hashlib.sha256(repr(key).encode()).hexdigest()[:32]
-    return f"{prefix.rstrip('/')}/{compute_id}/{digest}"
+    return f"{prefix.rstrip('/')}/{compute_id}/{digest(repr(key).encode())[:32]}"
 
 
 def s3_client() -> Any:
@@ -74,28 +80,58 @@ class S3Store:
             )
         return self._transfer_config
 
-    def put(self, name: str, data: bytes) -> int:
-        """Write ``data`` (private, encrypted at rest) and return its size."""
-        extra = (
+    def put(self, name: str, data: bytes) -> Stored:
+        """Write ``data`` (private, encrypted at rest, tagged); return its reference."""
+        extra: dict[str, Any] = (
             {"ServerSideEncryption": "aws:kms", "SSEKMSKeyId": self.kms_key_id}
             if self.kms_key_id
             else {"ServerSideEncryption": "AES256"}
         )
+        extra["Tagging"] = "=".join(MARKER_TAG)
         if len(data) >= MULTIPART_THRESHOLD:
             self.client.upload_fileobj(
                 io.BytesIO(data), self.bucket, name, ExtraArgs=extra, Config=self.transfer_config
             )
         else:
             self.client.put_object(Bucket=self.bucket, Key=name, Body=data, **extra)
-        return len(data)
+        return Stored(name, len(data), digest(data))
 
-    def get(self, name: str, size: int | None = None) -> bytes:
-        """Read an object; ``size`` (if known) picks the transfer manager for big ones."""
+    def get(self, name: str, size: int | None = None, expected: Stored | None = None) -> bytes:
+        """Read an object; ``size`` (if known) picks the transfer manager for big ones.
+
+        With ``expected``, an object whose size differs is refused before its body is read, and
+        one whose SHA-256 differs after (:class:`~.protocol.IntegrityError`).
+        """
+        size = expected.nbytes if expected is not None else size
         if size is not None and size >= MULTIPART_THRESHOLD:
+            if expected is not None:
+                head = self.client.head_object(Bucket=self.bucket, Key=name)
+                self._check_length(name, head["ContentLength"], expected)
             buffer = io.BytesIO()
             self.client.download_fileobj(self.bucket, name, buffer, Config=self.transfer_config)
-            return buffer.getvalue()
-        return self.client.get_object(Bucket=self.bucket, Key=name)["Body"].read()
+            return check_integrity(name, buffer.getvalue(), expected)
+        response = self.client.get_object(Bucket=self.bucket, Key=name)
+        body = response["Body"]
+        if expected is not None:
+            try:
+                self._check_length(name, response["ContentLength"], expected)
+            except IntegrityError:
+                body.close()
+                raise
+        return check_integrity(name, body.read(), expected)
+
+    @staticmethod
+    def _check_length(name: str, length: int, expected: Stored) -> None:
+        if length != expected.nbytes:
+            raise IntegrityError(
+                f"The S3 object {name!r} has {length} bytes where dask-lambda wrote"
+                f" {expected.nbytes}: something else wrote to the spill prefix. It was not read."
+            )
+
+    def is_ours(self, name: str) -> bool:
+        """True if ``name`` carries the tag every object dask-lambda writes has."""
+        tags = self.client.get_object_tagging(Bucket=self.bucket, Key=name)["TagSet"]
+        return {"Key": MARKER_TAG[0], "Value": MARKER_TAG[1]} in tags
 
     def delete(self, names: list[str]) -> None:
         for start in range(0, len(names), 1000):

@@ -12,6 +12,7 @@ import cloudpickle
 import psutil
 import pytest
 import tasks
+from click.testing import CliRunner
 
 from dask_lambda.local import LocalLambda
 
@@ -116,3 +117,42 @@ def cluster():
 def spill_objects(cluster) -> list[str]:
     """Objects left under the cluster's prefix (every compute must delete its own)."""
     return cluster.store.list(cluster.prefix + "/")
+
+
+@pytest.fixture(scope="session")
+def build_cache(tmp_path_factory):
+    return str(tmp_path_factory.mktemp("build-cache"))
+
+
+@pytest.fixture
+def aws_env(local, monkeypatch, build_cache):
+    """The environment `dask-lambda local` tells users to export."""
+    for variable, value in local.env().items():
+        monkeypatch.setenv(variable, value)
+    monkeypatch.setenv("XDG_CACHE_HOME", build_cache)
+    return local.env()
+
+
+@pytest.fixture
+def bucket(local):
+    name = unique("spill")
+    local.client("s3").create_bucket(Bucket=name)
+    return name
+
+
+def cli(*args: str, ok: bool = True):
+    """Run the dask-lambda CLI in-process; by default assert that it succeeded."""
+    from dask_lambda.cli import main
+
+    result = CliRunner().invoke(main, list(args), catch_exceptions=False)
+    if ok:
+        assert result.exit_code == 0, result.output
+    return result
+
+
+@pytest.fixture
+def user_module(tmp_path):
+    folder = tmp_path / "user"
+    folder.mkdir()
+    (folder / "only_in_zip.py").write_text("def triple(x):\n    return 3 * x\n")
+    return folder / "only_in_zip.py"

@@ -115,3 +115,49 @@ def slow_first_time(marker: str, value, seconds: float):
         open(marker, "w").close()
         time.sleep(seconds)
     return value
+
+
+def count_run(marker: str) -> None:
+    """Append one line to ``marker`` per run (to count how often a task ran)."""
+    with open(marker, "a") as f:
+        f.write("ran\n")
+
+
+class CustomBaseException(BaseException):
+    pass
+
+
+def raise_base(marker: str, kind: str):
+    """Record the run, then raise a BaseException that is not an Exception."""
+    import sys
+
+    count_run(marker)
+    if kind == "sys.exit(0)":
+        sys.exit(0)
+    raise {
+        "SystemExit(3)": SystemExit(3),
+        "KeyboardInterrupt": KeyboardInterrupt("from a task"),
+        "custom": CustomBaseException("custom base"),
+    }[kind]
+
+
+def huge_message(n: int, x=None):
+    raise ValueError(f"{x}:" + "m" * n)
+
+
+def recurse(n: int):
+    return recurse(n + 1)
+
+
+class BadStr(Exception):
+    def __str__(self):
+        raise RuntimeError("__str__ is broken")
+
+
+def fail_with_bad_str(x):
+    raise BadStr(x)
+
+
+def size_after(x, _):
+    """``len(x)``, once another task has finished (so ``x`` crosses S3 between batches)."""
+    return len(x)

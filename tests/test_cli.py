@@ -10,50 +10,13 @@ import os
 import dask
 import pytest
 import tasks
-from click.testing import CliRunner
-from conftest import unique, zip_files
+from conftest import cli, unique, zip_files
 
 from dask_lambda import LambdaCluster
 from dask_lambda.cli import main
 from dask_lambda.local import LocalLambda
 
 COMMANDS = ["local", "deploy", "update", "list", "delete", "info", "logs", "clean"]
-
-
-@pytest.fixture(scope="module")
-def build_cache(tmp_path_factory):
-    return str(tmp_path_factory.mktemp("build-cache"))
-
-
-@pytest.fixture
-def aws_env(local, monkeypatch, build_cache):
-    """The environment `dask-lambda local` tells users to export."""
-    for variable, value in local.env().items():
-        monkeypatch.setenv(variable, value)
-    monkeypatch.setenv("XDG_CACHE_HOME", build_cache)
-    return local.env()
-
-
-@pytest.fixture
-def bucket(local):
-    name = unique("spill")
-    local.client("s3").create_bucket(Bucket=name)
-    return name
-
-
-def cli(*args: str, ok: bool = True):
-    result = CliRunner().invoke(main, list(args), catch_exceptions=False)
-    if ok:
-        assert result.exit_code == 0, result.output
-    return result
-
-
-@pytest.fixture
-def user_module(tmp_path):
-    folder = tmp_path / "user"
-    folder.mkdir()
-    (folder / "only_in_zip.py").write_text("def triple(x):\n    return 3 * x\n")
-    return folder / "only_in_zip.py"
 
 
 def test_deploy_and_compute_with_code_that_only_the_zip_has(local, aws_env, bucket, user_module):
@@ -218,9 +181,12 @@ def test_clean_removes_leftovers_and_tagged_resources(monkeypatch, tmp_path):
         monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
         s3 = server.client("s3")
         s3.create_bucket(Bucket="spill")
-        for i in range(3):
-            s3.put_object(Bucket="spill", Key=f"dask-lambda/abc/{i}", Body=b"x")
+        from dask_lambda.storage import S3Store
+
+        for i in range(3):  # what a killed client leaves: tagged, named by compute id and digest
+            S3Store("spill", s3).put(f"dask-lambda/{'c' * 16}/{i:032x}", b"x")
         s3.put_object(Bucket="spill", Key="unrelated/keep", Body=b"x")
+        s3.put_object(Bucket="spill", Key="dask-lambda/user-data.csv", Body=b"x")
         cli("deploy", "mine", "--create-role", "--bucket", "spill", "--no-dependencies")
         server.client("lambda").create_function(
             FunctionName="theirs", Runtime="python3.11", Handler="x.y",
@@ -231,12 +197,12 @@ def test_clean_removes_leftovers_and_tagged_resources(monkeypatch, tmp_path):
         assert "Nothing to clean" in fresh.output  # objects younger than --older-than stay
         result = cli("clean", "--bucket", "spill", "--older-than", "0s", "--functions",
                      "--roles", "--yes")  # fmt: skip
-        assert "Deleted 3 spill objects" in result.output
+        assert "Deleted 3 objects dask-lambda wrote" in result.output
         assert "Deleted function mine" in result.output and "Deleted role dask-lambda-mine" in (
             result.output
         )
         keys = [o["Key"] for o in s3.list_objects_v2(Bucket="spill")["Contents"]]
-        assert keys == ["unrelated/keep"]
+        assert keys == ["dask-lambda/user-data.csv", "unrelated/keep"]
         names = [f["FunctionName"] for f in server.client("lambda").list_functions()["Functions"]]
         assert names == ["theirs"]
 
@@ -253,7 +219,7 @@ def test_package_without_a_lambda_wheel_is_explained(aws_env, tmp_path):
     requirements = tmp_path / "requirements.txt"
     requirements.write_text("numpy==2.4.6\n")  # no wheel for glibc 2.26 (python3.11 runtime)
     result = cli("deploy", unique("nowheel"), "-r", str(requirements), "--create-role",
-                 "--bucket", "b", ok=False)  # fmt: skip
+                 "--bucket", "bkt", ok=False)  # fmt: skip
     assert result.exit_code == 1
     assert "found no wheels for python3.11 on x86_64 (glibc 2.26)" in result.output
     assert "numpy" in result.output and "Python 3.12+" in result.output
@@ -297,7 +263,7 @@ def test_deploy_sets_an_expiry_rule_on_the_spill_prefix(local, aws_env, bucket):
         "--expire-days", "2")  # fmt: skip
     rules = {r["ID"]: r for r in s3.get_bucket_lifecycle_configuration(Bucket=bucket)["Rules"]}
     assert rules["dask-lambda-expire-dask-lambda"]["Expiration"]["Days"] == 2
-    assert rules["dask-lambda-expire-dask-lambda"]["Filter"]["Prefix"] == "dask-lambda/"
+    assert rules["dask-lambda-expire-dask-lambda"]["Filter"]["And"]["Prefix"] == "dask-lambda/"
     assert "keep-me" in rules
 
 

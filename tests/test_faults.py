@@ -80,12 +80,6 @@ def test_object_over_the_size_limit_is_a_clear_error():
 
 
 @pytest.fixture
-def aws_env(local, monkeypatch):
-    for variable, value in local.env().items():
-        monkeypatch.setenv(variable, value)
-
-
-@pytest.fixture
 def own_function(local, aws_env):
     """A dask-lambda function on the session's local Lambda that a test may break."""
     from dask_lambda.build import package_zip

@@ -34,8 +34,8 @@ def _invoke_raw(cluster, event) -> tuple[dict, dict]:
     [
         ({"hello": "world"}, "expects an event with a 'dask_lambda' field"),
         ({"dask_lambda": 99, "payload": ""}, "protocol version 99"),
-        ({"dask_lambda": 1, "payload": "***"}, "not valid base64"),
-        ({"dask_lambda": 1}, "neither 'payload' nor 'payload_ref'"),
+        ({"dask_lambda": protocol.PROTOCOL_VERSION, "payload": "***"}, "not valid base64"),
+        ({"dask_lambda": protocol.PROTOCOL_VERSION}, "neither 'payload' nor 'payload_ref'"),
     ],
 )
 def test_foreign_and_malformed_events_get_clear_errors(cluster, event, expected):

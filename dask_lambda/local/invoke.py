@@ -70,7 +70,7 @@ class InvokeService:
         if payload.strip():
             try:
                 json.loads(payload)
-            except ValueError:
+            except (ValueError, RecursionError):  # too deep to parse is bad input, not a crash
                 return error_response(
                     400, "InvalidRequestContentException", "Could not parse request body into json"
                 )

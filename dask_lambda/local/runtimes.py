@@ -165,6 +165,7 @@ class Runtime:
             stderr=subprocess.STDOUT,
             close_fds=True,
         )
+        os.set_blocking(self.proc.stdout.fileno(), False)  # see _read_logs
         for target, name in ((self._read_logs, "logs"), (self._watch_exit, "exit")):
             threading.Thread(target=target, daemon=True, name=f"runtime-{self.id}-{name}").start()
 
@@ -269,6 +270,8 @@ class Runtime:
             return 0
 
     # -- logs -----------------------------------------------------------------------------------
+    # The pipe is non-blocking and read by two parties (this reader thread, and drain_logs()
+    # after each invocation): whoever finds it empty moves on, so no one waits under the lock.
     def _read_logs(self) -> None:
         fd = self.proc.stdout.fileno()
         while True:
@@ -279,6 +282,8 @@ class Runtime:
             with self._log_lock:
                 try:
                     data = os.read(fd, 65536)
+                except BlockingIOError:
+                    continue  # drain_logs() took the bytes select() saw
                 except OSError:
                     data = b""
                 if not data:
@@ -291,12 +296,9 @@ class Runtime:
         fd = self.proc.stdout.fileno()
         with self._log_lock:
             try:
-                while select.select([fd], [], [], 0)[0]:
-                    data = os.read(fd, 65536)
-                    if not data:
-                        break
+                while data := os.read(fd, 65536):
                     self._emit(data)
-            except (OSError, ValueError):
+            except (OSError, ValueError):  # BlockingIOError: nothing more to read now
                 pass
 
     def _emit(self, data: bytes, final: bool = False) -> None:
