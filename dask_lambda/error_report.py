@@ -82,6 +82,7 @@ def _dumps(exc: BaseException) -> bytes:
     every exception pickle its whole traceback and rebuilds some types without their
     constructor (``SystemExit`` loses its ``code``); the traceback travels separately here.
     """
+
     class Pickler(cloudpickle.Pickler):  # the C pickler reads dispatch_table when created
         dispatch_table = collections.ChainMap(
             *(

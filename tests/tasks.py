@@ -161,3 +161,10 @@ def fail_with_bad_str(x):
 def size_after(x, _):
     """``len(x)``, once another task has finished (so ``x`` crosses S3 between batches)."""
     return len(x)
+
+
+def shout(x):
+    """Print a few lines (the function's log), then return ``x``."""
+    for i in range(3):
+        print(f"line {i} of task {x}")
+    return x

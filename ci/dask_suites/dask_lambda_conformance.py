@@ -6,16 +6,16 @@ embedded local Lambda for the session and routes every way Dask picks a schedule
 ``dask.config`` ``scheduler=``, the entries of ``dask.base.named_schedulers`` (so
 ``scheduler="sync"`` in ``assert_eq`` goes through Lambda too), ``dask.get``,
 ``dask.local.get_sync`` and ``dask.threaded.get``. Tests listed in ``known_failures.txt`` (beside
-this file, one pattern and a reason per line) are marked as expected failures. In either mode it
+this file, one pattern and a reason per line; ``*`` is the only wildcard) are marked as expected failures. In either mode it
 writes the outcome counts, and in routed mode the computes and invocations it made, as JSON to
 ``DASK_LAMBDA_CONFORMANCE_REPORT``.
 """
 
 from __future__ import annotations
 
-import fnmatch
 import json
 import os
+import re
 from collections import Counter
 from pathlib import Path
 
@@ -34,6 +34,11 @@ def known_failures() -> list[tuple[str, str]]:
         if pattern.strip() and not line.lstrip().startswith("#"):
             entries.append((pattern.strip(), reason.strip() or "no reason given"))
     return entries
+
+
+def _compile(pattern: str) -> re.Pattern:
+    """A node-id pattern: ``*`` matches anything, every other character only itself."""
+    return re.compile(".*".join(re.escape(part) for part in pattern.split("*")))
 
 
 def _route(cluster) -> None:
@@ -67,10 +72,10 @@ def pytest_configure(config):
 def pytest_collection_modifyitems(config, items):
     if "cluster" not in _routed:
         return
-    patterns = known_failures()
+    patterns = [(_compile(pattern), reason) for pattern, reason in known_failures()]
     for item in items:
         for pattern, reason in patterns:
-            if fnmatch.fnmatchcase(item.nodeid.split("dask/", 1)[-1], pattern):
+            if pattern.fullmatch(item.nodeid.split("dask/", 1)[-1]):
                 item.add_marker(pytest.mark.xfail(reason=f"dask-lambda: {reason}", strict=False))
                 break
 

@@ -101,7 +101,7 @@ def _print_row(name: str, results: dict) -> None:
               + f" {'computes':>9} {'invokes':>8} {'seconds':>8}")  # fmt: skip
     for mode, result in results.items():
         counts = " ".join(f"{result.get(c, 0):>8}" for c in COLUMNS)
-        routed = (f" {result.get('computes', '-'):>9} {result.get('invocations', '-'):>8}")
+        routed = f" {result.get('computes', '-'):>9} {result.get('invocations', '-'):>8}"
         print(f"{name:<18} {mode:<9} {counts}{routed} {result['seconds']:>8.1f}", flush=True)
 
 
