@@ -34,9 +34,8 @@ def test_graph_with_a_local_disk_shuffle_is_refused(cluster):
 
 
 def test_dataframe_disk_shuffle_is_refused_and_tasks_is_right(cluster):
-    import pandas as pd
-
     import dask.dataframe as dd
+    import pandas as pd
 
     frame = pd.DataFrame({"a": [i % 7 for i in range(200)], "b": range(200)})
     with dask.config.set({"dataframe.shuffle.method": "disk"}):
@@ -67,9 +66,8 @@ print("ok")
 
 def test_graph_key_differs_from_the_nodes_own_key(cluster):
     """dask's from_delayed(verify_meta=False) stores Alias((container, i)) under another key."""
-    import pandas as pd
-
     import dask.dataframe as dd
+    import pandas as pd
 
     parts = [dask.delayed(pd.DataFrame)({"x": [i, i + 1]}) for i in range(3)]
     frame = dd.from_delayed(parts, meta=pd.DataFrame({"x": [0]}), verify_meta=False)
