@@ -5,10 +5,10 @@ Enabled with ``-p dask_lambda_conformance`` (``ci/conformance`` does it). With
 embedded local Lambda for the session and routes every way Dask picks a scheduler to it:
 ``dask.config`` ``scheduler=``, the entries of ``dask.base.named_schedulers`` (so
 ``scheduler="sync"`` in ``assert_eq`` goes through Lambda too), ``dask.get``,
-``dask.local.get_sync`` and ``dask.threaded.get``. Tests listed in ``known_failures.txt`` (beside
-this file, one pattern and a reason per line; ``*`` is the only wildcard) are marked as expected failures. In either mode it
-writes the outcome counts, and in routed mode the computes and invocations it made, as JSON to
-``DASK_LAMBDA_CONFORMANCE_REPORT``.
+``dask.local.get_sync`` and ``dask.threaded.get``. Tests listed in ``known_failures.txt``
+(beside this file: one pattern and a reason per line, ``*`` the only wildcard) are marked as
+expected failures. In either mode it writes the outcome counts, and in routed mode the computes
+and invocations it made, as JSON to ``DASK_LAMBDA_CONFORMANCE_REPORT``.
 """
 
 from __future__ import annotations
