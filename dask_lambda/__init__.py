@@ -18,6 +18,7 @@ __all__ = [
     "LambdaFunctionError",
     "VersionMismatchError",
     "NoActiveClusterError",
+    "IntegrityError",
     "current_cluster",
     "__version__",
 ]
@@ -30,12 +31,14 @@ _LAZY = {
     "LambdaFunctionError": "exceptions",
     "VersionMismatchError": "exceptions",
     "NoActiveClusterError": "exceptions",
+    "IntegrityError": "protocol",
 }
 
 if TYPE_CHECKING:
     from .cluster import LambdaCluster, current_cluster
     from .exceptions import LambdaFunctionError, NoActiveClusterError, VersionMismatchError
     from .executor import LambdaExecutor
+    from .protocol import IntegrityError
     from .pool import LambdaPool
 
 

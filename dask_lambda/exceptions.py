@@ -1,4 +1,8 @@
-"""The few exceptions dask-lambda raises itself; user exceptions keep their own type."""
+"""The few exceptions dask-lambda raises itself; user exceptions keep their own type.
+
+:class:`~dask_lambda.protocol.IntegrityError` (an object read back from S3 is not the one
+dask-lambda wrote) lives with the protocol, because the Lambda side raises it too.
+"""
 
 from __future__ import annotations
 
