@@ -20,7 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from botocore.config import Config
 
-from dask_lambda.local import LocalLambda
+from dask_lambda.emulator import LocalLambda
 
 HANDLER = "def handler(event, context):\n    return event\n"
 
@@ -75,7 +75,7 @@ def _throughput(local: LocalLambda, name: str, clients: int, seconds: float) -> 
 def handler_import_ms(samples: int = 5) -> float:
     """Cold-start import cost of the Lambda-side handler, in a fresh interpreter each time."""
     code = (
-        "import time; t = time.perf_counter(); import dask_lambda.handler;"
+        "import time; t = time.perf_counter(); import dask_lambda.function.handler;"
         " print(time.perf_counter() - t)"
     )
     times = [

@@ -25,8 +25,8 @@ def _local_env(local) -> None:
 
 def raw_s3_throughput(objects: int = 16, size_mb: int = 64) -> dict:
     """Put then get ``objects`` x ``size_mb`` MB with boto3's transfer manager, 2 at a time."""
-    from dask_lambda.local import LocalLambda
-    from dask_lambda.storage import S3Store
+    from dask_lambda.emulator import LocalLambda
+    from dask_lambda.function.storage import S3Store
 
     data = os.urandom(size_mb * 1024 * 1024)
     with LocalLambda() as local:
@@ -50,8 +50,9 @@ def simulate(concurrency: int) -> dict:
     from dask_lambda import LambdaCluster
     from dask_lambda.build import package_zip
     from dask_lambda.deploy import ensure_function, ensure_role
-    from dask_lambda.keys import ENV_VARIABLE, ensure_key
-    from dask_lambda.local import LocalLambda
+    from dask_lambda.emulator import LocalLambda
+    from dask_lambda.function.contract import function_environment
+    from dask_lambda.signing import create_key
 
     cloudpickle.register_pickle_by_value(workloads)
     with LocalLambda(runtime_mode="thread", concurrency_limit=concurrency + 10) as local:
@@ -59,8 +60,8 @@ def simulate(concurrency: int) -> dict:
         local.set_faults(invoke_latency_ms=LATENCY * 1000, cold_start_ms=COLD_START * 1000)
         local.client("s3").create_bucket(Bucket="simulation")
         role = ensure_role(local.client("iam"), "simulation")
-        environment = {"DASK_LAMBDA_BUCKET": "simulation",
-                       ENV_VARIABLE: ensure_key(local.client("ssm"), "simulation")}  # fmt: skip
+        key = create_key(local.client("ssm"), "simulation")
+        environment = function_environment(key_parameter=key, bucket="simulation")
         ensure_function(local.client("lambda"), "simulation", package_zip(), role, memory=1024,
                         timeout=300, environment=environment)  # fmt: skip
         with LambdaCluster(function_name="simulation", max_concurrency=concurrency) as cluster:

@@ -38,7 +38,7 @@ if TYPE_CHECKING:
     from .cluster import LambdaCluster, current_cluster
     from .exceptions import LambdaFunctionError, NoActiveClusterError, VersionMismatchError
     from .executor import LambdaExecutor
-    from .protocol import IntegrityError
+    from .function.protocol import IntegrityError
     from .pool import LambdaPool
 
 

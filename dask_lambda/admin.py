@@ -67,7 +67,7 @@ def delete_function(
     lambda_client: Any, iam_client: Any, name: str, delete_role: bool, ssm_client: Any = None
 ) -> list[str]:
     """Delete a dask-lambda function, its signing key and, if asked, its role; say what went."""
-    from .keys import delete_key
+    from .signing import delete_key
 
     configuration = require_ours(lambda_client, name)
     lambda_client.delete_function(FunctionName=name)
@@ -155,7 +155,7 @@ def stale_objects(s3_client: Any, bucket: str, prefix: str, older_than: float) -
     ``createdBy=dask-lambda`` tag every write sets (:mod:`.storage`): anything else under the
     prefix — the user's own data — is never listed, so never deleted.
     """
-    from .storage import S3Store
+    from .function.storage import S3Store
 
     store = S3Store(bucket, s3_client)
     cutoff = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=older_than)

@@ -66,7 +66,7 @@ class Aws:
 
         from . import config as settings
 
-        timeout = float(settings.get("api-timeout"))
+        timeout = float(settings.setting("api-timeout"))
         defaults = Config(
             connect_timeout=timeout,
             read_timeout=timeout,

@@ -6,7 +6,7 @@ The zip holds, at its root:
    ``tblib`` and whatever ``--include`` and ``--requirements`` add), installed with
    ``pip install --target --platform manylinux2014_<arch> --only-binary=:all:
    --python-version X.Y``, so compiled wheels match Lambda's Linux and CPU;
-2. dask_lambda's Lambda-side code;
+2. dask_lambda's Lambda-side code (:mod:`dask_lambda.function`, nothing of the client);
 3. the user's files and folders (``PATHS``), each under its own name, so modules deployed this way
    are importable inside the function and tasks can refer to them by import. What must never
    ship is left out (:data:`DEFAULT_EXCLUDES`): dotfiles and dot-folders (``.env``, ``.aws/``,
@@ -28,7 +28,6 @@ import importlib.metadata
 import io
 import json
 import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -40,6 +39,8 @@ from pathlib import Path
 
 import dask_lambda
 
+from .function.protocol import versions
+
 UNZIPPED_LIMIT = 262_144_000  # 250 MB, function and layers
 DIRECT_UPLOAD_LIMIT = 52_428_800  # 50 MB zip in the CreateFunction request
 RUNTIME_DEPENDENCIES = ("dask", "cloudpickle", "msgpack", "tblib")
@@ -47,7 +48,6 @@ ARCHITECTURES = {"x86_64": "x86_64", "arm64": "aarch64"}
 _ZIP_TIME = (2020, 1, 1, 0, 0, 0)
 _SKIPPED_DIRS = {"__pycache__", ".git", ".venv", "bin"}
 PACKAGE_ROOT = Path(dask_lambda.__file__).parent
-_CLIENT_ONLY = {"__pycache__", "local"}
 DEFAULT_EXCLUDES = (
     ".*", "__pycache__", "*.pyc", "credentials", "credentials.*", "id_rsa*", "id_dsa*",
     "id_ecdsa*", "id_ed25519*", "*.pem", "*.key", "*.p12", "*.pfx", "*.keystore", "*.kdbx",
@@ -55,13 +55,14 @@ DEFAULT_EXCLUDES = (
 
 
 def package_files() -> list[tuple[Path, str]]:
-    """``(file, archive name)`` for the parts of dask_lambda that run inside Lambda."""
-    return [
-        (path, f"dask_lambda/{path.relative_to(PACKAGE_ROOT).as_posix()}")
-        for path in sorted(PACKAGE_ROOT.rglob("*"))
-        if path.is_file()
-        and path.suffix in (".py", ".yaml")
-        and not _CLIENT_ONLY & set(path.relative_to(PACKAGE_ROOT).parts)
+    """``(file, archive name)`` for what runs inside Lambda: :mod:`dask_lambda.function` and the
+    package's ``__init__`` (lazy: it imports nothing of the client). The client, CLI and emulator
+    are not shipped."""
+    function = PACKAGE_ROOT / "function"
+    return [(PACKAGE_ROOT / "__init__.py", "dask_lambda/__init__.py")] + [
+        (path, f"dask_lambda/function/{path.relative_to(function).as_posix()}")
+        for path in sorted(function.rglob("*.py"))
+        if "__pycache__" not in path.parts
     ]
 
 
@@ -81,7 +82,7 @@ class BuildSpec:
     paths: list[Path] = field(default_factory=list)
     requirements: Path | None = None
     include: list[str] = field(default_factory=list)
-    python_version: str = ".".join(platform.python_version_tuple()[:2])
+    python_version: str = field(default_factory=lambda: versions()["python"])
     architecture: str = "x86_64"
     with_dependencies: bool = True
     exclude: list[str] = field(default_factory=list)

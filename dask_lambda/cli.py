@@ -92,7 +92,7 @@ def local(port: int, concurrency_limit: int, idle_timeout: float) -> None:
     it. Stop it with Ctrl-C.
     """
     try:
-        from .local.server import LocalLambdaServer
+        from .emulator.server import LocalLambdaServer
     except ImportError as e:
         raise click.ClickException(
             "The embedded local Lambda needs the 'local' extra:"
@@ -125,7 +125,7 @@ def _deploy_options(defaults: bool):
     """Options shared by deploy and update; update defaults to 'keep the current value'."""
 
     def default(name):
-        return config.get(name) if defaults else None
+        return config.setting(name) if defaults else None
 
     options = [
         click.argument("paths", nargs=-1, type=click.Path(exists=True, path_type=Path)),
@@ -153,7 +153,7 @@ def _deploy_options(defaults: bool):
                      help="Run only these functions (MODULE.* for a whole module). Repeatable."),
         click.option("--bucket", default=default("bucket"),
                      help="Spill bucket the function uses (also stages zips over 50 MB)."),
-        click.option("--prefix", default=config.get("prefix"), show_default=True,
+        click.option("--prefix", default=config.setting("prefix"), show_default=True,
                      help="S3 prefix of spilled data."),
         click.option("--expire-days", type=int, default=1, show_default=True,
                      help="Lifecycle rule: spill objects a killed client left expire after this."),
@@ -222,19 +222,18 @@ def _deploy_or_update(aws, name: str, options: dict, current_env: dict | None = 
         ensure_role,
         role_policy,
     )
-    from .keys import ENV_VARIABLE, ensure_key
+    from .function import contract
+    from .signing import create_key
 
     environment = _parse_env(options["env"])
-    needs_key = current_env is None or ENV_VARIABLE not in current_env
+    needs_key = current_env is None or contract.KEY_PARAMETER not in current_env
     if current_env is not None and (environment or options["bucket"] or needs_key):
         environment = {**current_env, **environment}  # update keeps what it does not change
-    if options["allow"]:
-        from .allowlist import ENV_VARIABLE as ALLOWED
-
-        environment[ALLOWED] = ",".join(options["allow"])
-    if options["bucket"]:
-        environment["DASK_LAMBDA_BUCKET"] = options["bucket"]
-        environment["DASK_LAMBDA_PREFIX"] = options["prefix"]
+    environment.update(
+        contract.function_environment(
+            bucket=options["bucket"], prefix=options["prefix"], allowed=options["allow"]
+        )
+    )
     settings = FunctionSettings(
         memory=options["memory"],
         timeout=options["timeout"],
@@ -275,7 +274,7 @@ def _deploy_or_update(aws, name: str, options: dict, current_env: dict | None = 
         )
         click.echo(f"Role: {settings.role}", err=True)
     if needs_key:  # every function gets its own signing key
-        environment[ENV_VARIABLE] = ensure_key(aws.client("ssm"), name)
+        environment[contract.KEY_PARAMETER] = create_key(aws.client("ssm"), name)
         settings.environment = environment
     outcome = deploy(
         lam,
@@ -360,17 +359,16 @@ def delete(aws, name: str, delete_role: bool, yes: bool) -> None:
 @aws_command
 def info(aws, name: str) -> None:
     """Ping function NAME: its configuration, versions, and whether this client can use it."""
+    from .function.protocol import version_mismatches, versions
     from .invoker import Invoker
-    from .protocol import version_mismatches, versions
 
     lam = aws.client("lambda")
     configuration = lam.get_function_configuration(FunctionName=name)
-    from .keys import ENV_VARIABLE, fetch_key
+    from .function import contract
 
     variables = (configuration.get("Environment") or {}).get("Variables", {})
-    key = (
-        fetch_key(aws.client("ssm"), variables[ENV_VARIABLE]) if ENV_VARIABLE in variables else None
-    )
+    parameter = variables.get(contract.KEY_PARAMETER)
+    key = contract.read_key(aws.client("ssm"), parameter) if parameter else None
     invoker = Invoker(name, lambda cfg: aws.client("lambda", cfg), 1,
                       configuration.get("Timeout", 60), store=None, retries=1,
                       signing_key=key)  # fmt: skip
@@ -379,7 +377,7 @@ def info(aws, name: str) -> None:
     click.echo(f"Function    {configuration['FunctionArn']}")
     click.echo(f"Memory      {configuration.get('MemorySize')} MB, timeout"
                f" {configuration.get('Timeout')} s")  # fmt: skip
-    bucket = variables.get("DASK_LAMBDA_BUCKET")
+    bucket = variables.get(contract.BUCKET)
     click.echo(f"Bucket      {bucket or '(none: pass bucket= to LambdaCluster)'}")
     click.echo(f"Cold start  {stats.get('cold_start')}")
     for key in ("python_full", "dask", "cloudpickle", "msgpack", "dask_lambda", "protocol"):
@@ -418,8 +416,8 @@ def logs(aws, name: str, since: str, follow: bool, pattern: str | None) -> None:
 
 
 @main.command()
-@click.option("--bucket", default=config.get("bucket"), help="Spill bucket to clean.")
-@click.option("--prefix", default=config.get("prefix"), show_default=True)
+@click.option("--bucket", default=config.setting("bucket"), help="Spill bucket to clean.")
+@click.option("--prefix", default=config.setting("prefix"), show_default=True)
 @click.option(
     "--older-than",
     default="1h",
@@ -445,7 +443,7 @@ def clean(aws, bucket, prefix, older_than, functions, roles, yes) -> None:  # fm
         stale_objects,
         tagged_roles,
     )
-    from .storage import S3Store
+    from .function.storage import S3Store
 
     plan: list[tuple[str, Any]] = []
     if bucket:

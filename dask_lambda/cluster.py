@@ -1,7 +1,7 @@
 """``LambdaCluster``: the function, the spill bucket, concurrency and the lifecycle around them.
 
 A cluster is a Dask get function (``x.compute(scheduler=cluster)``). With no function configured
-it starts the embedded local Lambda (:class:`dask_lambda.local.LocalLambda`), deploys the
+it starts the embedded local Lambda (:class:`dask_lambda.emulator.LocalLambda`), deploys the
 dask-lambda handler into it and creates a spill bucket, all torn down by :meth:`close`. Given a
 ``function_name`` it uses that function (deployed with ``dask-lambda deploy``) on AWS, or on
 ``endpoint_url``, through boto3's usual credential and region chain. Either way the code path is
@@ -15,20 +15,21 @@ import os
 import threading
 import warnings
 import weakref
-from concurrent.futures import ThreadPoolExecutor, wait
-from dataclasses import dataclass
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import dask
 
 from . import config
 from .aws import Aws
+from .backend import Backend, settings_from_config
 from .exceptions import NoActiveClusterError, VersionMismatchError
+from .function import contract
+from .function.protocol import version_mismatches, versions
+from .function.storage import S3Store
 from .invoker import Invoker
-from .protocol import version_mismatches, versions
 from .report import ComputeReport
-from .scheduler import get
-from .storage import S3Store
+from .scheduler import Compute
 
 LOCAL_BUCKET = "dask-lambda-local"
 LOCAL_ROLE = "dask-lambda-local"
@@ -42,23 +43,6 @@ class Status(enum.Enum):
     created = "created"
     running = "running"
     closed = "closed"
-
-
-@dataclass(frozen=True)
-class Settings:
-    """Scheduling settings of a cluster (see ``lambda.yaml``)."""
-
-    max_concurrency: int
-    max_tasks: int
-    max_bytes: int
-    per_slot: int
-    inline_limit: int
-    max_object_bytes: int
-    kms_key_id: str | None
-    task_retries: int
-    speculation: bool
-    speculation_multiplier: float
-    speculation_min_seconds: float
 
 
 def _use_task_shuffle(clusters_running: bool) -> None:
@@ -118,8 +102,9 @@ class LambdaCluster:
         Batching: most tasks and inline-input bytes per invocation; batches per free slot.
     inline_limit
         Pickled results and literals above this many bytes travel through S3.
-    retries, retry_backoff
-        Bounded retries with jittered exponential backoff for infrastructure failures.
+    infra_retries, retry_backoff
+        Bounded retries with jittered exponential backoff for infrastructure failures (a task's
+        own exceptions are retried only with ``compute(retries=N)``).
     check_versions
         Ping the function on start and refuse Python, dask or cloudpickle mismatches.
 
@@ -145,43 +130,31 @@ class LambdaCluster:
         max_bytes: int | None = None,
         per_slot: int | None = None,
         inline_limit: int | None = None,
-        retries: int | None = None,
+        infra_retries: int | None = None,
         retry_backoff: float | None = None,
         check_versions: bool = True,
     ):
-        self.function_name = config.get("function-name", function_name)
-        self.bucket = config.get("bucket", bucket)
+        self.function_name = config.setting("function-name", function_name)
+        self.bucket = config.setting("bucket", bucket)
         self._explicit_prefix = prefix
-        self.prefix = config.get("prefix", prefix).strip("/")
-        self.region = config.get("region", region)
-        self.endpoint_url = config.get("endpoint-url", endpoint_url)
-        self.memory = int(config.get("memory", memory))
-        self.timeout = int(config.get("timeout", timeout))
-        self.retries = int(config.get("retries", retries))
-        self.retry_backoff = float(config.get("retry-backoff", retry_backoff))
+        self.prefix = config.setting("prefix", prefix).strip("/")
+        self.region = config.setting("region", region)
+        self.endpoint_url = config.setting("endpoint-url", endpoint_url)
+        self.memory = int(config.setting("memory", memory))
+        self.timeout = int(config.setting("timeout", timeout))
+        self.infra_retries = int(config.setting("infra-retries", infra_retries))
+        self.retry_backoff = float(config.setting("retry-backoff", retry_backoff))
         self.local = None
         self.status = Status.created
         self.last_report: ComputeReport | None = None
-        concurrency = config.get("max-concurrency", max_concurrency)
+        concurrency = config.setting("max-concurrency", max_concurrency)
         if concurrency is None:
             concurrency = max(2, os.cpu_count() or 2) if self.function_name is None else 100
-        self.settings = Settings(
-            max_concurrency=int(concurrency),
-            max_tasks=int(config.get("batch.max-tasks", max_tasks)),
-            max_bytes=int(config.get("batch.max-bytes", max_bytes)),
-            per_slot=int(config.get("batch.per-slot", per_slot)),
-            inline_limit=int(config.get("spill.inline-limit", inline_limit)),
-            max_object_bytes=int(config.get("spill.max-object-bytes")),
-            kms_key_id=config.get("spill.kms-key-id"),
-            task_retries=int(config.get("task-retries")),
-            speculation=bool(config.get("speculation.enabled")),
-            speculation_multiplier=float(config.get("speculation.multiplier")),
-            speculation_min_seconds=float(config.get("speculation.min-seconds")),
-        )
-        if self.settings.max_concurrency < 1:
-            raise ValueError(f"max_concurrency must be at least 1, got {concurrency}")
+        self.settings = settings_from_config(
+            max_concurrency=concurrency, max_tasks=max_tasks, max_bytes=max_bytes,
+            per_slot=per_slot, inline_limit=inline_limit,
+        )  # fmt: skip
         self._check_versions = check_versions
-        self._late_cleanups: list[threading.Thread] = []
         self._finalizer: weakref.finalize | None = None
         self.start()
 
@@ -198,37 +171,46 @@ class LambdaCluster:
             if self.function_name is None:
                 self._start_local(resources)
             function = self._describe_function()
-            self.function_timeout = int(function.get("Timeout") or self.timeout)
-            self.function_memory = int(function.get("MemorySize") or self.memory)
-            self.function_architecture = (function.get("Architectures") or ["x86_64"])[0]
             env = (function.get("Environment") or {}).get("Variables", {})
             if self.bucket is None:
-                self.bucket = env.get("DASK_LAMBDA_BUCKET")
-            if self._explicit_prefix is None and env.get("DASK_LAMBDA_PREFIX"):
-                self.prefix = env["DASK_LAMBDA_PREFIX"].strip("/")  # what its role may write
+                self.bucket = env.get(contract.BUCKET)
+            if self._explicit_prefix is None and env.get(contract.PREFIX):
+                self.prefix = env[contract.PREFIX].strip("/")  # what its role may write
             signing_key = self._signing_key(env)
             if not self.bucket:
                 raise ValueError(
                     f"No spill bucket for function {self.function_name!r}: pass bucket=, set"
                     " lambda.bucket (DASK_LAMBDA__BUCKET), or deploy with --bucket"
                 )
-            self.store = S3Store(
+            store = S3Store(
                 self.bucket, client=self._client("s3"), kms_key_id=self.settings.kms_key_id
             )
-            self._check_bucket()
-            self.invoker = Invoker(
+            self._check_bucket(store)
+            timeout = int(function.get("Timeout") or self.timeout)
+            invoker = Invoker(
                 self.function_name,
                 lambda cfg: self._client("lambda", cfg),
                 max_concurrency=self.settings.max_concurrency,
-                function_timeout=self.function_timeout,
-                store=self.store,
+                function_timeout=timeout,
+                store=store,
                 payload_prefix=self.prefix,
-                retries=self.retries,
+                infra_retries=self.infra_retries,
                 retry_backoff=self.retry_backoff,
                 signing_key=signing_key,
             )
-            self.pool = resources["pool"] = ThreadPoolExecutor(
+            pool = resources["pool"] = ThreadPoolExecutor(
                 self.settings.max_concurrency, thread_name_prefix="dask-lambda-invoke"
+            )
+            self.backend = Backend(
+                function_name=self.function_name,
+                memory_mb=int(function.get("MemorySize") or self.memory),
+                architecture=(function.get("Architectures") or ["x86_64"])[0],
+                timeout=timeout,
+                invoker=invoker,
+                store=store,
+                pool=pool,
+                settings=self.settings,
+                prefix=self.prefix,
             )
             if self._check_versions:
                 self.check_versions()
@@ -246,13 +228,12 @@ class LambdaCluster:
     def _start_local(self, resources: dict) -> None:
         from .build import package_zip
         from .deploy import ensure_function, ensure_role
-        from .keys import ENV_VARIABLE as KEY_VARIABLE
-        from .keys import ensure_key
-        from .local import LocalLambda
+        from .emulator import LocalLambda
+        from .signing import create_key
 
         local = resources["local"] = LocalLambda(
-            concurrency_limit=int(config.get("local.concurrency-limit")),
-            idle_timeout=float(config.get("local.idle-timeout")),
+            concurrency_limit=int(config.setting("local.concurrency-limit")),
+            idle_timeout=float(config.setting("local.idle-timeout")),
         ).start()
         self.local = local
         self.endpoint_url, self.region = local.endpoint_url, local.region
@@ -265,20 +246,15 @@ class LambdaCluster:
         self.function_name = f"dask-lambda-{code_digest(code)}"
         self.bucket = self.bucket or LOCAL_BUCKET
         self._client("s3").create_bucket(Bucket=self.bucket)
-        key_parameter = ensure_key(self._client("ssm"), self.function_name)
-        ensure_function(
-            self._client("lambda"),
-            self.function_name,
-            code,
-            role,
-            memory=self.memory,
-            timeout=self.timeout,
-            environment={
-                "DASK_LAMBDA_BUCKET": self.bucket,
-                "DASK_LAMBDA_PREFIX": self.prefix,
-                KEY_VARIABLE: key_parameter,
-            },  # fmt: skip
+        environment = contract.function_environment(
+            key_parameter=create_key(self._client("ssm"), self.function_name),
+            bucket=self.bucket,
+            prefix=self.prefix,
         )
+        ensure_function(
+            self._client("lambda"), self.function_name, code, role,
+            memory=self.memory, timeout=self.timeout, environment=environment,
+        )  # fmt: skip
 
     def _where(self) -> str:
         region = self.aws.region_name or "no region"
@@ -304,7 +280,7 @@ class LambdaCluster:
         except (bce.ReadTimeoutError, bce.ConnectTimeoutError) as e:
             raise TimeoutError(
                 f"Lambda at {e.kwargs.get('endpoint_url')} did not answer within"
-                f" {config.get('api-timeout')} s (lambda.api-timeout): is the endpoint right?"
+                f" {config.setting('api-timeout')} s (lambda.api-timeout): is the endpoint right?"
             ) from None
         except bce.EndpointConnectionError as e:
             raise ConnectionError(
@@ -326,11 +302,11 @@ class LambdaCluster:
                 ) from None
             raise
 
-    def _check_bucket(self) -> None:
+    def _check_bucket(self, store: S3Store) -> None:
         import botocore.exceptions as bce
 
         try:
-            self.store.client.head_bucket(Bucket=self.bucket)
+            store.client.head_bucket(Bucket=self.bucket)
         except bce.ClientError as e:
             status = e.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
             if status == 404:
@@ -346,15 +322,14 @@ class LambdaCluster:
             raise
 
     def _signing_key(self, env: dict[str, str]) -> bytes:
-        from .keys import ENV_VARIABLE, fetch_key
-
-        name = env.get(ENV_VARIABLE)
-        if not name:
+        parameter = env.get(contract.KEY_PARAMETER)
+        if not parameter:
             raise ValueError(
-                f"Function {self.function_name!r} has no signing key ({ENV_VARIABLE}), so it"
-                f" would refuse every task. Update it: dask-lambda update {self.function_name}"
+                f"Function {self.function_name!r} has no signing key ({contract.KEY_PARAMETER}),"
+                " so it would refuse every task. Update it: dask-lambda update"
+                f" {self.function_name}"
             )
-        return fetch_key(self._client("ssm"), name)
+        return contract.read_key(self._client("ssm"), parameter)
 
     def _client(self, service: str, client_config=None):
         if client_config is None and service == "s3":  # one connection per concurrent invocation
@@ -362,17 +337,6 @@ class LambdaCluster:
 
             client_config = Config(max_pool_connections=max(10, self.settings.max_concurrency + 2))
         return self.aws.client(service, client_config)
-
-    def clean_after(self, futures: list, prefix: str) -> None:
-        """Once ``futures`` (invocations nobody waits for) end, delete ``prefix`` again."""
-
-        def clean() -> None:
-            wait(futures, timeout=self.function_timeout + 120)
-            self.store.delete_prefix(prefix)
-
-        thread = threading.Thread(target=clean, daemon=True, name="dask-lambda-late-cleanup")
-        thread.start()
-        self._late_cleanups.append(thread)
 
     def close(self) -> None:
         """Stop using the function; an embedded local Lambda is shut down. Safe to call twice.
@@ -382,8 +346,8 @@ class LambdaCluster:
         """
         if self.status is Status.closed:
             return
-        for thread in self._late_cleanups:
-            thread.join()
+        if self.status is Status.running:
+            self.backend.join_cleanups()
         self.status = Status.closed
         with _active_lock:
             _active[:] = [ref for ref in _active if ref() not in (None, self)]
@@ -403,9 +367,21 @@ class LambdaCluster:
         """Dask get function: compute ``keys`` of graph ``dsk`` on Lambda."""
         if self.status is not Status.running:
             raise RuntimeError(f"LambdaCluster is {self.status.value}; create a new one")
-        return get(self, dsk, keys, **kwargs)
+        compute = Compute(self.backend, dsk, keys, **_compute_options(kwargs))
+        try:
+            return compute.run(kwargs.get("callbacks"))
+        finally:
+            self.last_report = compute.report
 
     __call__ = get
+
+    # The backend's parts, for code that used them from the cluster.
+    store = property(lambda self: self.backend.store)
+    invoker = property(lambda self: self.backend.invoker)
+    pool = property(lambda self: self.backend.pool)
+    function_timeout = property(lambda self: self.backend.timeout)
+    function_memory = property(lambda self: self.backend.memory_mb)
+    function_architecture = property(lambda self: self.backend.architecture)
 
     def plot_timeline(self, path) -> Any:
         """PNG timeline of every invocation this cluster made (see ``ComputeReport``)."""
@@ -437,6 +413,11 @@ class LambdaCluster:
             f"<LambdaCluster {self.function_name!r} on {where}, {self.status.value},"
             f" max_concurrency={self.settings.max_concurrency}>"
         )
+
+
+def _compute_options(kwargs: dict) -> dict:
+    """The options of ``compute(...)`` a :class:`~.scheduler.Compute` takes."""
+    return {name: kwargs.get(name) for name in ("cache", "retries", "speculation")}
 
 
 def code_digest(code: bytes) -> str:

@@ -19,6 +19,6 @@ with _DEFAULTS.open() as _f:
     dask.config.update_defaults(yaml.safe_load(_f))
 
 
-def get(name: str, value: Any = None) -> Any:
-    """``value`` if it is not None, else the ``lambda.<name>`` setting."""
-    return dask.config.get(f"lambda.{name}") if value is None else value
+def setting(name: str, override_with: Any = None) -> Any:
+    """The ``lambda.<name>`` setting, or ``override_with`` if it is not None (as dask.config)."""
+    return dask.config.get(f"lambda.{name}", override_with=override_with)

@@ -10,16 +10,16 @@ privilege a function needs: its spill prefix and its own log group.
 from __future__ import annotations
 
 import json
-import platform
 import re
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
 from .build import DIRECT_UPLOAD_LIMIT, code_sha256
-from .storage import MARKER_TAG
+from .function.contract import HANDLER, key_parameter_name
+from .function.protocol import versions
+from .function.storage import MARKER_TAG
 
-HANDLER = "dask_lambda.handler.lambda_handler"
 CREATED_BY = {"createdBy": "dask-lambda"}
 TRUST_POLICY = {
     "Version": "2012-10-17",
@@ -103,7 +103,7 @@ def version_tags() -> dict[str, str]:
         "dask-lambda:version": __version__,
         "dask:version": dask.__version__,
         "cloudpickle:version": cloudpickle.__version__,
-        "python:version": ".".join(platform.python_version_tuple()[:2]),
+        "python:version": versions()["python"],
     }
 
 
@@ -136,8 +136,6 @@ def role_policy(bucket: str, prefix: str, function_name: str) -> dict[str, Any]:
     The key is a SecureString under the AWS-managed ``aws/ssm`` KMS key, which SSM decrypts for
     any caller allowed ``ssm:GetParameter``: no KMS statement is needed.
     """
-    from .keys import parameter_name
-
     bucket, prefix = check_location(bucket, prefix)
     return {
         "Version": "2012-10-17",
@@ -157,7 +155,7 @@ def role_policy(bucket: str, prefix: str, function_name: str) -> dict[str, Any]:
                 "Sid": "OwnSigningKey",
                 "Effect": "Allow",
                 "Action": "ssm:GetParameter",
-                "Resource": f"arn:aws:ssm:*:*:parameter{parameter_name(function_name)}",
+                "Resource": f"arn:aws:ssm:*:*:parameter{key_parameter_name(function_name)}",
             },
             {
                 "Sid": "OwnLogs",
@@ -265,7 +263,7 @@ def deploy(
     it as dask-lambda's.
     """
     settings.validate()
-    runtime = runtime or f"python{'.'.join(platform.python_version_tuple()[:2])}"
+    runtime = runtime or f"python{versions()['python']}"
     if code is not None and len(code) > DIRECT_UPLOAD_LIMIT and bucket is None:
         raise DeployError(
             f"The zip is {len(code) / 1e6:.1f} MB, over the 50 MB Lambda accepts directly:"

@@ -22,12 +22,11 @@ from typing import Any
 import cloudpickle
 from dask._task_spec import Task
 
-from . import remote
+from . import batch as batches
 from .cluster import LambdaCluster
-from .exceptions import LambdaFunctionError
-from .protocol import BatchSpec, Stored
-from .remote_errors import rebuild_exception
-from .scheduler import run_payload
+from .exceptions import LambdaFunctionError, rebuild_exception
+from .function.calls import run_chunk
+from .function.protocol import BatchSpec
 
 _STOP = object()
 
@@ -56,7 +55,8 @@ class LambdaExecutor(Executor):
     ):
         self._owns_cluster = cluster is None
         self.cluster = cluster if cluster is not None else LambdaCluster(**cluster_kwargs)
-        self._max_workers = max_workers or self.cluster.settings.max_concurrency
+        self._backend = self.cluster.backend
+        self._max_workers = max_workers or self._backend.settings.max_concurrency
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._slots = threading.Condition()
         self._in_flight = 0
@@ -64,7 +64,7 @@ class LambdaExecutor(Executor):
         self._lock = threading.Lock()
         self._counter = itertools.count()
         self._id = uuid.uuid4().hex[:16]
-        self._prefix = f"{self.cluster.prefix}/executor"
+        self._prefix = f"{self._backend.prefix}/executor"
         self._dispatcher = threading.Thread(
             target=self._dispatch, daemon=True, name="dask-lambda-executor"
         )
@@ -95,8 +95,8 @@ class LambdaExecutor(Executor):
             raise ValueError("chunksize must be >= 1")
         if chunksize == 1:
             return super().map(fn, *iterables, timeout=timeout)
-        chunks = _chunks(zip(*iterables, strict=False), chunksize)
-        futures = [self.submit(remote.run_chunk, fn, chunk) for chunk in chunks]
+        chunks = chunked(zip(*iterables, strict=False), chunksize)
+        futures = [self.submit(run_chunk, fn, chunk) for chunk in chunks]
         results = _results_in_order(futures, timeout)
         return itertools.chain.from_iterable(results)
 
@@ -121,6 +121,11 @@ class LambdaExecutor(Executor):
                 return
             if item is not _STOP:
                 item[0].cancel()
+
+    @property
+    def max_workers(self) -> int:
+        """Invocations in flight at most."""
+        return self._max_workers
 
     # -- Dask scheduler -------------------------------------------------------------------------
     def get(self, dsk, keys, **kwargs):
@@ -152,17 +157,17 @@ class LambdaExecutor(Executor):
                     stopping = True
                 else:
                     pending.append(item)
-            size = min(self.cluster.settings.max_tasks, math.ceil(len(pending) / free))
+            size = min(self._backend.settings.max_tasks, math.ceil(len(pending) / free))
             batch, pending = pending[:size], pending[size:]
             batch = [(f, t) for f, t in batch if f.set_running_or_notify_cancel()]
             if batch:
                 with self._slots:
                     self._in_flight += 1
-                self.cluster.pool.submit(self._run, batch)
+                self._backend.pool.submit(self._run, batch)
         with self._slots:
             self._slots.wait_for(lambda: self._in_flight == 0)
         try:
-            self.cluster.store.delete_prefix(f"{self._prefix}/{self._id}")
+            self._backend.store.delete_prefix(f"{self._prefix}/{self._id}")
         finally:
             if self._owns_cluster:
                 self.cluster.close()
@@ -187,17 +192,15 @@ class LambdaExecutor(Executor):
             if not batch:
                 return
             spec_bytes = self._spec_bytes(batch)
-        tasks = [task for _, task in batch]
-        response = self.cluster.invoker.call(
-            run_payload(self.cluster, spec_bytes, self._prefix),
-            task_keys=[t.key for t in tasks],
-            payload_prefix=f"{self._prefix}/{self._id}",
+        keys = [task.key for _, task in batch]
+        response = batches.invoke(
+            self._backend, spec_bytes, keys, f"{self._prefix}/{self._id}", prefix=self._prefix
         )
         self._deliver(batch, response)
 
     def _spec_bytes(self, batch: list[tuple[Future, Task]]) -> bytes:
         keys = [task.key for _, task in batch]
-        return cloudpickle.dumps(BatchSpec(self._id, keys, [t for _, t in batch], keys))
+        return batches.pickle_spec(BatchSpec(self._id, keys, [t for _, t in batch], keys))
 
     @staticmethod
     def _fail_unpicklable(batch: list[tuple[Future, Task]]) -> list[tuple[Future, Task]]:
@@ -218,29 +221,28 @@ class LambdaExecutor(Executor):
                 picklable.append((future, task))
         return picklable
 
-    def _deliver(self, batch: list[tuple[Future, Task]], response: dict) -> None:
-        if "fatal" in response:
-            error = rebuild_exception(response["fatal"])
+    def _deliver(self, batch: list[tuple[Future, Task]], response: batches.BatchResponse) -> None:
+        if response.fatal is not None:
+            error = rebuild_exception(response.fatal)
             for future, _ in batch:
                 future.set_exception(error)
             return
-        errors = {e["index"]: e for e in response["errors"]}
-        store = self.cluster.store
+        store = self._backend.store
         spilled: list[str] = []
         outcomes: list[tuple[Future, bool, object]] = []  # (future, failed, value or exception)
-        for index, ((future, _), result) in enumerate(zip(batch, response["results"], strict=True)):
-            status, where, data, nbytes, sha256 = result
-            if index in errors:
-                outcomes.append((future, True, rebuild_exception(errors[index])))
-            elif status != "ok":
-                error = LambdaFunctionError(self.cluster.function_name, "MissingResult", status)
+        for index, ((future, _), result) in enumerate(zip(batch, response.results, strict=True)):
+            if index in response.errors:
+                outcomes.append((future, True, rebuild_exception(response.errors[index])))
+            elif result.status != "ok":
+                name = self._backend.function_name
+                error = LambdaFunctionError(name, "MissingResult", result.status)
                 outcomes.append((future, True, error))
             else:
+                where = result.location()
+                if result.where == "s3":
+                    spilled.append(where.name)
                 try:
-                    if where == "s3":
-                        spilled.append(data)
-                        data = store.get(data, expected=Stored(data, nbytes, sha256))
-                    outcomes.append((future, False, cloudpickle.loads(data)))
+                    outcomes.append((future, False, batches.fetch_value(store, where)[0]))
                 except Exception as e:
                     outcomes.append((future, True, e))
         if spilled:  # before anyone sees a result, so nothing of a finished call is left in S3
@@ -255,7 +257,8 @@ class LambdaExecutor(Executor):
         return f"<LambdaExecutor max_workers={self._max_workers} on {self.cluster!r}>"
 
 
-def _chunks(iterable: Iterable, size: int) -> Iterator[list]:
+def chunked(iterable: Iterable, size: int) -> Iterator[list]:
+    """Lists of ``size`` items (the last may be shorter)."""
     iterator = iter(iterable)
     while chunk := list(itertools.islice(iterator, size)):
         yield chunk

@@ -2,8 +2,8 @@
 
 botocore's own invoke retries are off (``total_max_attempts=1``): a botocore retry after a read
 timeout would run the function again behind our back. ``read_timeout`` sits above the function's
-timeout. Our retry is bounded (``retries``), with exponential backoff and full jitter, and only
-for failures of the infrastructure: throttling (429), Lambda service errors (5xx), connection
+timeout. Our retry is bounded (``infra_retries``), with exponential backoff and full jitter, and
+only for failures of the infrastructure: throttling (429), Lambda service errors (5xx), connection
 errors, and invocations whose runtime crashed, ran out of memory or timed out. An exception raised
 by user code is part of a successful response and is never retried here.
 
@@ -25,9 +25,9 @@ from typing import Any
 import botocore.exceptions
 from botocore.config import Config
 
-from . import protocol
 from .exceptions import LambdaFunctionError
-from .storage import S3Store
+from .function import protocol
+from .function.storage import S3Store
 
 REQUEST_LIMIT = 6_291_456 - 4096
 RECORDS_KEPT = 200_000  # per-invocation records an invoker keeps (for timelines)
@@ -60,7 +60,7 @@ class InvokeStats:
     """Counters over the invocations of one :class:`Invoker` (thread-safe updates)."""
 
     invocations: int = 0
-    retries: int = 0
+    infra_retries: int = 0
     task_retries: int = 0
     throttles: int = 0
     cold_starts: int = 0
@@ -93,10 +93,10 @@ class Invoker:
         The function's timeout in seconds (``read_timeout`` is set above it).
     store
         Where oversized request payloads are spilled.
-    retries, retry_backoff
+    infra_retries, retry_backoff
         Bounded retry policy for infrastructure failures.
     signing_key
-        The function's key (:mod:`.keys`); every event is signed with it.
+        The function's key (:mod:`.signing`); every event is signed with it.
     """
 
     def __init__(
@@ -107,7 +107,7 @@ class Invoker:
         function_timeout: float,
         store: S3Store | None,
         payload_prefix: str = "dask-lambda",
-        retries: int = 3,
+        infra_retries: int = 3,
         retry_backoff: float = 0.1,
         signing_key: bytes | None = None,
     ):
@@ -116,7 +116,7 @@ class Invoker:
         self.signature_ttl = function_timeout + 900
         self.store = store
         self.payload_prefix = payload_prefix
-        self.retries = retries
+        self.infra_retries = infra_retries
         self.retry_backoff = retry_backoff
         self.stats = InvokeStats()
         config = Config(
@@ -145,7 +145,7 @@ class Invoker:
         LambdaFunctionError
             The function failed outside user code, after the allowed retries.
         """
-        counters = _Both(self.stats, stats)
+        counters = _Counters(self.stats, stats)
         data = protocol.encode_payload(payload)
         spilled_key = None
         if protocol.envelope_size(data) > REQUEST_LIMIT:
@@ -170,20 +170,20 @@ class Invoker:
             if spilled_key is not None:
                 self.store.delete([spilled_key])
 
-    def _call_with_retries(self, body: bytes, task_keys: list, stats: _Both) -> dict[str, Any]:
+    def _call_with_retries(self, body: bytes, task_keys: list, stats: _Counters) -> dict[str, Any]:
         attempt = 0
         while True:
             attempt += 1
             try:
                 return self._call_once(body, task_keys, attempt, stats)
             except _Retryable as e:
-                if attempt > self.retries:
+                if attempt > self.infra_retries:
                     raise e.final(attempt) from None
-                stats.add(retries=1)
+                stats.add(infra_retries=1)
                 delay = self.retry_backoff * (2 ** (attempt - 1))
                 time.sleep(random.uniform(0, min(delay, 20.0)))
 
-    def _call_once(self, body: bytes, task_keys: list, attempt: int, stats: _Both) -> dict:
+    def _call_once(self, body: bytes, task_keys: list, attempt: int, stats: _Counters) -> dict:
         started = time.time()
         try:
             response = self.client.invoke(FunctionName=self.function_name, Payload=body)
@@ -259,8 +259,8 @@ class Invoker:
         raise failure
 
 
-class _Both:
-    """Updates the invoker's totals and, if given, one compute's counters."""
+class _Counters:
+    """Counts go to the invoker's totals and, if given, to one compute's counters too."""
 
     def __init__(self, *targets: InvokeStats | None):
         self.targets = [t for t in targets if t is not None]

@@ -33,9 +33,10 @@ from dask.order import order
 
 @dataclass(eq=False)  # compared and hashed by identity: each batch is one piece of work
 class Batch:
-    """One invocation's work: ``tasks`` in execution order, ``outputs`` and ``inputs`` keys."""
+    """One invocation's work, as graph keys: ``keys`` in execution order, ``outputs`` and
+    ``inputs``."""
 
-    tasks: list
+    keys: list
     outputs: list
     inputs: list
 
@@ -83,14 +84,6 @@ class GraphState:
                 heapq.heappush(self.state["ready"], (self.priority[key], key))
 
     # -- queries --------------------------------------------------------------------------------
-    @property
-    def finished(self) -> set:
-        return self.state["finished"]
-
-    @property
-    def ready_count(self) -> int:
-        return len(self.state["ready"])
-
     @property
     def complete(self) -> bool:
         return not self.state["ready"] and not self.state["waiting"] and not self.state["running"]
@@ -167,7 +160,7 @@ class GraphState:
             if key in self.targets or any(d not in members for d in self.dependents.get(key, ()))
         ]
         self.state["running"].update(members)
-        return Batch(tasks=tasks, outputs=outputs, inputs=sorted(inputs, key=str))
+        return Batch(keys=tasks, outputs=outputs, inputs=sorted(inputs, key=str))
 
     def _fuse(self, members: set, frontier: list, limit: int) -> None:
         state = self.state

@@ -18,9 +18,9 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, wait
 from typing import Any
 
-from . import remote
 from .cluster import LambdaCluster
-from .executor import LambdaExecutor, _chunks
+from .executor import LambdaExecutor, chunked
+from .function.calls import call, run_chunk
 
 
 class AsyncResult:
@@ -135,7 +135,7 @@ class LambdaPool:
             future = self._executor.submit(func, *args, **(kwds or {}))
         else:
             future = self._executor.submit(
-                remote.call,
+                call,
                 func,
                 tuple(args),
                 dict(kwds or {}),
@@ -147,14 +147,14 @@ class LambdaPool:
         future.add_done_callback(self._outstanding.discard)
         return future
 
-    def _submit_chunks(
+    def _submitchunked(
         self, func: Callable, iterable: Iterable, chunksize: int | None, star: bool
     ) -> list[Future]:
         calls = [tuple(args) if star else (args,) for args in iterable]
         if chunksize is None:
-            chunksize = max(1, -(-len(calls) // (4 * self._executor._max_workers)))
+            chunksize = max(1, -(-len(calls) // (4 * self._executor.max_workers)))
         return [
-            self._submit(remote.run_chunk, (func, chunk)) for chunk in _chunks(calls, chunksize)
+            self._submit(run_chunk, (func, chunk)) for chunk in chunked(calls, chunksize)
         ]
 
     # -- apply ----------------------------------------------------------------------------------
@@ -190,7 +190,7 @@ class LambdaPool:
         return self._map_async(func, iterable, chunksize, callback, error_callback, star=False)
 
     def _map_async(self, func, iterable, chunksize, callback, error_callback, star: bool):
-        futures = self._submit_chunks(func, iterable, chunksize, star=star)
+        futures = self._submitchunked(func, iterable, chunksize, star=star)
         return AsyncResult(futures, _concat, callback, error_callback)
 
     def starmap(self, func: Callable, iterable: Iterable, chunksize: int | None = None) -> list:
@@ -209,12 +209,12 @@ class LambdaPool:
 
     def imap(self, func: Callable, iterable: Iterable, chunksize: int = 1) -> Iterator:
         """Results in order, each as soon as it and those before it are done."""
-        futures = self._submit_chunks(func, iterable, chunksize, star=False)
+        futures = self._submitchunked(func, iterable, chunksize, star=False)
         return (value for future in futures for value in future.result())
 
     def imap_unordered(self, func: Callable, iterable: Iterable, chunksize: int = 1) -> Iterator:
         """Results in the order they finish."""
-        futures = set(self._submit_chunks(func, iterable, chunksize, star=False))
+        futures = set(self._submitchunked(func, iterable, chunksize, star=False))
 
         def results() -> Iterator:
             pending = futures
@@ -253,7 +253,7 @@ class LambdaPool:
         self.terminate()
 
     def __repr__(self) -> str:
-        return f"<LambdaPool state={self._state} processes={self._executor._max_workers}>"
+        return f"<LambdaPool state={self._state} processes={self._executor.max_workers}>"
 
 
 def _concat(chunks: list[list]) -> list:

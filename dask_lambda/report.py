@@ -33,7 +33,7 @@ class ComputeReport:
     compute_id: str
     tasks: int = 0
     invocations: int = 0
-    retries: int = 0
+    infra_retries: int = 0
     task_retries: int = 0
     speculations: int = 0
     throttles: int = 0
@@ -70,7 +70,7 @@ class ComputeReport:
     @property
     def cost_usd(self) -> float:
         """Estimated AWS cost: requests plus GB-seconds at ``lambda.pricing``."""
-        pricing = config.get("pricing")
+        pricing = config.setting("pricing")
         per_gb_second = float(pricing["gb-second"][self.architecture])
         return self.invocations * float(pricing["request"]) + self.billed_gb_seconds * (
             per_gb_second
@@ -90,7 +90,7 @@ class ComputeReport:
         return (
             f"{self.tasks} tasks in {self.invocations} invocations"
             f" ({self.tasks_per_invocation:.1f} per invocation), {self.cold_starts} cold starts,"
-            f" {self.retries} retries, {self.wall_time:.2f} s;"
+            f" {self.infra_retries} infrastructure retries, {self.wall_time:.2f} s;"
             f" {self.bytes_spilled / MiB:.1f} MiB spilled, {self.bytes_inline / MiB:.2f} MiB"
             f" inline, {self.bytes_through_client / MiB:.2f} MiB through the client;"
             f" {self.billed_gb_seconds:.3f} GB-s billed, ~${self.cost_usd:.6f}"

@@ -1,20 +1,21 @@
 """The get function: run a Dask graph on Lambda with data that stays remote.
 
-``get(cluster, dsk, keys)`` follows ``dask.local.get_async`` where it can — the graph arrives as an
-expression whose ``__dask_graph__()`` runs low-level optimisation, ``convert_legacy_graph`` turns
-it into task-spec nodes, ``dask.order`` sets priorities and dask's callbacks (``ProgressBar``,
-profilers) see the usual ``start``/``pretask``/``posttask``/``finish`` calls — and departs from it
-where a serverless backend must: a task's result does not come back to the client. Every
-invocation returns small results inline and leaves large ones in S3 (written by the Lambda that
-made them); dependent batches receive references and fetch inside Lambda. The client downloads
-only the requested results.
+``get(backend, dsk, keys)`` (the cluster's :class:`~.backend.Backend`) returns the values and the
+compute's :class:`~.report.ComputeReport`. It follows ``dask.local.get_async`` where it can — the
+graph arrives as an expression whose ``__dask_graph__()`` runs low-level optimisation,
+``convert_legacy_graph`` turns it into task-spec nodes, ``dask.order`` sets priorities and dask's
+callbacks (``ProgressBar``, profilers) see the usual ``start``/``pretask``/``posttask``/``finish``
+calls — and departs from it where a serverless backend must: a task's result does not come back to
+the client. Every invocation returns small results inline and leaves large ones in S3 (written by
+the Lambda that made them); dependent batches receive references and fetch inside Lambda. The client
+downloads only the requested results.
 
-The loop (:class:`_Compute`):
+The loop (:class:`Compute`):
 
 1. Literals (``DataNode``) and values given in ``cache=`` are finished before the first
    invocation; large ones are uploaded once and travel by reference.
 2. While there are free concurrency slots, :meth:`GraphState.next_batch` picks a batch; a thread
-   of the cluster's pool invokes the function with it.
+   of the backend's pool invokes the function with it.
 3. When an invocation returns, its outputs' locations are recorded, its tasks are finished, ready
    aliases are resolved on the client, and data nobody needs any more is dropped.
 4. On the first task error the loop stops dispatching, waits for invocations still running (so
@@ -30,7 +31,7 @@ import time
 import uuid
 from collections.abc import Mapping
 from concurrent.futures import FIRST_COMPLETED, Future, wait
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import Any, NamedTuple
 
 import cloudpickle
 from dask._task_spec import DataNode, Task, convert_legacy_graph
@@ -39,17 +40,15 @@ from dask.core import flatten
 from dask.local import nested_get
 from dask.utils import ensure_dict
 
+from .backend import Backend
+from .batch import BatchResponse, fetch_value, invoke, pickle_spec
+from .exceptions import raise_fatal, raise_task_error
+from .function.protocol import BatchSpec, Inline, Stored
+from .function.storage import object_name
 from .invoker import InvokeStats
 from .planner import GraphState
-from .protocol import BatchSpec, Inline, Stored
-from .remote_errors import raise_fatal, raise_task_error
 from .report import ComputeReport
-from .storage import object_name
 
-if TYPE_CHECKING:
-    from .cluster import LambdaCluster
-
-RESPONSE_BUDGET = 4_000_000  # raw bytes of inline results per response (6 MB after base64)
 SPECULATION_CHECK = 0.25  # seconds between looks for stragglers
 
 
@@ -62,21 +61,8 @@ class Value(NamedTuple):
 Location = Inline | Stored | Value
 
 
-def run_payload(cluster: LambdaCluster, spec_bytes: bytes, prefix: str) -> dict:
-    """The ``run`` request for a pickled batch (see :mod:`.protocol`)."""
-    settings = cluster.settings
-    return {
-        "op": "run",
-        "spec": spec_bytes,
-        "store": {"bucket": cluster.bucket, "prefix": prefix, "kms_key_id": settings.kms_key_id},
-        "inline_limit": settings.inline_limit,
-        "response_limit": RESPONSE_BUDGET,
-        "max_object_bytes": settings.max_object_bytes,
-    }
-
-
 def get(
-    cluster: LambdaCluster,
+    backend: Backend,
     dsk,
     keys,
     cache: Mapping | None = None,
@@ -84,25 +70,16 @@ def get(
     retries: int | None = None,
     speculation: bool | None = None,
     **kwargs,
-):
-    """Compute ``keys`` of ``dsk`` on ``cluster``'s Lambda function (a Dask get function).
+) -> tuple[Any, ComputeReport]:
+    """Compute ``keys`` of ``dsk`` on the backend's function; return the values and the report.
 
     ``retries`` runs a task whose own code raised again, up to that many times (as
     ``distributed``'s ``compute(retries=...)``); the default is ``lambda.task-retries``.
     ``speculation`` starts a second copy of a batch that runs far longer than the others
     (``lambda.speculation``); the first copy to finish wins.
     """
-    if not isinstance(dsk, Mapping):
-        dsk = dsk.__dask_graph__()
-    dsk = convert_legacy_graph(ensure_dict(dsk))
-    refuse_local_disk_shuffle(dsk)
-    flat_keys = list(flatten(keys)) if isinstance(keys, list) else [keys]
-    compute = _Compute(cluster, dsk, flat_keys, dict(cache or {}))
-    compute.task_retries = int(cluster.settings.task_retries if retries is None else retries)
-    compute.speculation = bool(cluster.settings.speculation if speculation is None else speculation)
-    with local_callbacks(callbacks) as active_callbacks:
-        values = compute.run(active_callbacks)
-    return nested_get(keys, values)
+    compute = Compute(backend, dsk, keys, cache, retries, speculation)
+    return compute.run(callbacks), compute.report
 
 
 def _shuffles_on_local_disk(func: Any) -> bool:
@@ -201,30 +178,56 @@ class _InFlight:
         ]
 
 
-class _Compute:
-    def __init__(self, cluster: LambdaCluster, dsk: dict, keys: list, cache: dict):
-        self.cluster = cluster
+class Compute:
+    """One compute of ``keys`` over graph ``dsk`` on ``backend``: :meth:`run` returns the values;
+    :attr:`report` is filled as it goes, also when it fails."""
+
+    def __init__(
+        self,
+        backend: Backend,
+        dsk,
+        keys,
+        cache: Mapping | None = None,
+        retries: int | None = None,
+        speculation: bool | None = None,
+    ):
+        if not isinstance(dsk, Mapping):
+            dsk = dsk.__dask_graph__()
+        dsk = convert_legacy_graph(ensure_dict(dsk))
+        refuse_local_disk_shuffle(dsk)
+        settings = backend.settings
+        self.backend = backend
         self.dsk = dsk
-        self.keys = keys
+        self.requested = keys
+        self.keys = list(flatten(keys)) if isinstance(keys, list) else [keys]
+        self.task_retries = int(settings.task_retries if retries is None else retries)
+        self.speculation = bool(settings.speculation if speculation is None else speculation)
         self.id = uuid.uuid4().hex[:16]
-        self.prefix = cluster.prefix
+        self.prefix = backend.prefix
         self.stats = InvokeStats()
         self.report = ComputeReport(
             compute_id=self.id,
             tasks=len(dsk),
-            memory_mb=cluster.function_memory,
-            architecture=cluster.function_architecture,
+            memory_mb=backend.memory_mb,
+            architecture=backend.architecture,
         )
+        cache = dict(cache or {})
         self.location: dict[Any, Location] = {k: Value(v) for k, v in cache.items()}
         for key, node in dsk.items():
             if isinstance(node, DataNode) and key not in cache:
                 self.location[key] = Value(node.value)
         graph = {k: n for k, n in dsk.items() if k not in self.location}
-        self.state = GraphState(graph, keys, done=self.location)
+        self.state = GraphState(graph, self.keys, done=self.location)
         self.graph = graph
 
+    def run(self, callbacks=None) -> Any:
+        """Run the compute with dask's ``callbacks``; return the requested values."""
+        with local_callbacks(callbacks) as active:
+            values = self._loop(active)
+        return nested_get(self.requested, values)
+
     # -- the loop -------------------------------------------------------------------------------
-    def run(self, callbacks: list) -> dict:
+    def _loop(self, callbacks: list) -> dict:
         started = time.perf_counter()
         _, _, pretask_cbs, posttask_cbs, _ = unpack_callbacks(callbacks)
         for cb in callbacks:
@@ -233,7 +236,7 @@ class _Compute:
         for cb in callbacks:
             if cb[1]:
                 cb[1](self.dsk, self.state.state)
-        settings = self.cluster.settings
+        settings = self.backend.settings
         flight = _InFlight()
         failed = False
         try:
@@ -249,17 +252,17 @@ class _Compute:
                     )
                     if batch is None:
                         break
-                    for key in batch.tasks:
+                    for key in batch.keys:
                         for cb in pretask_cbs:
                             cb(key, self.dsk, self.state.state)
                     spec = BatchSpec(
                         self.id,
-                        list(batch.tasks),
-                        [self.graph[k] for k in batch.tasks],
+                        list(batch.keys),
+                        [self.graph[k] for k in batch.keys],
                         batch.outputs,
                         {k: self._input_ref(k) for k in batch.inputs},
                     )
-                    flight.launch(self.cluster.pool.submit(self._invoke, spec), batch, spec)
+                    flight.launch(self.backend.pool.submit(self._invoke, spec), batch, spec)
                 if not len(flight):
                     raise RuntimeError("dask-lambda scheduler stalled with tasks left to run")
                 interval = SPECULATION_CHECK if self.speculation else None
@@ -279,7 +282,7 @@ class _Compute:
         finally:
             stragglers = flight.futures()  # copies of batches a faster twin finished
             if stragglers:
-                self.cluster.clean_after(stragglers, f"{self.prefix.rstrip('/')}/{self.id}")
+                self.backend.clean_after(stragglers, f"{self.prefix.rstrip('/')}/{self.id}")
             self._cleanup(failed, started)
             for cb in callbacks:
                 if cb[4]:
@@ -287,12 +290,12 @@ class _Compute:
 
     def _speculate(self, flight: _InFlight) -> None:
         """Start a second copy of batches running far longer than the finished ones."""
-        settings = self.cluster.settings
+        settings = self.backend.settings
         for spec, batch in flight.stragglers(settings.speculation_multiplier,
                                               settings.speculation_min_seconds):  # fmt: skip
             if len(flight) >= settings.max_concurrency:
                 return
-            flight.launch(self.cluster.pool.submit(self._invoke, spec), batch, spec)
+            flight.launch(self.backend.pool.submit(self._invoke, spec), batch, spec)
             self.report.speculations += 1
 
     def _resolve_aliases(self, posttask_cbs: list) -> None:
@@ -304,47 +307,35 @@ class _Compute:
                 for cb in posttask_cbs:
                     cb(key, None, self.dsk, self.state.state, 0)
 
-    def _finished(self, batch, response: dict, posttask_cbs: list) -> None:
-        for key, (status, where, data, nbytes, sha256) in zip(
-            batch.outputs, response["results"], strict=True
-        ):
-            if status != "ok":  # errors were raised in _invoke
-                raise RuntimeError(f"dask-lambda: result of {key!r} missing ({status})")
-            self.location[key] = Inline(data) if where == "inline" else Stored(data, nbytes, sha256)
-        stats = response.get("stats", {})
-        self.report.bytes_inline += stats.get("inline_bytes", 0)
-        self.report.bytes_spilled += stats.get("s3_bytes_written", 0)
-        self.state.finish(batch.tasks)
-        for key in batch.tasks:
+    def _finished(self, batch, response: BatchResponse, posttask_cbs: list) -> None:
+        for key, result in zip(batch.outputs, response.results, strict=True):
+            if result.status != "ok":  # errors were raised in _invoke
+                raise RuntimeError(f"dask-lambda: result of {key!r} missing ({result.status})")
+            self.location[key] = result.location()
+        self.report.bytes_inline += response.stats.get("inline_bytes", 0)
+        self.report.bytes_spilled += response.stats.get("s3_bytes_written", 0)
+        self.state.finish(batch.keys)
+        for key in batch.keys:
             for cb in posttask_cbs:
                 cb(key, None, self.dsk, self.state.state, 0)
         for key in (*batch.inputs, *batch.outputs):
             if key in self.location and self.state.releasable(key):
                 del self.location[key]
 
-    # -- one invocation (runs in the cluster's pool) --------------------------------------------
-    def _invoke(self, spec: BatchSpec) -> dict:
-        try:
-            spec_bytes = cloudpickle.dumps(spec, protocol=5)
-        except Exception as e:
-            raise TypeError(
-                f"Could not serialize task {spec.keys[0]!r} for Lambda: {e}. Tasks must be"
-                " picklable: use module-level functions and picklable arguments."
-            ) from e
+    # -- one invocation (runs in the backend's pool) --------------------------------------------
+    def _invoke(self, spec: BatchSpec) -> BatchResponse:
+        spec_bytes = pickle_spec(spec)
         for attempt in range(self.task_retries + 1):
-            response = self.cluster.invoker.call(
-                run_payload(self.cluster, spec_bytes, self.prefix),
-                task_keys=spec.keys,
-                stats=self.stats,
-                payload_prefix=f"{self.prefix}/{self.id}",
+            response = invoke(
+                self.backend, spec_bytes, spec.keys, f"{self.prefix}/{self.id}", self.stats
             )
-            if "fatal" in response:
-                raise_fatal(response["fatal"], self.cluster.function_name)
-            if not response["errors"]:
+            if response.fatal is not None:
+                raise_fatal(response.fatal, self.backend.function_name)
+            if not response.errors:
                 return response
             if attempt < self.task_retries:
                 self.stats.add(task_retries=1)
-        error = min(response["errors"], key=lambda e: e["index"])
+        error = response.errors[min(response.errors)]
         raise_task_error(error, spec.keys[error["index"]])
 
     # -- data -----------------------------------------------------------------------------------
@@ -364,7 +355,7 @@ class _Compute:
         except Exception as e:
             raise TypeError(f"Could not serialize the graph literal {key!r}: {e}") from e
         self.report.bytes_from_client += len(data)
-        largest = self.cluster.settings.max_object_bytes
+        largest = self.backend.settings.max_object_bytes
         if len(data) > largest:
             raise ValueError(
                 f"The graph literal {key!r} is {len(data)} bytes pickled, over the largest object"
@@ -372,35 +363,31 @@ class _Compute:
                 " it inside a task (e.g. from S3) in chunks, or raise the limit."
             )
         where: Inline | Stored
-        if len(data) <= self.cluster.settings.inline_limit:
+        if len(data) <= self.backend.settings.inline_limit:
             where = Inline(data)
         else:
-            where = self.cluster.store.put(object_name(self.prefix, self.id, key), data)
+            where = self.backend.store.put(object_name(self.prefix, self.id, key), data)
             self.report.bytes_spilled += len(data)
         self.location[key] = where
         return where
 
     def _results(self) -> dict:
         wanted = {k: self.location[k] for k in dict.fromkeys(self.keys)}
-        remote = [w for w in wanted.values() if isinstance(w, Stored)]
-        store = self.cluster.store
-        fetched = self.cluster.pool.map(lambda where: store.get(where.name, expected=where), remote)
-        blobs = dict(zip(remote, fetched, strict=True))  # checked: size and SHA-256
+        remote = [w for w in wanted.values() if not isinstance(w, Value)]
+        store = self.backend.store
+        fetched = dict(zip(remote, self.backend.pool.map(
+            lambda where: fetch_value(store, where), remote), strict=True))  # fmt: skip
         values = {}
         for key, where in wanted.items():
             if isinstance(where, Value):
                 values[key] = where.value
-                continue
-            if isinstance(where, Stored):
-                data = blobs[where]
-                self.report.bytes_to_client += len(data)
             else:
-                data = where.data
-            values[key] = cloudpickle.loads(data)
+                values[key], downloaded = fetched[where]
+                self.report.bytes_to_client += downloaded
         return values
 
     def _cleanup(self, failed: bool, started: float) -> None:
-        store = self.cluster.store
+        store = self.backend.store
         compute_prefix = f"{self.prefix.rstrip('/')}/{self.id}"
         try:
             store.delete_prefix(compute_prefix)
@@ -408,7 +395,7 @@ class _Compute:
         finally:
             stats = self.stats
             self.report.invocations = stats.invocations
-            self.report.retries = stats.retries
+            self.report.infra_retries = stats.infra_retries
             self.report.task_retries = stats.task_retries
             self.report.throttles = stats.throttles
             self.report.cold_starts = stats.cold_starts
@@ -417,4 +404,3 @@ class _Compute:
             self.report.invocation_records = list(stats.records)
             self.report.failed = failed
             self.report.wall_time = time.perf_counter() - started
-            self.cluster.last_report = self.report

@@ -14,7 +14,7 @@ import pytest
 import tasks
 from click.testing import CliRunner
 
-from dask_lambda.local import LocalLambda
+from dask_lambda.emulator import LocalLambda
 
 # Tests and their helpers are not deployed into the function: pickle them by value.
 cloudpickle.register_pickle_by_value(tasks)

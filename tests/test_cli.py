@@ -14,7 +14,7 @@ from conftest import cli, unique, zip_files
 
 from dask_lambda import LambdaCluster
 from dask_lambda.cli import main
-from dask_lambda.local import LocalLambda
+from dask_lambda.emulator import LocalLambda
 
 COMMANDS = ["local", "deploy", "update", "list", "delete", "info", "logs", "clean"]
 
@@ -181,7 +181,7 @@ def test_clean_removes_leftovers_and_tagged_resources(monkeypatch, tmp_path):
         monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
         s3 = server.client("s3")
         s3.create_bucket(Bucket="spill")
-        from dask_lambda.storage import S3Store
+        from dask_lambda.function.storage import S3Store
 
         for i in range(3):  # what a killed client leaves: tagged, named by compute id and digest
             S3Store("spill", s3).put(f"dask-lambda/{'c' * 16}/{i:032x}", b"x")
@@ -249,7 +249,10 @@ def test_builds_target_the_architecture_and_are_cached(aws_env):
     names = zipfile.ZipFile(io.BytesIO(first.zip_bytes)).namelist()
     compiled = [n for n in names if n.endswith(".so")]
     assert compiled and all("aarch64" in n for n in compiled)
-    assert "dask_lambda/handler.py" in names and "dask/__init__.py" in names
+    assert "dask_lambda/function/handler.py" in names and "dask/__init__.py" in names
+    ours = {n for n in names if n.startswith("dask_lambda/")}
+    assert ours and all(n.startswith("dask_lambda/function/") or n == "dask_lambda/__init__.py"
+                        for n in ours), ours  # the client, CLI and emulator are not shipped
     again = build(BuildSpec(architecture="arm64"))
     assert again.dependencies_cached and again.zip_bytes == first.zip_bytes  # reproducible
 

@@ -96,11 +96,11 @@ def test_missing_dependency_is_dasks_value_error(cluster):
 def test_printing_and_silent_tasks_never_stall():
     """The log reader never blocks under its lock: 300 computes alternating tasks that print
     and tasks that don't, with a short function timeout, and no retry at all."""
-    with LambdaCluster(timeout=5, retries=0, max_concurrency=1) as cluster:
+    with LambdaCluster(timeout=5, infra_retries=0, max_concurrency=1) as cluster:
         for i in range(300):
             task = tasks.shout if i % 2 else tasks.inc
             assert dask.delayed(task)(i).compute(scheduler=cluster) in (i, i + 1)
-            assert cluster.last_report.retries == 0
+            assert cluster.last_report.infra_retries == 0
         logs = cluster.local.client("logs").filter_log_events(
             logGroupName=f"/aws/lambda/{cluster.function_name}", filterPattern="line 2 of task"
         )

@@ -21,7 +21,8 @@ def test_soak_with_ten_percent_faults():
     """>= 10,000 tasks while 10% of invocations crash, run out of memory, time out or are
     throttled, and 2% of S3 requests fail: exactly the right answer, nothing left behind."""
     partitions = SOAK_TASKS // 2
-    with LambdaCluster(max_tasks=10, retries=12, retry_backoff=0.01, inline_limit=0) as cluster:
+    settings = {"max_tasks": 10, "infra_retries": 12, "retry_backoff": 0.01, "inline_limit": 0}
+    with LambdaCluster(**settings) as cluster:
         cluster.local.set_faults(
             crash_rate=0.04, oom_rate=0.02, timeout_rate=0.02, throttle_rate=0.02,
             s3_error_rate=0.02,
@@ -34,7 +35,7 @@ def test_soak_with_ten_percent_faults():
         print(f"\nsoak: {report.summary()}\n  injected: {injected}")
         assert report.tasks >= SOAK_TASKS
         assert sum(v for k, v in injected.items() if k != "s3_error") > 0
-        assert report.retries >= sum(injected.get(k, 0) for k in ("crash", "oom", "timeout"))
+        assert report.infra_retries >= sum(injected.get(k, 0) for k in ("crash", "oom", "timeout"))
         assert report.s3_objects_left == 0 and spill_objects(cluster) == []
         pids = stats["pids"] + [cluster.local.pid]
     assert wait_until(lambda: all(gone(pid) for pid in pids))
@@ -45,14 +46,14 @@ def test_user_exceptions_are_retried_only_when_asked(cluster, tmp_path):
     x = dask.delayed(tasks.fail_first_time)(marker, 7)
     with pytest.raises(RuntimeError, match="first attempt fails"):
         x.compute(scheduler=cluster)
-    assert cluster.last_report.retries == 0
+    assert cluster.last_report.infra_retries == 0
     os.remove(marker)
     assert x.compute(scheduler=cluster, retries=1) == 7
     assert cluster.last_report.task_retries == 1
 
 
 def test_transient_s3_errors_are_retried():
-    with LambdaCluster(inline_limit=0, retries=12, retry_backoff=0.01) as cluster:
+    with LambdaCluster(inline_limit=0, infra_retries=12, retry_backoff=0.01) as cluster:
         cluster.local.set_faults(s3_error_rate=0.2)
         parts = [dask.delayed(tasks.chunk_of)(list(range(100)), i) for i in range(20)]
         total = dask.delayed(sum)([dask.delayed(sum)(p) for p in parts])
@@ -84,13 +85,14 @@ def own_function(local, aws_env):
     """A dask-lambda function on the session's local Lambda that a test may break."""
     from dask_lambda.build import package_zip
     from dask_lambda.deploy import ensure_function, ensure_role
-    from dask_lambda.keys import ENV_VARIABLE, ensure_key
+    from dask_lambda.function.contract import function_environment
+    from dask_lambda.signing import create_key
 
     def make(timeout: int = 30) -> tuple[str, str]:
         name, bucket = unique("breakable"), unique("bucket")
         local.client("s3").create_bucket(Bucket=bucket)
-        environment = {"DASK_LAMBDA_BUCKET": bucket,
-                       ENV_VARIABLE: ensure_key(local.client("ssm"), name)}  # fmt: skip
+        key = create_key(local.client("ssm"), name)
+        environment = function_environment(key_parameter=key, bucket=bucket)
         role = ensure_role(local.client("iam"), "breakable")
         ensure_function(local.client("lambda"), name, package_zip(), role, memory=1024,
                         timeout=timeout, environment=environment)  # fmt: skip
@@ -132,7 +134,7 @@ def test_missing_deleted_and_wrong_region_functions(local, own_function):
 
 def test_function_timeout_shorter_than_a_task(own_function):
     name, _ = own_function(timeout=3)  # headroom for a cold start on a loaded machine
-    cluster = LambdaCluster(function_name=name, retries=1, retry_backoff=0.01)
+    cluster = LambdaCluster(function_name=name, infra_retries=1, retry_backoff=0.01)
     with cluster, pytest.raises(LambdaFunctionError) as info:
         dask.delayed(tasks.slow)(1, 10).compute(scheduler=cluster)
     message = str(info.value)
@@ -149,7 +151,7 @@ def test_spilled_objects_are_encrypted(cluster, local):
     assert head["ServerSideEncryption"] == "AES256"
     cluster.store.delete(["dask-lambda/encryption-check"])
 
-    from dask_lambda.storage import S3Store
+    from dask_lambda.function.storage import S3Store
 
     s3 = local.client("s3")
     bucket = unique("kms")

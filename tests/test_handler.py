@@ -2,25 +2,48 @@
 
 from __future__ import annotations
 
+import ast
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
-from dask_lambda import protocol
+import dask_lambda.function
+from dask_lambda.function import protocol
+
+FUNCTION = Path(dask_lambda.function.__file__).parent
 
 
-def test_handler_imports_no_client_code():
+def test_function_subpackage_imports_nothing_client_side():
+    """Every module of dask_lambda.function, loaded on its own, loads no other dask_lambda module
+    (but the package's lazy __init__) and none of the client's libraries."""
+    modules = sorted(p.stem for p in FUNCTION.glob("*.py") if p.stem != "__init__")
     script = (
-        "import sys, dask_lambda.handler\n"
+        "import importlib, sys\n"
+        f"for name in {modules!r}: importlib.import_module('dask_lambda.function.' + name)\n"
         "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('distributed', 'click',"
-        " 'matplotlib', 'moto') or m.startswith(('dask_lambda.local', 'dask_lambda.cluster',"
-        " 'dask_lambda.scheduler', 'dask_lambda.cli', 'dask_lambda.executor')))\n"
+        " 'matplotlib', 'moto', 'flask', 'tqdm') or (m.startswith('dask_lambda.')"
+        " and not m.startswith('dask_lambda.function')))\n"
         "print(bad)\n"
     )
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
-    assert out.stdout.strip() == "[]", out.stderr
+    assert out.stdout.strip() == "[]", out.stdout + out.stderr
+
+
+def test_function_subpackage_names_nothing_outside_itself():
+    """Statically too: no import in dask_lambda.function reaches the rest of the package."""
+    for path in FUNCTION.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                target = "." * node.level + (node.module or "")
+                names = {alias.name for alias in node.names}
+                assert not target.startswith("dask_lambda"), (path.name, target)
+                assert node.level <= 1 or (target == ".." and names == {"__version__"}), (
+                    path.name, target, names)  # fmt: skip
+            elif isinstance(node, ast.Import):
+                assert not any(a.name.startswith("dask_lambda") for a in node.names), path.name
 
 
 def _invoke_raw(cluster, event) -> tuple[dict, dict]:

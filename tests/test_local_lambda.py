@@ -18,7 +18,7 @@ import pytest
 from botocore.config import Config
 from conftest import gone, handler_zip, unique, wait_until, zip_files
 
-from dask_lambda.local import LocalLambda
+from dask_lambda.emulator import LocalLambda
 
 
 def invoke(local, name, event=None, **kwargs):
@@ -342,7 +342,7 @@ def test_killed_owner_takes_the_server_and_runtimes_with_it():
         import json, sys, time
         sys.path.insert(0, {os.path.dirname(__file__)!r})
         from conftest import handler_zip
-        from dask_lambda.local import LocalLambda
+        from dask_lambda.emulator import LocalLambda
         server = LocalLambda().start()
         role = server.client("iam").create_role(RoleName="r", AssumeRolePolicyDocument="{{}}")
         lam = server.client("lambda")

@@ -191,12 +191,13 @@ def test_version_mismatch_is_refused(local, deploy, monkeypatch):
         monkeypatch.setenv(variable, value)
     bucket = "versions-test"
     local.client("s3").create_bucket(Bucket=bucket)
-    from dask_lambda.keys import ENV_VARIABLE, ensure_key
+    from dask_lambda.function.contract import KEY_PARAMETER
+    from dask_lambda.signing import create_key
 
     name = unique("old-versions")
-    key = ensure_key(local.client("ssm"), name)
+    key = create_key(local.client("ssm"), name)
     deploy("old_versions.lambda_handler", code=_old_versions_zip(), FunctionName=name,
-           Environment={"Variables": {ENV_VARIABLE: key}})  # fmt: skip
+           Environment={"Variables": {KEY_PARAMETER: key}})  # fmt: skip
     with pytest.raises(VersionMismatchError) as info:
         LambdaCluster(function_name=name, bucket=bucket)
     message = str(info.value)
@@ -208,7 +209,7 @@ def _old_versions_zip() -> bytes:
 
     source = textwrap.dedent(
         """
-        from dask_lambda import protocol
+        from dask_lambda.function import protocol
 
         def lambda_handler(event, context):
             versions = dict(protocol.versions(), dask="2020.1.0")
@@ -263,14 +264,14 @@ def test_config_and_environment_variables(monkeypatch):
 
 def test_crashing_runtime_is_retried_then_names_the_task(cluster):
     x = dask.delayed(tasks.crash)(1, dask_key_name="crashing-task")
-    before = cluster.invoker.stats.retries
+    before = cluster.invoker.stats.infra_retries
     with pytest.raises(LambdaFunctionError) as info:
         x.compute(scheduler=cluster)
     error = info.value
     assert error.error_type == "Runtime.ExitError"
-    assert error.attempts == cluster.retries + 1
+    assert error.attempts == cluster.infra_retries + 1
     assert "crashing-task" in str(error) and cluster.function_name in str(error)
-    assert cluster.invoker.stats.retries - before == cluster.retries
+    assert cluster.invoker.stats.infra_retries - before == cluster.infra_retries
     assert spill_objects(cluster) == []
 
 
@@ -281,11 +282,11 @@ def test_throttling_is_retried(cluster, monkeypatch):
     lam.put_function_concurrency(FunctionName=cluster.function_name, ReservedConcurrentExecutions=1)
     try:
         with LambdaCluster(
-            function_name=cluster.function_name, max_concurrency=4, max_tasks=1, retries=12
+            function_name=cluster.function_name, max_concurrency=4, max_tasks=1, infra_retries=12
         ) as throttled:
             roots = [dask.delayed(tasks.slow)(i, 0.05) for i in range(12)]
             assert dask.delayed(tasks.total)(*roots).compute(scheduler=throttled) == sum(range(12))
             assert throttled.last_report.throttles > 0
-            assert throttled.last_report.retries >= throttled.last_report.throttles
+            assert throttled.last_report.infra_retries >= throttled.last_report.throttles
     finally:
         lam.delete_function_concurrency(FunctionName=cluster.function_name)

@@ -22,10 +22,11 @@ import dask
 import pytest
 import tasks
 from conftest import cli, spill_objects, unique
-
-from dask_lambda import LambdaCluster, LambdaExecutor, LambdaFunctionError, protocol
 from dask_lambda.allowlist import RestrictedUnpickler
-from dask_lambda.protocol import MARKER, IntegrityError
+
+from dask_lambda import LambdaCluster, LambdaExecutor, LambdaFunctionError
+from dask_lambda.function import protocol
+from dask_lambda.function.protocol import MARKER, IntegrityError
 
 
 def _global_pickle(module: str, name: str, then: list[tuple[str, ...]]) -> bytes:
@@ -295,7 +296,7 @@ def test_base_exceptions_are_the_tasks_errors(cluster, tmp_path, kind, expected)
     if kind == "SystemExit(3)":
         assert info.value.code == 3
     assert Path(marker).read_text().count("ran") == 1  # not retried
-    assert cluster.last_report.retries == 0
+    assert cluster.last_report.infra_retries == 0
 
 
 def test_recursion_error_keeps_a_truncated_traceback(cluster):
@@ -320,7 +321,7 @@ def test_exception_whose_str_raises_keeps_its_type(cluster):
 
 # -- 7. clean deletes only what dask-lambda wrote ------------------------------------------------
 def test_clean_never_deletes_the_users_data(local, aws_env, bucket):
-    from dask_lambda.storage import S3Store
+    from dask_lambda.function.storage import S3Store
 
     s3 = local.client("s3")
     users = ["dask-lambda/user-data.csv", "data/other.csv", f"dask-lambda/{'a' * 16}/{'b' * 32}",

@@ -8,23 +8,19 @@ packaging limits are checked here, before moto sees the request.
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import io
 import threading
 import zipfile
 from pathlib import Path
 
+from ..build import code_sha256
+
 ZIP_UNPACKED_LIMIT = 262_144_000  # 250 MB, code and layers together
 
 
 class InvalidCode(ValueError):
     """The uploaded code is not something Lambda would accept."""
-
-
-def code_sha256(data: bytes) -> str:
-    """Lambda's ``CodeSha256``: the base64 SHA-256 of the zip."""
-    return base64.b64encode(hashlib.sha256(data).digest()).decode()
 
 
 class CodeStore:
@@ -36,7 +32,6 @@ class CodeStore:
         self._lock = threading.Lock()
         self._by_sha: dict[str, Path] = {}
         self._layers: dict[str, Path] = {}
-        self._unpacked_size: dict[Path, int] = {}
 
     def add(self, data: bytes) -> str:
         """Unpack a function or layer zip; return its ``CodeSha256``."""
@@ -61,7 +56,6 @@ class CodeStore:
                 partial.rename(target)
         with self._lock:
             self._by_sha[sha] = target
-            self._unpacked_size[target] = size
         return sha
 
     def code_dir(self, sha: str) -> Path | None:
@@ -82,8 +76,3 @@ class CodeStore:
                     dirs.append(str(folder / "python"))
                     dirs.append(str(folder))
         return tuple(dirs)
-
-    def unpacked_size(self, sha: str, layer_arns: list[str]) -> int:
-        with self._lock:
-            folders = [self._by_sha.get(sha)] + [self._layers.get(a) for a in layer_arns]
-            return sum(self._unpacked_size.get(f, 0) for f in folders if f is not None)

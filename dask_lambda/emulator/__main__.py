@@ -1,4 +1,4 @@
-"""``python -m dask_lambda.local``: serve the embedded local Lambda until told to stop.
+"""``python -m dask_lambda.emulator``: serve the embedded local Lambda until told to stop.
 
 Prints one JSON line (``{"endpoint_url": ..., "pid": ..., "workdir": ...}``) on stdout once it
 accepts requests.
@@ -19,7 +19,7 @@ from .server import LocalLambdaServer
 
 
 def serve(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m dask_lambda.local")
+    parser = argparse.ArgumentParser(prog="python -m dask_lambda.emulator")
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--concurrency-limit", type=int, default=1000)
     parser.add_argument("--idle-timeout", type=float, default=300.0)

@@ -1,6 +1,6 @@
 """The client's handle on an embedded local Lambda running in a child process.
 
-:class:`LocalLambda` starts ``python -m dask_lambda.local`` (see :mod:`.server`), waits until it
+:class:`LocalLambda` starts ``python -m dask_lambda.emulator`` (see :mod:`.server`), waits until it
 answers, and tells boto3 how to reach it. The server runs in its own process so that moto and the
 runtimes never compete with the client for its GIL, and it dies with the client: it watches its
 parent, and its runtimes are tied to it by ``PR_SET_PDEATHSIG``.
@@ -42,7 +42,7 @@ class LocalLambda:
     runtime_mode
         ``"process"`` (real ``awslambdaric`` runtime processes) or ``"thread"``: handlers run in
         threads of the server, to simulate hundreds of concurrent environments on a small
-        machine (see :class:`~dask_lambda.local.runtimes.ThreadRuntime`).
+        machine (see :class:`~dask_lambda.emulator.runtimes.ThreadRuntime`).
     seed
         Seed of the fault injection (:meth:`set_faults`), for repeatable runs.
     startup_timeout
@@ -85,7 +85,7 @@ class LocalLambda:
         stderr = tempfile.TemporaryFile()  # noqa: SIM115 - closed by _stop
         proc = subprocess.Popen(
             [
-                *(sys.executable, "-m", "dask_lambda.local", "--port", str(self.port)),
+                *(sys.executable, "-m", "dask_lambda.emulator", "--port", str(self.port)),
                 *("--concurrency-limit", str(self.concurrency_limit)),
                 *("--idle-timeout", str(self.idle_timeout), "--parent-pid", str(os.getpid())),
                 *("--runtime-mode", self.runtime_mode),
@@ -146,7 +146,7 @@ class LocalLambda:
 
         Settings: ``throttle_rate``, ``crash_rate``, ``oom_rate``, ``timeout_rate``,
         ``s3_error_rate``, ``invoke_latency_ms``, ``cold_start_ms``
-        (see :mod:`dask_lambda.local.faults`).
+        (see :mod:`dask_lambda.emulator.faults`).
         """
         return self._admin("faults", {"function": function, **settings})
 

@@ -4,14 +4,14 @@ One WSGI application on 127.0.0.1 answers every AWS API the product uses. Reques
 the service named in their SigV4 ``Authorization`` header, as AWS's endpoints would be:
 
 - ``lambda`` ``POST .../functions/{name}/invocations`` is answered by
-  :class:`~dask_lambda.local.invoke.InvokeService`, which runs the function's deployed code in
+  :class:`~dask_lambda.emulator.invoke.InvokeService`, which runs the function's deployed code in
   ``awslambdaric`` runtime processes (moto cannot run code without Docker);
 - ``lambda`` ``CreateFunction``, ``UpdateFunctionCode`` and ``PublishLayerVersion`` pass through
-  moto, and their zips are recorded in the :class:`~dask_lambda.local.code_store.CodeStore` on
+  moto, and their zips are recorded in the :class:`~dask_lambda.emulator.code_store.CodeStore` on
   the way; every other write to a function drops its cached spec;
 - everything else (S3, IAM, the rest of Lambda's API, ``/moto-api``) is moto's public server app.
 
-A function's :class:`~dask_lambda.local.runtimes.FunctionSpec` is read through moto's own
+A function's :class:`~dask_lambda.emulator.runtimes.FunctionSpec` is read through moto's own
 ``GetFunction`` and ``GetFunctionConcurrency`` and cached until the next write to that function.
 """
 

@@ -10,16 +10,16 @@ Event (the JSON document sent to ``Invoke``)
     event is refused with a :class:`ProtocolError` that says what the function expected.
 
 Signature
-    ``S = hex(HMAC-SHA256(key, b"2.<T>." + SHA256(payload bytes) + R))`` with the key the client
-    and the function share (:mod:`.keys`); ``T`` is a Unix time after which the event is refused;
-    ``R`` is empty for an inline payload and the canonical JSON of ``payload_ref`` otherwise, so
-    the reference, its size and its digest are signed too. The handler checks the signature before
-    it reads or unpickles anything: an unsigned reference is never fetched, and a signed one is
-    fetched only from the function's own bucket and prefix, only if S3 reports the signed size
-    (and that size is within a quarter of the function's memory), and is unpickled only if its
-    SHA-256 matches. Being allowed to invoke the function is not enough to make it run code, and
-    a captured event stops working when it expires. Responses are not signed: they come back over
-    Lambda's authenticated API.
+    ``S = hex(HMAC-SHA256(key, b"2.<T>." + SHA256(payload bytes) + R))`` with the key the client and
+    the function share (:mod:`.contract`); ``T`` is a Unix time after which the event is refused;
+    ``R`` is empty for an inline payload and the canonical JSON of ``payload_ref`` otherwise, so the
+    reference, its size and its digest are signed too. The handler checks the signature before it
+    reads or unpickles anything: an unsigned reference is never fetched, and a signed one is fetched
+    only from the function's own bucket and prefix, only if S3 reports the signed size (and that
+    size is within a quarter of the function's memory), and is unpickled only if its SHA-256
+    matches. Being allowed to invoke the function is not enough to make it run code, and a captured
+    event stops working when it expires. Responses are not signed: they come back over Lambda's
+    authenticated API.
 
 Integrity of what travels through S3
     Whoever can write the spill bucket cannot sign. So every object dask-lambda reads back is
@@ -111,6 +111,42 @@ class Stored(NamedTuple):
     name: str
     nbytes: int
     sha256: str
+
+
+class Result(NamedTuple):
+    """One requested key's outcome in a response (a msgpack list on the wire)."""
+
+    status: str  # "ok", "error" or "skipped" (a dependency failed)
+    where: str | None  # "inline" or "s3"
+    data: bytes | str | None  # the pickled value, or the object's name
+    nbytes: int
+    sha256: str | None  # of a stored object
+
+    def location(self) -> Inline | Stored:
+        """Where the value is: :class:`Inline` bytes or a :class:`Stored` object."""
+        if self.where == "inline":
+            return Inline(self.data)
+        return Stored(self.data, self.nbytes, self.sha256)
+
+
+def run_request(
+    spec: bytes,
+    bucket: str,
+    prefix: str,
+    inline_limit: int,
+    response_limit: int,
+    max_object_bytes: int | None = None,
+    kms_key_id: str | None = None,
+) -> dict[str, Any]:
+    """The ``run`` request for a pickled :class:`BatchSpec` (see the module docstring)."""
+    return {
+        "op": "run",
+        "spec": spec,
+        "store": {"bucket": bucket, "prefix": prefix, "kms_key_id": kms_key_id},
+        "inline_limit": inline_limit,
+        "response_limit": response_limit,
+        "max_object_bytes": max_object_bytes,
+    }
 
 
 @dataclass
@@ -288,7 +324,7 @@ def versions() -> dict[str, str]:
     import cloudpickle
     import dask
 
-    from . import __version__
+    from .. import __version__
 
     return {
         "python": ".".join(platform.python_version_tuple()[:2]),

@@ -1,10 +1,10 @@
-"""The signing key a function and its clients share, kept in SSM Parameter Store.
+"""The signing key a function and its clients share, kept in SSM Parameter Store (client side).
 
 Every dask-lambda function has a 256-bit key in a ``SecureString`` parameter
 (``/dask-lambda/<function>/signing-key``) named by its ``DASK_LAMBDA_KEY_PARAMETER`` environment
-variable. Clients read it with their own AWS credentials; the function's role may read only its
-own parameter. The key never travels in an event: events carry an HMAC made with it (see
-:mod:`.protocol`).
+variable (:mod:`.function.contract`). Clients read it with their own AWS credentials; the
+function's role may read only its own parameter. The key never travels in an event: events carry
+an HMAC made with it (see :mod:`.function.protocol`).
 """
 
 from __future__ import annotations
@@ -12,16 +12,14 @@ from __future__ import annotations
 import secrets
 from typing import Any
 
-ENV_VARIABLE = "DASK_LAMBDA_KEY_PARAMETER"
+from .function.contract import key_parameter_name, read_key
+
+__all__ = ["create_key", "delete_key", "read_key"]
 
 
-def parameter_name(function_name: str) -> str:
-    return f"/dask-lambda/{function_name}/signing-key"
-
-
-def ensure_key(ssm: Any, function_name: str) -> str:
+def create_key(ssm: Any, function_name: str) -> str:
     """Create the function's key if it has none; return the parameter's name."""
-    name = parameter_name(function_name)
+    name = key_parameter_name(function_name)
     try:
         ssm.put_parameter(
             Name=name,
@@ -35,15 +33,9 @@ def ensure_key(ssm: Any, function_name: str) -> str:
     return name
 
 
-def fetch_key(ssm: Any, name: str) -> bytes:
-    """The key stored in parameter ``name``."""
-    value = ssm.get_parameter(Name=name, WithDecryption=True)["Parameter"]["Value"]
-    return bytes.fromhex(value)
-
-
 def delete_key(ssm: Any, function_name: str) -> bool:
     try:
-        ssm.delete_parameter(Name=parameter_name(function_name))
+        ssm.delete_parameter(Name=key_parameter_name(function_name))
     except ssm.exceptions.ParameterNotFound:
         return False
     return True

@@ -1,8 +1,8 @@
 """``Invoke`` as Lambda does it: limits, invocation types, errors, throttling and log tails.
 
 The front door hands every ``POST /2015-03-31/functions/{name}/invocations`` here with the
-function's current :class:`~dask_lambda.local.runtimes.FunctionSpec`. What the caller sees is what
-AWS answers (botocore parses both the same way):
+function's current :class:`~dask_lambda.emulator.runtimes.FunctionSpec`. What the caller sees is
+what AWS answers (botocore parses both the same way):
 
 - request over 6 MB (1 MB for ``Event``): 413 ``RequestEntityTooLargeException``;
 - a payload that is not JSON: 400 ``InvalidRequestContentException``;
@@ -134,8 +134,8 @@ class InvokeService:
                 time.sleep(injected.cold_start_ms / 1000)
         inv = Invocation(payload=payload, function_arn=spec.arn, timeout_s=spec.timeout_s)
         inv.doomed = fault is not None
-        start_line = f"START RequestId: {inv.request_id} Version: $LATEST"
-        self.runtimes.record_log(spec.name, runtime.log_stream, start_line)
+        inv.log_lines.append(f"START RequestId: {inv.request_id} Version: $LATEST")
+        self.runtimes.record_log(spec.name, runtime.log_stream, inv.log_lines[0])
         try:
             runtime.assign(inv)
             if fault is not None:
@@ -186,8 +186,7 @@ class InvokeService:
         )
         if cold and inv.init_duration_ms is not None:
             report += f"Init Duration: {inv.init_duration_ms:.2f} ms\t"
-        inv.log_lines[:0] = [f"START RequestId: {rid} Version: $LATEST"]  # recorded at start
-        inv.log_lines += [f"END RequestId: {rid}", report]
+        inv.log_lines += [f"END RequestId: {rid}", report]  # START was recorded at the start
         for line in inv.log_lines[-2:]:
             self.runtimes.record_log(spec.name, stream, line)
 

@@ -1,9 +1,8 @@
-"""The Lambda entry point: ``dask_lambda.handler.lambda_handler``.
+"""The Lambda entry point: ``dask_lambda.function.handler.lambda_handler``.
 
-Runs on the Lambda side only and imports nothing of the client (no scheduler, cluster, CLI,
-``distributed`` or the local Lambda): just :mod:`.protocol`, :mod:`.storage`, :mod:`.allowlist`
-and :mod:`.error_report`. boto3 is imported on first use of S3, so a batch with only inline data
-never pays for it.
+Runs on the Lambda side only and imports nothing outside :mod:`dask_lambda.function` (no
+scheduler, cluster, CLI, emulator or ``distributed``; a test enforces it). boto3 is imported on
+first use of S3 or SSM, so a batch with only inline data never pays for it.
 
 Every event must be signed with the function's key (:mod:`.protocol`), checked before anything is
 read or unpickled; a spilled request is fetched only from the function's own bucket and prefix,
@@ -15,7 +14,7 @@ chosen on the client by ``dask.order``), frees each intermediate value once its 
 the batch has run, and returns every requested result inline or, past the inline limit or the
 response budget, as an S3 reference it wrote itself, with its digest. A failing task fails only
 the tasks that depend on it; its exception travels back with its traceback
-(:mod:`.error_report`), whatever it derives from: ``SystemExit`` and ``KeyboardInterrupt`` raised
+(:mod:`.errors`), whatever it derives from: ``SystemExit`` and ``KeyboardInterrupt`` raised
 by a task are that task's errors, while a real interrupt of the runtime still ends it.
 """
 
@@ -33,18 +32,15 @@ from typing import Any
 
 import cloudpickle
 
-from . import allowlist, protocol
-from .error_report import RESERVED, ErrorBudget, error_info
+from . import allowlist, contract, protocol
+from .errors import RESERVED, ErrorBudget, error_info
 from .storage import S3Store, object_name
 
-KEY_VARIABLE = "DASK_LAMBDA_KEY_PARAMETER"  # see dask_lambda.keys (client side)
-BUCKET_VARIABLE = "DASK_LAMBDA_BUCKET"
-PREFIX_VARIABLE = "DASK_LAMBDA_PREFIX"
 _state: dict[str, Any] = {"cold": True, "pool": None, "runtime_id": uuid.uuid4().hex[:12]}
 
 
 def lambda_handler(event: dict, context: Any) -> dict:
-    """Run one dask-lambda request; see :mod:`dask_lambda.protocol`."""
+    """Run one dask-lambda request; see :mod:`dask_lambda.function.protocol`."""
     started = time.perf_counter()
     cold, _state["cold"] = _state["cold"], False
     if cold:
@@ -86,7 +82,7 @@ def _watch_interrupts() -> None:
 
 def _fetch_payload(ref: dict) -> bytes:
     """Read a signed ``payload_ref``: own bucket and prefix only, signed size within the limit."""
-    bucket, prefix = os.environ.get(BUCKET_VARIABLE), os.environ.get(PREFIX_VARIABLE)
+    bucket, prefix = os.environ.get(contract.BUCKET), os.environ.get(contract.PREFIX)
     if bucket and ref["bucket"] != bucket:
         raise protocol.ProtocolError(
             f"Refused a payload_ref in bucket {ref['bucket']!r}: this function reads requests"
@@ -115,23 +111,22 @@ def _fetch_payload(ref: dict) -> bytes:
 def _signing_key() -> bytes:
     """The function's key, read once per runtime from the SSM parameter its environment names."""
     if "key" not in _state:
-        name = os.environ.get(KEY_VARIABLE)
+        name = os.environ.get(contract.KEY_PARAMETER)
         if not name:
             raise protocol.SignatureError(
-                f"This function has no signing key ({KEY_VARIABLE} is not set), so it runs"
-                " nothing. Deploy it with `dask-lambda deploy`, which creates one."
+                f"This function has no signing key ({contract.KEY_PARAMETER} is not set), so it"
+                " runs nothing. Deploy it with `dask-lambda deploy`, which creates one."
             )
         import boto3
 
-        value = boto3.client("ssm").get_parameter(Name=name, WithDecryption=True)
-        _state["key"] = bytes.fromhex(value["Parameter"]["Value"])
+        _state["key"] = contract.read_key(boto3.client("ssm"), name)
     return _state["key"]
 
 
 def _loads(data: bytes) -> Any:
     """Unpickle; through the allowlist when the function has one (see :mod:`.allowlist`)."""
     if "allowed" not in _state:
-        _state["allowed"] = allowlist.parse(os.environ.get(allowlist.ENV_VARIABLE))
+        _state["allowed"] = allowlist.parse(os.environ.get(contract.ALLOWED))
     if _state["allowed"]:
         return allowlist.loads(data, _state["allowed"])
     return cloudpickle.loads(data)

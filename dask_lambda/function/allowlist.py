@@ -1,7 +1,7 @@
 """Restricting a deployed function to named module functions (for locked-down deployments).
 
 A function deployed with ``--allow module.function`` (or ``module.*``) gets
-``DASK_LAMBDA_ALLOWED``; its handler then unpickles batches and their inputs with
+``DASK_LAMBDA_ALLOWED`` (:mod:`.contract`); its handler then unpickles batches and their inputs with
 :class:`RestrictedUnpickler`. Unpickling is where pickles run code, so the check happens there:
 every global a pickle names must be an allowed function, or one of the few data types and
 dask structures a batch is made of. Code pickled by value (lambdas, ``__main__`` functions,
@@ -22,8 +22,6 @@ from __future__ import annotations
 import io
 import pickle
 from typing import Any
-
-ENV_VARIABLE = "DASK_LAMBDA_ALLOWED"
 
 _NUMPY_SCALARS = {
     "bool", "bool_", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64",
@@ -47,7 +45,7 @@ STRUCTURE: dict[str, frozenset[str]] = {
         "dask._task_spec": {
             "Task", "DataNode", "Alias", "TaskRef", "List", "Tuple", "Set", "Dict", "GraphNode",
         },
-        "dask_lambda.protocol": {"BatchSpec", "Inline", "Stored"},
+        "dask_lambda.function.protocol": {"BatchSpec", "Inline", "Stored"},
         "numpy": {"ndarray", "dtype", *_NUMPY_SCALARS},
         "numpy.core.multiarray": {"_reconstruct", "scalar"},
         "numpy._core.multiarray": {"_reconstruct", "scalar"},

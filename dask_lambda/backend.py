@@ -1,0 +1,110 @@
+"""What the scheduler and the executor run on: a frozen :class:`Backend` and its :class:`Settings`.
+
+:class:`~dask_lambda.cluster.LambdaCluster` owns the function, the bucket and their lifecycle;
+when it starts it builds one :class:`Backend` — the function's name, memory, architecture and
+timeout, the invoker, the spill store, the invocation pool, the scheduling settings and the spill
+prefix — and hands that, not itself, to :mod:`.scheduler` and :mod:`.executor`. So imports flow
+one way (cluster → scheduler → backend) and nothing below the cluster can reach back into it.
+
+:func:`settings_from_config` reads every scheduling setting from ``lambda.yaml`` / dask.config
+in one loop, each overridable by an argument (dask's ``override_with``).
+"""
+
+from __future__ import annotations
+
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+from . import config
+from .function.storage import S3Store
+from .invoker import Invoker
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Scheduling settings of a cluster (each documented in ``lambda.yaml``)."""
+
+    max_concurrency: int
+    max_tasks: int
+    max_bytes: int
+    per_slot: int
+    inline_limit: int
+    max_object_bytes: int
+    kms_key_id: str | None
+    task_retries: int
+    speculation: bool
+    speculation_multiplier: float
+    speculation_min_seconds: float
+
+
+# Settings field -> its lambda.yaml key.
+SETTING_KEYS = {
+    "max_concurrency": "max-concurrency",
+    "max_tasks": "batch.max-tasks",
+    "max_bytes": "batch.max-bytes",
+    "per_slot": "batch.per-slot",
+    "inline_limit": "spill.inline-limit",
+    "max_object_bytes": "spill.max-object-bytes",
+    "kms_key_id": "spill.kms-key-id",
+    "task_retries": "task-retries",
+    "speculation": "speculation.enabled",
+    "speculation_multiplier": "speculation.multiplier",
+    "speculation_min_seconds": "speculation.min-seconds",
+}
+_CONVERT = {"int": int, "float": float, "bool": bool}
+
+
+def settings_from_config(**overrides: Any) -> Settings:
+    """:class:`Settings` from dask.config, with ``overrides`` (not None) taking precedence."""
+    values = {}
+    for spec in fields(Settings):
+        value = config.setting(SETTING_KEYS[spec.name], override_with=overrides.get(spec.name))
+        convert = _CONVERT.get(str(spec.type))
+        values[spec.name] = convert(value) if convert is not None and value is not None else value
+    if values["max_concurrency"] < 1:
+        raise ValueError(f"max_concurrency must be at least 1, got {values['max_concurrency']}")
+    return Settings(**values)
+
+
+@dataclass(frozen=True)
+class Backend:
+    """A running function and everything needed to send it batches.
+
+    Attributes
+    ----------
+    function_name, memory_mb, architecture, timeout
+        The function as Lambda describes it.
+    invoker, store, pool
+        Sends batches (:class:`~.invoker.Invoker`), holds spilled data (S3), runs invocations.
+    settings, prefix
+        Scheduling settings; the S3 prefix every compute writes under.
+    """
+
+    function_name: str
+    memory_mb: int
+    architecture: str
+    timeout: int
+    invoker: Invoker
+    store: S3Store
+    pool: ThreadPoolExecutor
+    settings: Settings
+    prefix: str
+    late_cleanups: list[threading.Thread] = field(default_factory=list, compare=False)
+
+    def clean_after(self, futures: list[Future], prefix: str) -> None:
+        """Once ``futures`` (invocations nobody waits for) end, delete ``prefix`` again."""
+
+        def clean() -> None:
+            wait(futures, timeout=self.timeout + 120)
+            self.store.delete_prefix(prefix)
+
+        thread = threading.Thread(target=clean, daemon=True, name="dask-lambda-late-cleanup")
+        thread.start()
+        self.late_cleanups.append(thread)
+
+    def join_cleanups(self) -> None:
+        """Wait for every :meth:`clean_after` to finish."""
+        for thread in self.late_cleanups:
+            thread.join()

@@ -1,0 +1,90 @@
+"""One batch, start to end: pickle it, build the request, invoke, read the response, fetch values.
+
+The single path the scheduler (:mod:`.scheduler`), the executor (:mod:`.executor`) and through it
+the pool send work by. :func:`invoke` returns a :class:`BatchResponse` whose results are
+:class:`~.function.protocol.Result` tuples and whose errors are indexed by task; what to do with a
+task's error (raise it, retry, fail one future) is the caller's choice. :func:`fetch_value`
+downloads a value the function left in S3, checked against the size and SHA-256 the function
+reported (:class:`~.function.protocol.IntegrityError` otherwise), and unpickles it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import cloudpickle
+
+from .backend import Backend
+from .function import protocol
+from .function.protocol import BatchSpec, Inline, Result, Stored
+from .function.storage import S3Store
+from .invoker import InvokeStats
+
+RESPONSE_BUDGET = 4_000_000  # raw bytes of a response (6 MB after base64)
+
+
+@dataclass
+class BatchResponse:
+    """A decoded ``run`` response (see :mod:`.function.protocol`)."""
+
+    results: list[Result]
+    errors: dict[int, dict]  # task index -> error entry
+    stats: dict
+    fatal: dict | None = None  # the batch could not be loaded at all
+
+
+def pickle_spec(spec: BatchSpec) -> bytes:
+    """The pickled batch, or a ``TypeError`` naming the first task and the fix."""
+    try:
+        return cloudpickle.dumps(spec, protocol=5)
+    except Exception as e:
+        raise TypeError(
+            f"Could not serialize task {spec.keys[0]!r} for Lambda: {e}. Tasks must be"
+            " picklable: use module-level functions and picklable arguments (no open files,"
+            " locks or sockets)."
+        ) from e
+
+
+def invoke(
+    backend: Backend,
+    spec_bytes: bytes,
+    keys: list,
+    payload_prefix: str,
+    stats: InvokeStats | None = None,
+    prefix: str | None = None,
+) -> BatchResponse:
+    """Run one pickled batch on the backend's function.
+
+    Infrastructure failures are retried by the invoker; a task's own errors come back in the
+    response. Results the function spills go under ``prefix`` (the backend's by default), an
+    oversized request under ``payload_prefix``.
+    """
+    settings = backend.settings
+    request = protocol.run_request(
+        spec_bytes,
+        bucket=backend.store.bucket,
+        prefix=prefix or backend.prefix,
+        inline_limit=settings.inline_limit,
+        response_limit=RESPONSE_BUDGET,
+        max_object_bytes=settings.max_object_bytes,
+        kms_key_id=settings.kms_key_id,
+    )
+    response = backend.invoker.call(
+        request, task_keys=keys, stats=stats, payload_prefix=payload_prefix
+    )
+    if "fatal" in response:
+        return BatchResponse([], {}, response.get("stats", {}), fatal=response["fatal"])
+    return BatchResponse(
+        results=[Result(*entry) for entry in response["results"]],
+        errors={error["index"]: error for error in response["errors"]},
+        stats=response.get("stats", {}),
+    )
+
+
+def fetch_value(store: S3Store, where: Inline | Stored) -> tuple[Any, int]:
+    """``(value, bytes downloaded)`` for an inline or stored result."""
+    if isinstance(where, Inline):
+        return cloudpickle.loads(where.data), 0
+    data = store.get(where.name, expected=where)
+    return cloudpickle.loads(data), len(data)

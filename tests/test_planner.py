@@ -1,0 +1,105 @@
+"""GraphState, the planner's bookkeeping, on its own: no Lambda, no I/O."""
+
+from __future__ import annotations
+
+import operator
+
+import pytest
+from dask._task_spec import Alias, Task, TaskRef
+
+from dask_lambda.planner import GraphState
+
+
+def inc(x):
+    return x + 1
+
+
+def chain(name: str, length: int) -> dict:
+    graph = {f"{name}0": Task(f"{name}0", inc, 0)}
+    for i in range(1, length):
+        graph[f"{name}{i}"] = Task(f"{name}{i}", inc, TaskRef(f"{name}{i - 1}"))
+    return graph
+
+
+def roots(n: int) -> dict:
+    return {f"r{i}": Task(f"r{i}", inc, i) for i in range(n)}
+
+
+def test_a_wave_of_ready_tasks_is_spread_over_the_free_slots():
+    state = GraphState(roots(10), [f"r{i}" for i in range(10)])
+    sizes = []
+    while (batch := state.next_batch(4 - len(sizes), 1000, 10**9, lambda k: 0)) is not None:
+        sizes.append(len(batch.keys))
+    assert sizes == [3, 3, 2, 2]  # ceil(ready / free slots), recomputed per batch
+    assert state.state["running"] == {f"r{i}" for i in range(10)}
+
+
+def test_max_tasks_caps_a_batch_and_no_slot_means_no_batch():
+    state = GraphState(roots(10), [f"r{i}" for i in range(10)])
+    assert state.next_batch(0, 1000, 10**9, lambda k: 0) is None
+    batch = state.next_batch(1, 4, 10**9, lambda k: 0)
+    assert len(batch.keys) == 4
+
+
+def test_a_chain_is_fused_into_one_batch_and_only_its_end_is_returned():
+    state = GraphState(chain("c", 5), ["c4"])
+    batch = state.next_batch(2, 1000, 10**9, lambda k: 0)
+    assert batch.keys == ["c0", "c1", "c2", "c3", "c4"]
+    assert batch.outputs == ["c4"] and batch.inputs == []
+    state.finish(batch.keys)
+    assert state.complete
+
+
+def test_outputs_are_what_something_outside_the_batch_needs():
+    graph = {**roots(2), "sum": Task("sum", operator.add, TaskRef("r0"), TaskRef("r1"))}
+    state = GraphState(graph, ["sum"])
+    first = state.next_batch(2, 1000, 10**9, lambda k: 0)
+    second = state.next_batch(1, 1000, 10**9, lambda k: 0)
+    # "sum" waits for the other root, so it is not fused: each root is returned
+    assert sorted([first.keys, second.keys]) == [["r0"], ["r1"]]
+    assert first.outputs == first.keys and second.outputs == second.keys
+    state.finish(first.keys)
+    state.finish(second.keys)
+    third = state.next_batch(1, 1000, 10**9, lambda k: 0)
+    assert third.keys == ["sum"] and third.inputs == ["r0", "r1"]
+    assert state.releasable("r0") is False  # "sum" is running, not finished
+    state.finish(third.keys)
+    assert state.releasable("r0") and not state.releasable("sum")  # sum is requested
+
+
+def test_inline_input_bytes_cap_a_batch_after_its_first_task():
+    graph = {f"t{i}": Task(f"t{i}", inc, TaskRef(f"in{i}")) for i in range(4)}
+    state = GraphState(graph, list(graph), done=[f"in{i}" for i in range(4)])
+    batch = state.next_batch(1, 1000, 250, lambda key: 100)
+    assert len(batch.keys) == 2  # 100 + 100 fit under 250, a third would not
+    alone = GraphState(graph, list(graph), done=[f"in{i}" for i in range(4)])
+    assert len(alone.next_batch(1, 1000, 50, lambda key: 100).keys) == 1  # never empty
+
+
+def test_aliases_finish_on_the_client():
+    graph = {**chain("c", 2), "alias": Alias("alias", "c1")}
+    state = GraphState(graph, ["alias"])
+    batch = state.next_batch(1, 1000, 10**9, lambda k: 0)
+    assert "alias" in batch.keys  # fused with its target when it can be
+    graph = {**roots(1), "alias": Alias("alias", "r0")}
+    state = GraphState(graph, ["alias"])
+    state.finish(state.next_batch(1, 1, 10**9, lambda k: 0).keys[:1])
+    assert state.pop_ready_aliases() in ([], ["alias"])
+
+
+def test_values_known_up_front_count_as_finished():
+    graph = {"y": Task("y", inc, TaskRef("x"))}
+    state = GraphState(graph, ["y"], done=["x"])
+    assert [k for _, k in state.state["ready"]] == ["y"]
+    assert "x" in state.state["finished"]
+
+
+def test_a_missing_dependency_is_dasks_value_error():
+    with pytest.raises(ValueError, match="Missing dependency x for dependents"):
+        GraphState({"y": Task("y", inc, TaskRef("x"))}, ["y"])
+
+
+def test_state_has_the_fields_dask_callbacks_read():
+    state = GraphState(chain("c", 3), ["c2"])
+    assert {"ready", "waiting", "running", "finished", "cache"} <= set(state.state)
+    assert state.state["waiting"] == {"c1": 1, "c2": 1}
