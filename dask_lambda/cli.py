@@ -370,7 +370,7 @@ def info(aws, name: str) -> None:
     parameter = variables.get(contract.KEY_PARAMETER)
     key = contract.read_key(aws.client("ssm"), parameter) if parameter else None
     invoker = Invoker(name, lambda cfg: aws.client("lambda", cfg), 1,
-                      configuration.get("Timeout", 60), store=None, retries=1,
+                      configuration.get("Timeout", 60), store=None, infra_retries=1,
                       signing_key=key)  # fmt: skip
     response = invoker.call({"op": "ping"})
     remote, stats = response.get("versions", {}), response.get("stats", {})

@@ -137,3 +137,49 @@ def test_unknown_operation(cluster):
     )
     response, body = _invoke_raw(cluster, event)
     assert "Unknown dask-lambda operation" in body["errorMessage"]
+
+
+def test_the_package_import_graph_has_no_cycle():
+    """Every import inside dask_lambda (lazy ones too, not TYPE_CHECKING ones) flows one way."""
+    package = FUNCTION.parent
+    graph: dict[str, set[str]] = {}
+    for path in package.rglob("*.py"):
+        parts = path.relative_to(package.parent).with_suffix("").parts
+        name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+        is_package = path.name == "__init__.py"
+        tree = ast.parse(path.read_text())
+        skipped = {
+            id(n)
+            for node in ast.walk(tree)
+            if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test)
+            for n in ast.walk(node)
+        }
+        edges = graph.setdefault(name, set())
+        for node in ast.walk(tree):
+            if id(node) in skipped or not isinstance(node, ast.ImportFrom) or not node.level:
+                continue
+            base = name.split(".") if is_package else name.split(".")[:-1]
+            base = base[: len(base) - (node.level - 1)]
+            target = ".".join(base + ([node.module] if node.module else []))
+            for alias in node.names:  # "from . import x" may name a module
+                candidate = f"{target}.{alias.name}"
+                edges.add(candidate if (package.parent / candidate.replace(".", "/")).with_suffix(
+                    ".py").exists() else target)  # fmt: skip
+    edges_of = {k: {t for t in v if t in graph and t != k and not k.startswith(t + ".")}
+                for k, v in graph.items()}  # fmt: skip
+    visiting, done = [], set()
+
+    def visit(node):
+        assert node not in visiting, " -> ".join([*visiting[visiting.index(node) :], node])
+        if node in done:
+            return
+        visiting.append(node)
+        for target in sorted(edges_of[node]):
+            visit(target)
+        visiting.pop()
+        done.add(node)
+
+    for module in sorted(graph):
+        visit(module)
+    assert "dask_lambda.scheduler" not in str(edges_of["dask_lambda.backend"])
+    assert "dask_lambda.cluster" not in edges_of["dask_lambda.scheduler"]
