@@ -22,10 +22,10 @@ import dask
 import pytest
 import tasks
 from conftest import cli, spill_objects, unique
-from dask_lambda.function.allowlist import RestrictedUnpickler
 
 from dask_lambda import LambdaCluster, LambdaExecutor, LambdaFunctionError
 from dask_lambda.function import protocol
+from dask_lambda.function.allowlist import RestrictedUnpickler
 from dask_lambda.function.protocol import MARKER, IntegrityError
 
 
