@@ -25,6 +25,7 @@ The loop (:class:`Compute`):
 
 from __future__ import annotations
 
+import collections
 import functools
 import statistics
 import time
@@ -34,7 +35,8 @@ from concurrent.futures import FIRST_COMPLETED, Future, wait
 from typing import Any, NamedTuple
 
 import cloudpickle
-from dask._task_spec import DataNode, Task, convert_legacy_graph
+import numpy as np
+from dask._task_spec import DataNode, Task, TaskRef, convert_legacy_graph
 from dask.callbacks import local_callbacks, unpack_callbacks
 from dask.core import flatten
 from dask.local import nested_get
@@ -92,18 +94,36 @@ def _shuffles_on_local_disk(func: Any) -> bool:
     )
 
 
-def refuse_local_disk_shuffle(dsk: Mapping) -> None:
-    """Raise ``ValueError`` for a graph that shuffles through a ``partd`` folder on local disk.
+_STORE_FUNCTIONS = {("dask.array.core", "load_store_chunk"), ("dask.array.core", "store_chunk")}
 
-    A disk shuffle writes every partition to one process's ``/tmp`` and reads it back in later
-    tasks; on Lambda every execution environment has its own ``/tmp``, so it would silently lose
-    data. Graphs built while a cluster runs use the task-based shuffle (see
-    :class:`~.cluster.LambdaCluster`); one built otherwise is refused here, before anything runs.
+
+def _stores_into_client_memory(task: Task, dsk: Mapping) -> bool:
+    """``da.store(x, target)`` whose target is a numpy array (or memmap) of this process."""
+    func = task.func
+    if (getattr(func, "__module__", None), getattr(func, "__name__", None)) not in _STORE_FUNCTIONS:
+        return False
+    target = task.args[1] if len(task.args) > 1 else None
+    if isinstance(target, TaskRef):
+        target = dsk.get(target.key)
+    if isinstance(target, DataNode):
+        target = target.value
+    return isinstance(target, np.ndarray)
+
+
+def refuse_what_cannot_run_remotely(dsk: Mapping) -> None:
+    """Raise ``ValueError`` for a graph that only works inside one process, before anything runs.
+
+    - A shuffle through a ``partd`` folder on local disk writes every partition to one process's
+      ``/tmp`` and reads it back in later tasks; on Lambda every execution environment has its own
+      ``/tmp``, so it would silently lose data. Graphs built while a cluster runs use the
+      task-based shuffle (see :class:`~.cluster.LambdaCluster`).
+    - ``da.store`` into a numpy array or memmap of this process: each task would write into its
+      own copy in Lambda and the target would silently stay as it was.
     """
     for key, node in dsk.items():
-        stack = [node]
-        while stack:
-            task = stack.pop()
+        stack = [(node, dsk)]
+        while stack:  # the node, its nested tasks, and fused subgraphs (dicts of nodes)
+            task, graph = stack.pop()
             if not isinstance(task, Task):
                 continue
             if _shuffles_on_local_disk(task.func):
@@ -115,7 +135,19 @@ def refuse_local_disk_shuffle(dsk: Mapping) -> None:
                     " dask.config.set({'dataframe.shuffle.method': 'tasks'}) before building it."
                     " A running LambdaCluster makes 'tasks' the default."
                 )
-            stack.extend(a for a in task.args if isinstance(a, Task))
+            if _stores_into_client_memory(task, graph):
+                raise ValueError(
+                    f"Task {key!r} stores into a numpy array (or memmap) of this process, which"
+                    " tasks running in Lambda cannot write to: the target would silently stay as"
+                    " it was. Store into remote storage (e.g. zarr on S3) instead, or compute and"
+                    " assign here: target[...] = x.compute()."
+                )
+            for arg in task.args:
+                if isinstance(arg, Task):
+                    stack.append((arg, graph))
+                elif isinstance(arg, dict):
+                    inner = collections.ChainMap(arg, graph)
+                    stack.extend((n, inner) for n in arg.values() if isinstance(n, Task))
 
 
 class _InFlight:
@@ -194,7 +226,7 @@ class Compute:
         if not isinstance(dsk, Mapping):
             dsk = dsk.__dask_graph__()
         dsk = convert_legacy_graph(ensure_dict(dsk))
-        refuse_local_disk_shuffle(dsk)
+        refuse_what_cannot_run_remotely(dsk)
         settings = backend.settings
         self.backend = backend
         self.dsk = dsk

@@ -119,3 +119,18 @@ def test_dask_suites_fast_slice_passes_through_lambda():
     assert {row[0] for row in rows} == {"bag", "delayed", "local"}
     for row in rows:
         assert int(row[2]) > 0 and int(row[8]) > 0  # passed tests, Lambda invocations
+
+
+def test_store_into_a_local_array_is_refused(cluster, tmp_path):
+    """da.store into a numpy array or memmap of this process cannot be written from Lambda
+    (dask's test_memmap found the target silently left as it was)."""
+    import dask.array as da
+    import numpy as np
+
+    x = da.arange(100, chunks=15)
+    for target in (np.zeros(100, dtype=x.dtype),
+                   np.memmap(tmp_path / "t.npy", shape=(100,), mode="w+", dtype=x.dtype)):  # fmt: skip
+        with pytest.raises(ValueError, match="stores into a numpy array .* x.compute"):
+            da.store(x, target, scheduler=cluster)
+        assert not target.any()
+    assert (x.compute(scheduler=cluster) == np.arange(100)).all()  # the way that works
