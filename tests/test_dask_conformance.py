@@ -128,8 +128,8 @@ def test_store_into_a_local_array_is_refused(cluster, tmp_path):
     import numpy as np
 
     x = da.arange(100, chunks=15)
-    for target in (np.zeros(100, dtype=x.dtype),
-                   np.memmap(tmp_path / "t.npy", shape=(100,), mode="w+", dtype=x.dtype)):  # fmt: skip
+    memmap = np.memmap(tmp_path / "t.npy", shape=(100,), mode="w+", dtype=x.dtype)
+    for target in (np.zeros(100, dtype=x.dtype), memmap):
         with pytest.raises(ValueError, match="stores into a numpy array .* x.compute"):
             da.store(x, target, scheduler=cluster)
         assert not target.any()
