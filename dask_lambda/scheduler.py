@@ -84,24 +84,26 @@ def get(
     return compute.run(callbacks), compute.report
 
 
-def _shuffles_on_local_disk(func: Any) -> bool:
+_STORE_FUNCTIONS = {("dask.array.core", "load_store_chunk"), ("dask.array.core", "store_chunk")}
+
+
+def _kind(func: Any) -> str | None:
+    """``"disk-shuffle"``, ``"store"`` or None: what a task's function may do only locally."""
     while isinstance(func, functools.partial):
         func = func.func
     module = getattr(func, "__module__", None) or ""
     kind = type(func)
-    return module.startswith("partd") or (
+    if module.startswith("partd") or (
         kind.__module__ == "dask.dataframe.shuffle" and kind.__name__ == "maybe_buffered_partd"
-    )
-
-
-_STORE_FUNCTIONS = {("dask.array.core", "load_store_chunk"), ("dask.array.core", "store_chunk")}
+    ):
+        return "disk-shuffle"
+    if (module, getattr(func, "__name__", None)) in _STORE_FUNCTIONS:
+        return "store"
+    return None
 
 
 def _stores_into_client_memory(task: Task, dsk: Mapping) -> bool:
     """``da.store(x, target)`` whose target is a numpy array (or memmap) of this process."""
-    func = task.func
-    if (getattr(func, "__module__", None), getattr(func, "__name__", None)) not in _STORE_FUNCTIONS:
-        return False
     target = task.args[1] if len(task.args) > 1 else None
     if isinstance(target, TaskRef):
         target = dsk.get(target.key)
@@ -120,13 +122,17 @@ def refuse_what_cannot_run_remotely(dsk: Mapping) -> None:
     - ``da.store`` into a numpy array or memmap of this process: each task would write into its
       own copy in Lambda and the target would silently stay as it was.
     """
+    kinds: dict[int, str | None] = {}  # per distinct function (the graph keeps them alive)
     for key, node in dsk.items():
         stack = [(node, dsk)]
         while stack:  # the node, its nested tasks, and fused subgraphs (dicts of nodes)
             task, graph = stack.pop()
             if not isinstance(task, Task):
                 continue
-            if _shuffles_on_local_disk(task.func):
+            kind = kinds.get(id(task.func), "?")
+            if kind == "?":
+                kind = kinds[id(task.func)] = _kind(task.func)
+            if kind == "disk-shuffle":
                 raise ValueError(
                     f"Task {key!r} belongs to a shuffle through local disk (partd), which cannot"
                     " work on Lambda: every invocation has its own /tmp, so the data would be"
@@ -135,7 +141,7 @@ def refuse_what_cannot_run_remotely(dsk: Mapping) -> None:
                     " dask.config.set({'dataframe.shuffle.method': 'tasks'}) before building it."
                     " A running LambdaCluster makes 'tasks' the default."
                 )
-            if _stores_into_client_memory(task, graph):
+            if kind == "store" and _stores_into_client_memory(task, graph):
                 raise ValueError(
                     f"Task {key!r} stores into a numpy array (or memmap) of this process, which"
                     " tasks running in Lambda cannot write to: the target would silently stay as"
