@@ -147,7 +147,7 @@ class LambdaPool:
         future.add_done_callback(self._outstanding.discard)
         return future
 
-    def _submitchunked(
+    def _submit_chunks(
         self, func: Callable, iterable: Iterable, chunksize: int | None, star: bool
     ) -> list[Future]:
         calls = [tuple(args) if star else (args,) for args in iterable]
@@ -190,7 +190,7 @@ class LambdaPool:
         return self._map_async(func, iterable, chunksize, callback, error_callback, star=False)
 
     def _map_async(self, func, iterable, chunksize, callback, error_callback, star: bool):
-        futures = self._submitchunked(func, iterable, chunksize, star=star)
+        futures = self._submit_chunks(func, iterable, chunksize, star=star)
         return AsyncResult(futures, _concat, callback, error_callback)
 
     def starmap(self, func: Callable, iterable: Iterable, chunksize: int | None = None) -> list:
@@ -209,12 +209,12 @@ class LambdaPool:
 
     def imap(self, func: Callable, iterable: Iterable, chunksize: int = 1) -> Iterator:
         """Results in order, each as soon as it and those before it are done."""
-        futures = self._submitchunked(func, iterable, chunksize, star=False)
+        futures = self._submit_chunks(func, iterable, chunksize, star=False)
         return (value for future in futures for value in future.result())
 
     def imap_unordered(self, func: Callable, iterable: Iterable, chunksize: int = 1) -> Iterator:
         """Results in the order they finish."""
-        futures = set(self._submitchunked(func, iterable, chunksize, star=False))
+        futures = set(self._submit_chunks(func, iterable, chunksize, star=False))
 
         def results() -> Iterator:
             pending = futures
