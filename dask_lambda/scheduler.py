@@ -105,11 +105,22 @@ def _kind(func: Any) -> str | None:
 def _stores_into_client_memory(task: Task, dsk: Mapping) -> bool:
     """``da.store(x, target)`` whose target is a numpy array (or memmap) of this process."""
     target = task.args[1] if len(task.args) > 1 else None
-    if isinstance(target, TaskRef):
-        target = dsk.get(target.key)
+    for _ in range(3):  # a reference to a bound argument that is itself a reference
+        if isinstance(target, TaskRef):
+            target = dsk.get(target.key)
     if isinstance(target, DataNode):
         target = target.value
     return isinstance(target, np.ndarray)
+
+
+def _subgraph_scope(task: Task, inner: dict, graph: Mapping) -> Mapping:
+    """What names mean inside a fused subgraph, ``_execute_subgraph(inner, out, inkeys, *args)``:
+    its own nodes, its input keys bound to the task's arguments, then the outer graph."""
+    args = task.args
+    bound = {}
+    if len(args) >= 3 and args[0] is inner and isinstance(args[2], tuple):
+        bound = dict(zip(args[2], args[3:], strict=False))
+    return collections.ChainMap(inner, bound, graph)
 
 
 def refuse_what_cannot_run_remotely(dsk: Mapping) -> None:
@@ -151,9 +162,9 @@ def refuse_what_cannot_run_remotely(dsk: Mapping) -> None:
             for arg in task.args:
                 if isinstance(arg, Task):
                     stack.append((arg, graph))
-                elif isinstance(arg, dict):
-                    inner = collections.ChainMap(arg, graph)
-                    stack.extend((n, inner) for n in arg.values() if isinstance(n, Task))
+                elif isinstance(arg, dict):  # a fused subgraph: its inputs are the task's args
+                    stack.extend((n, _subgraph_scope(task, arg, graph)) for n in arg.values()
+                                 if isinstance(n, Task))  # fmt: skip
 
 
 class _InFlight:
