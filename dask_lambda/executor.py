@@ -19,7 +19,6 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Executor, Future
 from typing import Any
 
-import cloudpickle
 from dask._task_spec import Task
 
 from . import batch as batches
@@ -202,23 +201,16 @@ class LambdaExecutor(Executor):
         keys = [task.key for _, task in batch]
         return batches.pickle_spec(BatchSpec(self._id, keys, [t for _, t in batch], keys))
 
-    @staticmethod
-    def _fail_unpicklable(batch: list[tuple[Future, Task]]) -> list[tuple[Future, Task]]:
-        """Fail the calls that cannot be pickled; return the others."""
+    def _fail_unpicklable(self, batch: list[tuple[Future, Task]]) -> list[tuple[Future, Task]]:
+        """Fail the calls that cannot be pickled (with pickle_spec's error); return the others."""
         picklable = []
-        for future, task in batch:
+        for call in batch:
             try:
-                cloudpickle.dumps(task)
-            except Exception as e:
-                future.set_exception(
-                    TypeError(
-                        f"Could not serialize call {task.key!r} for Lambda: {e}. Functions and"
-                        " arguments must be picklable (module-level functions, no open files,"
-                        " locks or sockets)."
-                    )
-                )
+                self._spec_bytes([call])
+            except TypeError as e:
+                call[0].set_exception(e)
             else:
-                picklable.append((future, task))
+                picklable.append(call)
         return picklable
 
     def _deliver(self, batch: list[tuple[Future, Task]], response: batches.BatchResponse) -> None:

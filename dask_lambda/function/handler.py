@@ -100,12 +100,18 @@ def _fetch_payload(ref: dict) -> bytes:
             f" {memory_mb} MB. Use smaller tasks or give the function more memory."
         )
     expected = protocol.Stored(ref["key"], ref["size"], ref["sha256"])
+    return _read_checked(S3Store(ref["bucket"]), expected, "the spilled request")
+
+
+def _read_checked(store: S3Store, expected: protocol.Stored, what: str) -> bytes:
+    """The object's bytes, checked; a tampered object stays an ``IntegrityError``, any other
+    failure to read is transient (the client retries the batch)."""
     try:
-        return S3Store(ref["bucket"]).get(ref["key"], expected=expected)
+        return store.get(expected.name, expected=expected)
     except protocol.IntegrityError:
         raise
     except Exception as e:
-        raise protocol.TransientError(f"Could not read the spilled request {ref['key']}: {e}")
+        raise protocol.TransientError(f"Could not read {what} {expected.name}: {e}") from e
 
 
 def _signing_key() -> bytes:
@@ -207,15 +213,8 @@ def _load_inputs(spec: protocol.BatchSpec, store: S3Store, stats: dict) -> dict:
         else:
             remote.append((key, ref))
 
-    def fetch(item: tuple[Any, protocol.Stored]) -> bytes:
-        try:
-            return store.get(item[1].name, expected=item[1])
-        except protocol.IntegrityError:
-            raise
-        except Exception as e:
-            raise protocol.TransientError(f"Could not read an input from S3: {e}") from e
-
-    for (key, ref), data in zip(remote, _io_pool().map(fetch, remote), strict=True):
+    fetched = _io_pool().map(lambda item: _read_checked(store, item[1], "an input"), remote)
+    for (key, ref), data in zip(remote, fetched, strict=True):
         values[key] = _loads(data)
         stats["s3_bytes_read"] += ref.nbytes
     return values
