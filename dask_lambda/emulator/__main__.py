@@ -1,7 +1,7 @@
 """``python -m dask_lambda.emulator``: serve the embedded local Lambda until told to stop.
 
-Prints one JSON line (``{"endpoint_url": ..., "pid": ..., "workdir": ...}``) on stdout once it
-accepts requests.
+Prints one JSON line (``{"endpoint_url": ..., "pid": ..., "workdir": ..., "credentials": ...}``,
+the last being the local admin's key) on stdout once it accepts requests.
 Stops on SIGTERM or SIGINT, or when the process named by ``--parent-pid`` is gone, and then kills
 its runtimes and removes its temporary folder.
 """
@@ -46,6 +46,7 @@ def serve(argv: list[str] | None = None) -> None:
             "endpoint_url": server.endpoint_url,
             "pid": os.getpid(),
             "workdir": str(server.workdir),
+            "credentials": server.admin.env(),
         }
         print(json.dumps(ready), flush=True)
         while not stop.wait(0.5):

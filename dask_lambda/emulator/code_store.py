@@ -4,12 +4,18 @@ Zips are recorded as they pass through ``CreateFunction``, ``UpdateFunctionCode`
 ``PublishLayerVersion`` and unpacked into folders named by their content hash, so runtimes run the
 code exactly as it was deployed, and two functions with the same zip share one folder. Lambda's
 packaging limits are checked here, before moto sees the request.
+
+The folders live in a per-machine cache (:func:`shared_root`) and are compiled to bytecode once,
+in the background: a zip holding dask and numpy is unpacked and compiled once per machine, not on
+every start of a local Lambda (runtimes themselves never write bytecode). Content addressing makes
+sharing safe: a folder's name is the SHA-256 of the zip it came from.
 """
 
 from __future__ import annotations
 
 import hashlib
 import io
+import shutil
 import threading
 import zipfile
 from pathlib import Path
@@ -23,11 +29,24 @@ class InvalidCode(ValueError):
     """The uploaded code is not something Lambda would accept."""
 
 
+def shared_root() -> Path:
+    from ..build import cache_root
+
+    return cache_root().parent / "local-code"
+
+
+def _compile(folder: Path) -> None:
+    import compileall
+
+    compileall.compile_dir(folder, quiet=2, workers=1)
+    (folder / ".compiled").touch()
+
+
 class CodeStore:
     """Content-addressed folders of unpacked zips under ``root``."""
 
-    def __init__(self, root: Path):
-        self.root = Path(root)
+    def __init__(self, root: Path | None = None):
+        self.root = Path(root) if root is not None else shared_root()
         self.root.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
         self._by_sha: dict[str, Path] = {}
@@ -51,9 +70,14 @@ class CodeStore:
                 raise InvalidCode(f"Unzipped size must be smaller than {ZIP_UNPACKED_LIMIT} bytes")
             target = self.root / hashlib.sha256(data).hexdigest()
             if not target.exists():
-                partial = target.with_suffix(".partial")
+                partial = target.with_suffix(f".{threading.get_ident()}.partial")
                 archive.extractall(partial)
-                partial.rename(target)
+                try:
+                    partial.rename(target)
+                except OSError:  # another local Lambda unpacked the same zip first
+                    shutil.rmtree(partial, ignore_errors=True)
+            if not (target / ".compiled").exists():
+                threading.Thread(target=_compile, args=(target,), daemon=True).start()
         with self._lock:
             self._by_sha[sha] = target
         return sha

@@ -19,7 +19,7 @@ import time
 import weakref
 from typing import Any
 
-from .endpoint import ACCESS_KEY, DEFAULT_REGION, SECRET_KEY, service_env
+from .endpoint import DEFAULT_REGION, service_env
 
 
 class LocalLambdaError(RuntimeError):
@@ -75,6 +75,7 @@ class LocalLambda:
         self.endpoint_url: str | None = None
         self.pid: int | None = None
         self.workdir: str | None = None
+        self.credentials: dict[str, str] = {}
         self._proc: subprocess.Popen | None = None
         self._finalizer: weakref.finalize | None = None
 
@@ -108,6 +109,7 @@ class LocalLambda:
         ready = json.loads(line)
         self._proc, self.endpoint_url, self.pid = proc, ready["endpoint_url"], ready["pid"]
         self.workdir = ready["workdir"]
+        self.credentials = ready["credentials"]
         return self
 
     def close(self) -> None:
@@ -121,9 +123,10 @@ class LocalLambda:
         return self._proc is not None and self._proc.poll() is None
 
     def env(self) -> dict[str, str]:
-        """Environment variables that point boto3 (in any process) at this server."""
+        """Environment variables that point boto3 (in any process) at this server, with the
+        local admin's credentials (the local Lambda enforces IAM)."""
         self._require_running()
-        return service_env(self.endpoint_url, self.region)
+        return service_env(self.endpoint_url, self.region, self.credentials)
 
     def client_kwargs(self) -> dict[str, Any]:
         """Keyword arguments for ``boto3.client(service, **kwargs)``."""
@@ -131,8 +134,8 @@ class LocalLambda:
         return {
             "endpoint_url": self.endpoint_url,
             "region_name": self.region,
-            "aws_access_key_id": ACCESS_KEY,
-            "aws_secret_access_key": SECRET_KEY,
+            "aws_access_key_id": self.credentials["AWS_ACCESS_KEY_ID"],
+            "aws_secret_access_key": self.credentials["AWS_SECRET_ACCESS_KEY"],
         }
 
     def client(self, service: str, **kwargs: Any):

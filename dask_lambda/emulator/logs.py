@@ -15,9 +15,9 @@ from .invoke import Response
 PAGE_SIZE = 10_000
 
 
-def logs_error(code: str, message: str) -> Response:
+def logs_error(code: str, message: str, status: int = 400) -> Response:
     body = json.dumps({"__type": code, "message": message}).encode()
-    return 400, {"Content-Type": "application/x-amz-json-1.1"}, body
+    return status, {"Content-Type": "application/x-amz-json-1.1"}, body
 
 
 def filter_log_events(lines: list[tuple[int, str, str, int]], request: dict) -> Response:

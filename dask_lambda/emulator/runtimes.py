@@ -2,7 +2,11 @@
 
 A *runtime* is one ``python -m awslambdaric HANDLER`` process (started through ``_bootstrap.py``)
 plus the Runtime API listener it polls. It runs one invocation at a time, like a Lambda execution
-environment. The :class:`RuntimeManager` owns every runtime of the server:
+environment, and sees what one would: the standard library (``python -S``: none of this machine's
+site-packages), its deployed code (the working directory, first on the path), its layers, and the
+managed runtime's ``awslambdaric`` and boto3 (:func:`managed_runtime`); its environment holds the
+function's variables, Lambda's own and its execution role's temporary credentials. The
+:class:`RuntimeManager` owns every runtime of the server:
 
 - ``acquire(spec)`` hands out an idle runtime whose function revision matches ``spec`` (warm) or
   starts a new one (cold), after checking the account-wide and the function's reserved
@@ -16,8 +20,7 @@ environment. The :class:`RuntimeManager` owns every runtime of the server:
   server, even when the server is killed.
 
 An :class:`Invocation` travels from the front door to a runtime and back; whoever finishes it first
-(the runtime's response, the timeout, or the exit watcher) decides its result.
-"""
+(the runtime's response, the timeout, or the exit watcher) decides its result."""
 
 from __future__ import annotations
 
@@ -29,9 +32,11 @@ import json
 import os
 import queue
 import select
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import uuid
@@ -44,8 +49,42 @@ MiB = 1024 * 1024
 _PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 _BOOTSTRAP = str(Path(__file__).with_name("_bootstrap.py"))
 # Variables of the server's own environment that a runtime inherits; Lambda passes nothing else.
-_INHERITED_ENV = ("PATH", "LANG", "LC_ALL", "TMPDIR", "OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
+_INHERITED_ENV = ("PATH", "LANG", "LC_ALL", "OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
 LOG_LINES_KEPT = 20_000
+# What a runtime sees besides its code and layers, as on Lambda's managed python runtime.
+MANAGED_PACKAGES = ("awslambdaric", "boto3")
+
+
+def managed_runtime() -> Path:
+    """The folder that stands in for Lambda's ``/var/runtime``: ``awslambdaric`` and the boto3
+    the managed python runtime bundles (:data:`MANAGED_PACKAGES`, at the versions installed here,
+    pinned by the ``local`` extra), copied once per machine and version set."""
+    import hashlib
+    import shutil
+    import tempfile
+
+    from ..build import cache_root
+    from ..distributions import closure, distribution_files, pinned
+
+    dists = closure(MANAGED_PACKAGES)
+    digest = hashlib.sha256(" ".join(pinned(dists)).encode()).hexdigest()[:16]
+    target = cache_root().parent / "managed-runtime" / digest
+    if target.is_dir():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f"{digest}-", dir=target.parent))
+    for dist in dists:
+        for source, relative in distribution_files(dist):
+            (staging / relative).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, staging / relative)
+    import compileall
+
+    compileall.compile_dir(staging, quiet=2, workers=1)  # as AWS's /var/runtime ships compiled
+    try:
+        staging.rename(target)
+    except OSError:  # another process made it first
+        shutil.rmtree(staging, ignore_errors=True)
+    return target
 
 
 class Throttled(Exception):
@@ -70,6 +109,7 @@ class FunctionSpec:
     layer_dirs: tuple[str, ...]
     reserved_concurrency: int | None
     revision: str
+    credentials: dict[str, str] = field(default_factory=dict)  # of the execution role
 
 
 @dataclass
@@ -155,9 +195,11 @@ class Runtime:
         self._log_lock = threading.Lock()
         self._partial = b""
         self.log_stream = f"{time.strftime('%Y/%m/%d')}/[$LATEST]{uuid.uuid4().hex}"
+        self.tmp = manager.tmp_dir(spec.name, self.id)
         self.api = RuntimeAPIServer(self)
         self.proc = manager.spawner.popen(
-            [sys.executable, "-u", _BOOTSTRAP, spec.handler],
+            # -S: no site-packages of this machine; the path is what Lambda's would be.
+            [sys.executable, "-S", "-u", _BOOTSTRAP, spec.handler],
             env=self._environment(),
             cwd=spec.code_dir,
             stdin=subprocess.DEVNULL,
@@ -174,6 +216,7 @@ class Runtime:
         env = {k: os.environ[k] for k in _INHERITED_ENV if k in os.environ}
         env.update(self.manager.service_env)
         env.update(spec.environment)
+        env.update(spec.credentials)
         env.update(
             {
                 "AWS_LAMBDA_RUNTIME_API": self.api.address,
@@ -184,9 +227,12 @@ class Runtime:
                 "AWS_LAMBDA_LOG_STREAM_NAME": self.log_stream,
                 "AWS_LAMBDA_INITIALIZATION_TYPE": "on-demand",
                 "LAMBDA_TASK_ROOT": spec.code_dir,
-                "LAMBDA_RUNTIME_DIR": str(Path(_BOOTSTRAP).parent),
+                "LAMBDA_RUNTIME_DIR": self.manager.runtime_dir,
                 "_HANDLER": spec.handler,
-                "PYTHONPATH": os.pathsep.join([spec.code_dir, *spec.layer_dirs]),
+                "PYTHONPATH": os.pathsep.join(
+                    [spec.code_dir, *spec.layer_dirs, self.manager.runtime_dir]
+                ),
+                "TMPDIR": self.tmp,
                 "PYTHONUNBUFFERED": "1",
                 "PYTHONDONTWRITEBYTECODE": "1",
                 "TZ": ":UTC",
@@ -457,11 +503,15 @@ class RuntimeManager:
         idle_timeout: float = 300.0,
         memory_check_interval: float = 0.02,
         runtime_mode: str = "process",
+        tmp_root: str | Path | None = None,
     ):
         if runtime_mode not in ("process", "thread"):
             raise ValueError(f"runtime_mode must be 'process' or 'thread', not {runtime_mode!r}")
         self.runtime_class = Runtime if runtime_mode == "process" else ThreadRuntime
         self.service_env = service_env
+        self.runtime_dir = str(managed_runtime()) if runtime_mode == "process" else ""
+        self._own_tmp = tmp_root is None
+        self.tmp_root = Path(tmp_root or tempfile.mkdtemp(prefix="dask-lambda-tmp-"))
         self.concurrency_limit = concurrency_limit
         self.idle_timeout = idle_timeout
         self.memory_check_interval = memory_check_interval
@@ -524,6 +574,13 @@ class RuntimeManager:
             self._all.add(runtime)
         return runtime, True
 
+    def tmp_dir(self, function_name: str, runtime_id: int) -> str:
+        """A runtime's ``/tmp``: its own, as each Lambda execution environment has, and gone
+        when it exits (so every cold start unpacks ``--deps-on-s3`` archives again, as on AWS)."""
+        folder = self.tmp_root / function_name / f"environment-{runtime_id}"
+        folder.mkdir(parents=True, exist_ok=True)
+        return str(folder)
+
     def _count_out(self, function_name: str) -> None:
         with self._lock:
             self._in_flight_total -= 1
@@ -547,6 +604,8 @@ class RuntimeManager:
             idle = self._idle.get(runtime.spec.revision)
             if idle and runtime in idle:
                 idle.remove(runtime)
+        if getattr(runtime, "tmp", None):  # thread runtimes share the server's
+            shutil.rmtree(runtime.tmp, ignore_errors=True)
 
     def record_log(self, function_name: str, log_stream: str, line: str) -> None:
         entry = (int(time.time() * 1000), log_stream, line, next(self._log_sequence))
@@ -608,3 +667,7 @@ class RuntimeManager:
         for runtime in runtimes:
             runtime.wait(max(0.0, deadline - time.monotonic()))
         self.spawner.close()
+        if self._own_tmp:
+            import shutil
+
+            shutil.rmtree(self.tmp_root, ignore_errors=True)

@@ -38,8 +38,9 @@ from moto.moto_server.werkzeug_app import (
 from werkzeug.serving import make_server
 from werkzeug.test import EnvironBuilder, run_wsgi_app
 
+from . import iam
 from .code_store import CodeStore, InvalidCode, code_sha256
-from .endpoint import service_env
+from .endpoint import DEFAULT_REGION, service_env
 from .faults import FaultInjector
 from .invoke import InvokeService, Response, error_response
 from .logs import filter_log_events, logs_error
@@ -65,6 +66,8 @@ def function_name_from(identifier: str) -> str:
 
 
 class _NoDelayHandler(MotoRequestHandler):
+    protocol_version = "HTTP/1.1"  # keep-alive, as AWS's endpoints: clients reuse connections
+
     def setup(self) -> None:
         super().setup()
         self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -100,28 +103,35 @@ class LocalLambdaServer:
         self._tmp = None if workdir else tempfile.TemporaryDirectory(prefix="dask-lambda-local-")
         self.workdir = Path(workdir or self._tmp.name)
         self.moto = DomainDispatcherApplication(create_backend_app)
-        self.code = CodeStore(self.workdir / "code")
+        self.code = CodeStore()
         self._server = make_server(
             "127.0.0.1", port, self._wsgi, threaded=True, request_handler=_NoDelayHandler
         )
         self.endpoint_url = f"http://127.0.0.1:{self._server.server_port}"
+        self.region = DEFAULT_REGION
+        self.admin = iam.create_admin(self._unchecked_iam_call)
+        iam.enforce()
         self.runtimes = RuntimeManager(
             service_env=self.service_env(),
             concurrency_limit=concurrency_limit,
             idle_timeout=idle_timeout,
             runtime_mode=runtime_mode,
+            tmp_root=self.workdir / "tmp",
         )
         if runtime_mode == "thread":  # handlers run in this process: let their boto3 find us
-            os.environ.update(self.service_env())
+            os.environ.update(self.service_env(self.admin))
         self.faults = FaultInjector(seed)
         self.invoker = InvokeService(self.runtimes, self.faults)
         self._specs: dict[tuple[str, str], FunctionSpec] = {}
         self._specs_lock = threading.Lock()
         self._thread: threading.Thread | None = None
 
-    def service_env(self) -> dict[str, str]:
-        """What boto3 (in any process) needs to reach this server as if it were AWS."""
-        return service_env(self.endpoint_url)
+    def service_env(self, credentials: iam.Credentials | None = None) -> dict[str, str]:
+        """What boto3 (in any process) needs to reach this server as if it were AWS: endpoints,
+        region and, if given, credentials (a runtime gets its role's, a client the admin's)."""
+        return service_env(
+            self.endpoint_url, self.region, credentials.env() if credentials else None
+        )
 
     # -- lifecycle ------------------------------------------------------------------------------
     def serve_forever(self) -> None:
@@ -216,6 +226,10 @@ class LocalLambdaServer:
         group = request.get("logGroupName", "")
         if not group.startswith("/aws/lambda/"):
             return None
+        arn = f"arn:aws:logs:{self.region}:{iam.ACCOUNT_ID}:log-group:{group}:*"
+        denied = iam.authorize(environ, _read_body(environ), "FilterLogEvents", arn)
+        if denied is not None:
+            return logs_error(*denied, status=400 if "Token" in denied[0] else 403)
         lines = self.runtimes.logs(group.removeprefix("/aws/lambda/"))
         if not lines:
             return logs_error(
@@ -225,7 +239,7 @@ class LocalLambdaServer:
 
     def _invoke(self, environ: dict[str, Any], region: str, name: str) -> Response:
         payload = _read_body(environ)
-        spec_or_error = self._spec(region, name, environ["HTTP_AUTHORIZATION"])
+        spec_or_error = self._spec(region, name)
         if not isinstance(spec_or_error, FunctionSpec):
             return spec_or_error
         headers = {
@@ -262,8 +276,7 @@ class LocalLambdaServer:
 
     def _fetch_s3_code(self, environ: dict[str, Any], region: str, code: dict) -> str | None:
         key = urllib.parse.quote(code["S3Key"])
-        auth = environ["HTTP_AUTHORIZATION"].replace("/lambda/aws4_request", "/s3/aws4_request")
-        status, _, data = self.moto_call("GET", f"/{code['S3Bucket']}/{key}", auth)
+        status, _, data = self.moto_call("s3", region, "GET", f"/{code['S3Bucket']}/{key}")
         return self.code.add(data) if status == 200 else None
 
     # -- moto -----------------------------------------------------------------------------------
@@ -275,34 +288,56 @@ class LocalLambdaServer:
         out = b"".join(app_iter)
         return int(status.split()[0]), dict(headers.to_wsgi_list()), out
 
-    def moto_call(self, method: str, path: str, authorization: str) -> Response:
-        """Call moto's API in-process, as the client whose ``authorization`` is given."""
+    def moto_call(
+        self,
+        service: str,
+        region: str,
+        method: str,
+        path: str,
+        body: bytes = b"",
+        headers: dict[str, str] | None = None,
+        credentials: iam.Credentials | None = None,
+    ) -> Response:
+        """Call moto's API in-process as the local admin (or ``credentials``)."""
+        url = self.endpoint_url + path
+        signed = iam.signed_headers(
+            credentials or self.admin, service, region, method, url, body, headers
+        )
         environ = EnvironBuilder(
-            path=path,
-            method=method,
-            base_url=self.endpoint_url,
-            headers={"Authorization": authorization},
+            path=path, method=method, base_url=self.endpoint_url, headers=signed, data=body
         ).get_environ()
-        return self._call_moto(environ, b"")
+        return self._call_moto(environ, body)
+
+    def _unchecked_iam_call(self, params: dict[str, str]) -> str:
+        """An IAM API call before IAM is enforced (creating the admin)."""
+        body = urllib.parse.urlencode({**params, "Version": "2010-05-08"}).encode()
+        status, _, out = self.moto_call(
+            "iam", self.region, "POST", "/", body,
+            {"Content-Type": "application/x-www-form-urlencoded"},
+            credentials=iam.Credentials("bootstrap", "bootstrap"),
+        )  # fmt: skip
+        if status >= 300:
+            raise RuntimeError(f"moto refused {params['Action']}: {out[:500]!r}")
+        return out.decode()
 
     def _forget(self, region: str, name: str) -> None:
         with self._specs_lock:
             self._specs.pop((region, name), None)
 
-    def _spec(self, region: str, name: str, authorization: str) -> FunctionSpec | Response:
+    def _spec(self, region: str, name: str) -> FunctionSpec | Response:
         with self._specs_lock:
             cached = self._specs.get((region, name))
         if cached is not None:
             return cached
         status, headers, body = self.moto_call(
-            "GET", f"/2015-03-31/functions/{name}", authorization
+            "lambda", region, "GET", f"/2015-03-31/functions/{name}"
         )
         if status != 200:
             return status, headers, body
         function = json.loads(body)
         config = function["Configuration"]
         _, _, concurrency = self.moto_call(
-            "GET", f"/2019-09-30/functions/{name}/concurrency", authorization
+            "lambda", region, "GET", f"/2019-09-30/functions/{name}/concurrency"
         )
         reserved = json.loads(concurrency or b"{}").get("ReservedConcurrentExecutions")
         code_dir = self.code.code_dir(config["CodeSha256"])
@@ -327,6 +362,7 @@ class LocalLambdaServer:
             revision=code_sha256(
                 json.dumps([config, reserved], sort_keys=True, default=str).encode()
             ),
+            credentials=iam.assume_role(config["Role"], name, region).env(),
         )
         with self._specs_lock:
             self._specs[(region, name)] = spec
