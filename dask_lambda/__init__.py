@@ -58,7 +58,13 @@ def _lambda_get(dsk, keys, **kwargs):
 
 
 def _register() -> None:
+    import os
     import sys
+
+    if os.environ.get("LAMBDA_TASK_ROOT"):
+        # Inside Lambda there is no client to register for, and dependencies deployed on S3 are
+        # not importable until dask_lambda.function has mounted them.
+        return
 
     base = sys.modules.get("dask.base")
     if base is None:  # dask not imported yet: register when it is (cheap either way)

@@ -14,6 +14,14 @@ KEY_PARAMETER = "DASK_LAMBDA_KEY_PARAMETER"  # SSM parameter holding the signing
 BUCKET = "DASK_LAMBDA_BUCKET"  # the spill bucket
 PREFIX = "DASK_LAMBDA_PREFIX"  # the spill prefix the role may write
 ALLOWED = "DASK_LAMBDA_ALLOWED"  # allowlist (see .allowlist)
+DEPENDENCIES = "DASK_LAMBDA_DEPENDENCIES"  # archive unpacked on cold starts (see .dependencies)
+
+
+def dependencies_reference(bucket: str, key: str, sha256: str, size: int) -> str:
+    """The value of :data:`DEPENDENCIES`: where the archive is and what it must be."""
+    import json
+
+    return json.dumps({"bucket": bucket, "key": key, "sha256": sha256, "size": size})
 
 
 def key_parameter_name(function_name: str) -> str:

@@ -32,7 +32,7 @@ from typing import Any
 
 import cloudpickle
 
-from . import allowlist, contract, protocol
+from . import allowlist, contract, dependencies, protocol
 from .errors import RESERVED, ErrorBudget, error_info
 from .storage import S3Store, object_name
 
@@ -52,12 +52,14 @@ def lambda_handler(event: dict, context: Any) -> dict:
         raise
     op = payload.get("op")
     if op == "ping":
-        body: dict[str, Any] = {"stats": {}}
+        body: dict[str, Any] = {"stats": {}, "libraries": protocol.installed_libraries()}
     elif op == "run":
         body = _run(payload, started)
     else:
         raise protocol.ProtocolError(f"Unknown dask-lambda operation {op!r}: expected ping or run")
     body["versions"] = protocol.versions()
+    if cold and dependencies.mounted:
+        body["stats"]["dependencies"] = dict(dependencies.mounted)
     body["stats"].update(
         cold_start=cold,
         peak_memory_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,

@@ -337,6 +337,21 @@ def versions() -> dict[str, str]:
     }
 
 
+@functools.cache
+def installed_libraries() -> dict[str, str]:
+    """``{normalized name: version}`` of the distributions importable here (a ping reports
+    them, so the client can compare numpy, pandas, pyarrow... with its own)."""
+    import importlib.metadata
+    import re
+
+    found: dict[str, str] = {}
+    for dist in importlib.metadata.distributions():
+        name = dist.metadata["Name"]
+        if name:  # PEP 503 normalization, as packaging.utils.canonicalize_name does
+            found.setdefault(re.sub(r"[-_.]+", "-", name).lower(), dist.version)
+    return found
+
+
 MUST_MATCH = ("python", "cloudpickle", "dask", "protocol")
 
 
