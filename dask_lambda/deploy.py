@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .build import DIRECT_UPLOAD_LIMIT, code_sha256
-from .function.contract import HANDLER, key_parameter_name
+from .function.contract import HANDLER, dependencies_reference, key_parameter_name
 from .function.protocol import versions
 from .function.storage import MARKER_TAG
 
@@ -130,44 +130,92 @@ def check_location(bucket: str, prefix: str) -> tuple[str, str]:
     return bucket, prefix
 
 
-def role_policy(bucket: str, prefix: str, function_name: str) -> dict[str, Any]:
-    """Least privilege for a dask-lambda function: its spill prefix, its key and its own logs.
+def role_policy(
+    bucket: str,
+    prefix: str,
+    function_name: str,
+    s3_read: list[str] | tuple[str, ...] = (),
+    s3_write: list[str] | tuple[str, ...] = (),
+) -> dict[str, Any]:
+    """Least privilege for a dask-lambda function: its spill prefix, its key, its own logs, and
+    the data locations ``s3_read`` / ``s3_write`` (``s3://bucket[/prefix]``) its tasks use.
 
-    The key is a SecureString under the AWS-managed ``aws/ssm`` KMS key, which SSM decrypts for
-    any caller allowed ``ssm:GetParameter``: no KMS statement is needed.
+    Writing a location implies reading it (writers list and check what is there). The key is a
+    SecureString under the AWS-managed ``aws/ssm`` KMS key, which SSM decrypts for any caller
+    allowed ``ssm:GetParameter``: no KMS statement is needed.
     """
     bucket, prefix = check_location(bucket, prefix)
-    return {
-        "Version": "2012-10-17",
-        "Statement": [
-            {
-                "Sid": "SpillObjects",
-                "Effect": "Allow",
-                "Action": [
-                    "s3:GetObject",
-                    "s3:PutObject",
-                    "s3:PutObjectTagging",
-                    "s3:DeleteObject",
-                ],
-                "Resource": f"arn:aws:s3:::{bucket}/{prefix}/*",
-            },
-            {
-                "Sid": "OwnSigningKey",
-                "Effect": "Allow",
-                "Action": "ssm:GetParameter",
-                "Resource": f"arn:aws:ssm:*:*:parameter{key_parameter_name(function_name)}",
-            },
-            {
-                "Sid": "OwnLogs",
-                "Effect": "Allow",
-                "Action": ["logs:CreateLogGroup", "logs:CreateLogStream", "logs:PutLogEvents"],
-                "Resource": [
-                    f"arn:aws:logs:*:*:log-group:/aws/lambda/{function_name}",
-                    f"arn:aws:logs:*:*:log-group:/aws/lambda/{function_name}:*",
-                ],
-            },
-        ],
+    statements = [
+        {
+            "Sid": "SpillObjects",
+            "Effect": "Allow",
+            "Action": [
+                "s3:GetObject",
+                "s3:PutObject",
+                "s3:PutObjectTagging",
+                "s3:DeleteObject",
+            ],
+            "Resource": f"arn:aws:s3:::{bucket}/{prefix}/*",
+        },
+        {
+            "Sid": "OwnSigningKey",
+            "Effect": "Allow",
+            "Action": "ssm:GetParameter",
+            "Resource": f"arn:aws:ssm:*:*:parameter{key_parameter_name(function_name)}",
+        },
+        {
+            "Sid": "OwnLogs",
+            "Effect": "Allow",
+            "Action": ["logs:CreateLogGroup", "logs:CreateLogStream", "logs:PutLogEvents"],
+            "Resource": [
+                f"arn:aws:logs:*:*:log-group:/aws/lambda/{function_name}",
+                f"arn:aws:logs:*:*:log-group:/aws/lambda/{function_name}:*",
+            ],
+        },
+    ]
+    writes = [parse_s3_location(url, "--s3-write") for url in s3_write]
+    reads = [parse_s3_location(url, "--s3-read") for url in s3_read]
+    for number, (data_bucket, data_prefix) in enumerate(dict.fromkeys(reads + writes)):
+        statements += _data_statements(f"Data{number}", data_bucket, data_prefix,
+                                       write=(data_bucket, data_prefix) in writes)  # fmt: skip
+    return {"Version": "2012-10-17", "Statement": statements}
+
+
+def parse_s3_location(url: str, option: str) -> tuple[str, str]:
+    """``(bucket, prefix)`` of ``s3://bucket[/prefix]``; :class:`DeployError` says what is wrong."""
+    if not url.startswith("s3://"):
+        raise DeployError(f"{option} {url!r}: expected s3://bucket or s3://bucket/prefix")
+    bucket, _, prefix = url[len("s3://") :].partition("/")
+    if not _BUCKET_NAME.fullmatch(bucket):
+        raise DeployError(
+            f"{option} {url!r}: {bucket!r} is not an S3 bucket name (3-63 lowercase letters,"
+            " digits, dots and hyphens)"
+        )
+    return bucket, prefix.strip("/")
+
+
+def iam_escape(text: str) -> str:
+    """``text`` as a literal in an IAM resource or condition (``*``, ``?``, ``$`` are special)."""
+    return "".join("${" + c + "}" if c in "*?$" else c for c in text)
+
+
+def _data_statements(sid: str, bucket: str, prefix: str, write: bool) -> list[dict[str, Any]]:
+    objects = f"arn:aws:s3:::{bucket}/{iam_escape(prefix) + '/' if prefix else ''}*"
+    actions = ["s3:GetObject"]
+    if write:
+        actions += ["s3:PutObject", "s3:DeleteObject", "s3:AbortMultipartUpload"]
+    listing: dict[str, Any] = {
+        "Sid": f"{sid}List",
+        "Effect": "Allow",
+        "Action": "s3:ListBucket",
+        "Resource": f"arn:aws:s3:::{bucket}",
     }
+    if prefix:
+        listing["Condition"] = {
+            "StringLike": {"s3:prefix": [iam_escape(prefix), iam_escape(prefix) + "/*"]}
+        }
+    return [{"Sid": f"{sid}Objects", "Effect": "Allow", "Action": actions, "Resource": objects},
+            listing]  # fmt: skip
 
 
 def ensure_expiry(s3: Any, bucket: str, prefix: str, days: int) -> None:
@@ -289,6 +337,8 @@ def deploy(
 
     if check_ownership(lambda_client, current, adopt):
         lambda_client.tag_resource(Resource=current["FunctionArn"], Tags=CREATED_BY)
+    if tags:
+        lambda_client.tag_resource(Resource=current["FunctionArn"], Tags=tags)
     result = DeployResult(current)
     arch_changed = settings.architecture and current.get("Architectures", ["x86_64"]) != [
         settings.architecture
@@ -358,6 +408,33 @@ class _code_location:
             self.s3.delete_object(Bucket=self.bucket, Key=self.key)
 
 
+def upload_dependencies(s3: Any, bucket: str, prefix: str, archive: bytes) -> str:
+    """Put a dependency archive (``--deps-on-s3``) in the bucket; return the function's
+    :data:`~.function.contract.DEPENDENCIES` value.
+
+    The key is the archive's SHA-256 under ``<prefix>/dependencies/``, so an unchanged archive is
+    uploaded once; it is not tagged as a spill object, so ``clean`` and the expiry rule leave it.
+    The function checks the digest before unpacking it.
+    """
+    import hashlib
+
+    sha = hashlib.sha256(archive).hexdigest()
+    key = f"{prefix.strip('/')}/dependencies/{sha}.zip"
+    try:
+        present = s3.head_object(Bucket=bucket, Key=key)["ContentLength"] == len(archive)
+    except s3.exceptions.ClientError:
+        present = False
+    if not present:
+        s3.upload_fileobj(__import__("io").BytesIO(archive), bucket, key)
+    return dependencies_reference(bucket, key, sha, len(archive))
+
+
+def ephemeral_storage_for(archive_bytes: int, unpacked_bytes: int) -> int:
+    """MB of /tmp for unpacking a dependency archive: archive, contents and 512 MB for tasks."""
+    needed = (archive_bytes + unpacked_bytes) // 1_000_000 + 512
+    return min(10240, max(512, needed))
+
+
 def _differs(current: dict, key: str, wanted: Any) -> bool:
     if key == "Environment":
         return (current.get("Environment") or {}).get("Variables", {}) != wanted["Variables"]
@@ -376,8 +453,11 @@ def ensure_function(
     memory: int,
     timeout: int,
     environment: dict[str, str] | None = None,
+    ephemeral_storage: int | None = None,
+    s3_client: Any = None,
+    bucket: str | None = None,
 ) -> dict[str, Any]:
     """Create or update a dask-lambda function with the given code; return its configuration."""
     settings = FunctionSettings(memory=memory, timeout=timeout, environment=environment,
-                                role=role_arn)  # fmt: skip
-    return deploy(client, name, code, settings).configuration
+                                role=role_arn, ephemeral_storage=ephemeral_storage)  # fmt: skip
+    return deploy(client, name, code, settings, s3_client=s3_client, bucket=bucket).configuration

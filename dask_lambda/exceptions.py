@@ -55,6 +55,10 @@ class VersionMismatchError(RuntimeError):
     """The function runs other versions of Python or libraries than this client."""
 
 
+class VersionWarning(UserWarning):
+    """A library (numpy, pandas, ...) differs by a minor version between client and function."""
+
+
 class NoActiveClusterError(RuntimeError):
     """``scheduler="lambda"`` was asked for with no LambdaCluster running."""
 
@@ -98,17 +102,61 @@ def _builtin_exception(error: dict) -> BaseException | None:
     return None
 
 
-def raise_task_error(error: dict, key) -> NoReturn:
+def deployment_hint(exc: BaseException, function_name: str | None = None) -> str | None:
+    """What to deploy or grant when ``exc`` shows the function lacks a module or an S3 grant.
+
+    A function sees only its deployment package, its layers and the managed runtime's boto3 (as
+    the local Lambda enforces), and touches only what its role allows.
+    """
+    name = function_name or "NAME"
+    if isinstance(exc, ModuleNotFoundError) and exc.name:
+        module = exc.name.split(".")[0]
+        import importlib.metadata
+
+        providers = importlib.metadata.packages_distributions().get(module)
+        if not providers:
+            return (
+                f"Lambda function {name!r} has no module {module!r}. If it is your own code,"
+                f" deploy its files with the function (dask-lambda deploy {name} PATHS...) or"
+                " have it pickled by value (cloudpickle.register_pickle_by_value(module))."
+            )
+        package = providers[0]
+        return (
+            f"Lambda function {name!r} has no module {module!r}: a function sees only its"
+            " deployment package, its layers and the runtime's boto3, not this client's"
+            f" packages. Deploy {package!r} with it: dask-lambda update {name} --include"
+            f" {package} (or -r requirements.txt), or LambdaCluster(packages=[{package!r}])."
+        )
+    try:
+        text = str(exc)
+    except Exception:  # an exception whose __str__ raises still reaches the user
+        return None
+    if any(marker in text for marker in ("AccessDenied", "ACCESS_DENIED", "Access Denied")):
+        return (
+            f"Lambda function {name!r}'s role may not use that S3 location. Grant it: dask-lambda"
+            f" update {name} --create-role --s3-read s3://BUCKET[/PREFIX] (to read) or"
+            " --s3-write (to write), or LambdaCluster(s3_read=[...], s3_write=[...])."
+        )
+    return None
+
+
+def raise_task_error(error: dict, key, function_name: str | None = None) -> NoReturn:
     """Raise the exception a task raised in Lambda, noting which task it was."""
     exc = rebuild_exception(error)
     exc.add_note(f"(raised in AWS Lambda by dask task {key!r})")
+    hint = deployment_hint(exc, function_name)
+    if hint:
+        exc.add_note(hint)
     raise exc
 
 
 def raise_fatal(error: dict, function_name: str) -> NoReturn:
     """Raise a failure to load a batch at all (typically a module missing from the function)."""
     exc = rebuild_exception(error)
-    if isinstance(exc, ImportError):
+    hint = deployment_hint(exc, function_name)
+    if hint:
+        exc.add_note(hint)
+    elif isinstance(exc, ImportError):
         exc.add_note(
             f"Lambda function {function_name!r} cannot import what the tasks reference. Deploy"
             " the module with the function (dask-lambda deploy NAME PATHS...) or have it pickled"
