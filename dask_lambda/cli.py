@@ -18,6 +18,7 @@ from typing import Any
 import click
 
 from . import config
+from .function import contract
 
 CLEAN_LISTED = 50  # object names `clean` lists before it asks
 
@@ -109,7 +110,7 @@ def local(port: int, concurrency_limit: int, idle_timeout: float) -> None:
         signal.signal(sig, lambda *_: stop.set())
     click.echo(f"Embedded local Lambda listening on {server.endpoint_url}")
     click.echo("Point boto3 and dask-lambda at it with:")
-    for name, value in server.service_env().items():
+    for name, value in server.service_env(server.admin).items():
         click.echo(f"export {name}={shlex.quote(value)}")
     click.echo("Press Ctrl-C to stop.", err=True)
     try:
@@ -157,6 +158,17 @@ def _deploy_options(defaults: bool):
                      help="S3 prefix of spilled data."),
         click.option("--expire-days", type=int, default=1, show_default=True,
                      help="Lifecycle rule: spill objects a killed client left expire after this."),
+        click.option("--s3-read", multiple=True, metavar="S3URL",
+                     help="With --create-role: let tasks read s3://bucket[/prefix]. Repeatable."),
+        click.option("--s3-write", multiple=True, metavar="S3URL",
+                     help="With --create-role: let tasks read and write s3://bucket[/prefix]."
+                          " Repeatable."),
+        click.option("--deps-on-s3", is_flag=True,
+                     help="Keep dependencies in --bucket, unpacked into /tmp on cold starts"
+                          " (automatic when the package would exceed Lambda's 250 MB)."),
+        click.option("--compatible-versions", is_flag=True,
+                     help="Where this client's version of a package has no wheel for the"
+                          " runtime, deploy the newest that has one (info shows the difference)."),
         click.option("--exclude", multiple=True, metavar="PATTERN",
                      help="Leave files matching PATTERN out of PATHS (dotfiles, credentials,"
                           " virtualenvs and __pycache__ always are). Repeatable."),
@@ -189,7 +201,9 @@ def deploy(aws, name: str, print_policy: bool, **options: Any) -> None:
     if print_policy:
         if not options["bucket"]:
             raise click.ClickException("--print-policy needs --bucket (the spill bucket)")
-        click.echo(json.dumps(role_policy(options["bucket"], options["prefix"], name), indent=2))
+        policy = role_policy(options["bucket"], options["prefix"], name,
+                             options["s3_read"], options["s3_write"])  # fmt: skip
+        click.echo(json.dumps(policy, indent=2))
         return
     _deploy_or_update(aws, name, options)
 
@@ -199,19 +213,49 @@ def deploy(aws, name: str, print_policy: bool, **options: Any) -> None:
 @_deploy_options(defaults=False)
 @aws_command
 def update(aws, name: str, **options: Any) -> None:
-    """Update function NAME: rebuild its code, change only what differs.
+    """Update function NAME: change only what differs, keep everything else.
 
-    Pass the same PATHS as at deploy. Options left out keep their current values (--env adds to
-    the current variables); unchanged code is not uploaded again.
+    Settings alone (update NAME --timeout 600) keep the deployed code. The code is rebuilt only
+    when PATHS, -r, --include, --no-dependencies, --architecture, --deps-on-s3 or
+    --compatible-versions are given; the
+    new package then holds the PATHS given now (pass all of them, as at deploy) and the
+    --include packages given now plus those of earlier deploys. Options left out keep their
+    current values (--env adds to the current variables); unchanged code is not uploaded again.
+    --s3-read/--s3-write replace the data grants of the role dask-lambda created for NAME. A
+    function without a signing key gets one.
     """
     from .admin import require_ours
 
     current = require_ours(aws.client("lambda"), name)
     variables = (current.get("Environment") or {}).get("Variables", {})
-    _deploy_or_update(aws, name, {**options, "adopt": False}, current_env=variables)
+    tags = aws.client("lambda").list_tags(Resource=current["FunctionArn"]).get("Tags", {})
+    options["include"] = _merged_includes(options["include"], tags)
+    rebuilding_options = ("paths", "requirements", "no_dependencies", "architecture",
+                          "deps_on_s3", "compatible_versions")  # fmt: skip
+    rebuild = any(options[k] for k in rebuilding_options) or bool(
+        set(options["include"]) - set(_merged_includes((), tags))
+    )
+    if (options["s3_read"] or options["s3_write"]) and not options["role"]:
+        options["create_role"] = True  # only ever changes a role dask-lambda created
+    options["bucket"] = options["bucket"] or variables.get(contract.BUCKET)
+    if variables.get(contract.PREFIX) and options["prefix"] == config.setting("prefix"):
+        options["prefix"] = variables[contract.PREFIX]
+    _deploy_or_update(aws, name, {**options, "adopt": False}, current_env=variables,
+                      rebuild=rebuild)  # fmt: skip
 
 
-def _deploy_or_update(aws, name: str, options: dict, current_env: dict | None = None) -> None:
+INCLUDE_TAG = "dask-lambda:include"
+
+
+def _merged_includes(given: tuple[str, ...], tags: dict[str, str]) -> list[str]:
+    """``--include`` packages given now, plus those recorded at earlier deploys."""
+    earlier = [p for p in tags.get(INCLUDE_TAG, "").split(" ") if p]
+    return list(dict.fromkeys([*earlier, *given]))
+
+
+def _deploy_or_update(
+    aws, name: str, options: dict, current_env: dict | None = None, rebuild: bool = True
+) -> None:
     from .build import BuildSpec, build
     from .deploy import (
         FunctionSettings,
@@ -220,14 +264,15 @@ def _deploy_or_update(aws, name: str, options: dict, current_env: dict | None = 
         current_configuration,
         deploy,
         ensure_role,
+        ephemeral_storage_for,
         role_policy,
+        upload_dependencies,
     )
-    from .function import contract
     from .signing import create_key
 
     environment = _parse_env(options["env"])
     needs_key = current_env is None or contract.KEY_PARAMETER not in current_env
-    if current_env is not None and (environment or options["bucket"] or needs_key):
+    if current_env is not None:
         environment = {**current_env, **environment}  # update keeps what it does not change
     environment.update(
         contract.function_environment(
@@ -252,23 +297,49 @@ def _deploy_or_update(aws, name: str, options: dict, current_env: dict | None = 
         options["bucket"], options["prefix"] = check_location(options["bucket"], options["prefix"])
     lam = aws.client("lambda")
     check_ownership(lam, current_configuration(lam, name), options["adopt"])  # before any change
-    spec = BuildSpec(
-        paths=list(options["paths"]),
-        requirements=options["requirements"],
-        include=list(options["include"]),
-        architecture=options["architecture"] or "x86_64",
-        with_dependencies=not options["no_dependencies"],
-        exclude=list(options["exclude"]),
-    )
-    result = build(spec, progress=lambda step: click.echo(f"  build: {step}", err=True))
-    click.echo(
-        f"Package: {result.size / 1e6:.1f} MB zipped, {result.unpacked_size / 1e6:.1f} MB"
-        f" unzipped, {result.files} files", err=True,
-    )  # fmt: skip
-    if spec.paths:
-        click.echo(result.user_files.summary(), err=True)
+    code = None
+    if rebuild:
+        spec = BuildSpec(
+            paths=list(options["paths"]),
+            requirements=options["requirements"],
+            include=list(options["include"]),
+            architecture=options["architecture"] or "x86_64",
+            with_dependencies=not options["no_dependencies"],
+            exclude=list(options["exclude"]),
+            deps_on_s3=True if options["deps_on_s3"] else None,
+            split_allowed=bool(options["bucket"]),
+            compatible_versions=options["compatible_versions"],
+        )
+        result = build(spec, progress=lambda step: click.echo(f"  build: {step}", err=True))
+        code = result.zip_bytes
+        click.echo(
+            f"Package: {result.size / 1e6:.1f} MB zipped, {result.unpacked_size / 1e6:.1f} MB"
+            f" unzipped, {result.files} files", err=True,
+        )  # fmt: skip
+        if spec.paths:
+            click.echo(result.user_files.summary(), err=True)
+        environment.pop(contract.DEPENDENCIES, None)
+        if result.dependencies_zip:
+            if not options["bucket"]:
+                raise click.ClickException("--deps-on-s3 needs --bucket: the archive lives there")
+            environment[contract.DEPENDENCIES] = upload_dependencies(
+                aws.client("s3"), options["bucket"], options["prefix"], result.dependencies_zip
+            )
+            click.echo(
+                f"Dependencies: {len(result.dependencies_zip) / 1e6:.1f} MB archive in"
+                f" s3://{options['bucket']}, {result.dependencies_unpacked / 1e6:.0f} MB"
+                " unpacked into /tmp on each cold start", err=True,
+            )  # fmt: skip
+            if settings.ephemeral_storage is None:
+                settings.ephemeral_storage = ephemeral_storage_for(
+                    len(result.dependencies_zip), result.dependencies_unpacked
+                )
+        settings.environment = environment
+    elif current_env is not None and environment == current_env:
+        settings.environment = None  # nothing to change
     if options["create_role"]:
-        policy = role_policy(options["bucket"], options["prefix"], name)
+        policy = role_policy(options["bucket"], options["prefix"], name,
+                             options["s3_read"], options["s3_write"])  # fmt: skip
         settings.role = ensure_role(
             aws.client("iam"), f"dask-lambda-{name}", policy, adopt=options["adopt"]
         )
@@ -279,12 +350,13 @@ def _deploy_or_update(aws, name: str, options: dict, current_env: dict | None = 
     outcome = deploy(
         lam,
         name,
-        result.zip_bytes,
+        code,
         settings,
         s3_client=aws.client("s3") if options["bucket"] else None,
         bucket=options["bucket"],
         prefix=options["prefix"],
         adopt=options["adopt"],
+        tags={INCLUDE_TAG: " ".join(options["include"])} if options["include"] else None,
     )
     if options["bucket"]:
         from .deploy import ensure_expiry
@@ -354,17 +426,31 @@ def delete(aws, name: str, delete_role: bool, yes: bool) -> None:
         click.echo(f"Deleted {removed}")
 
 
+def _mount_cost(mounted: dict | None) -> str:
+    """What unpacking the dependency archive cost the environment that answered."""
+    if not mounted:
+        return "already unpacked in this environment"
+    if not mounted.get("unpacked"):
+        return f"already unpacked ({mounted.get('seconds', 0):.2f} s to mount)"
+    megabytes = mounted.get("bytes", 0) / 1e6
+    download, extract = mounted.get("download_seconds", 0), mounted.get("extract_seconds", 0)
+    return (
+        f"{megabytes:.0f} MB archive: {download:.1f} s download + {extract:.1f} s unpack"
+        " on this cold start"
+    )
+
+
 @main.command()
 @click.argument("name")
 @aws_command
 def info(aws, name: str) -> None:
     """Ping function NAME: its configuration, versions, and whether this client can use it."""
+    from .compat import installed_libraries, library_differences
     from .function.protocol import version_mismatches, versions
     from .invoker import Invoker
 
     lam = aws.client("lambda")
     configuration = lam.get_function_configuration(FunctionName=name)
-    from .function import contract
 
     variables = (configuration.get("Environment") or {}).get("Variables", {})
     parameter = variables.get(contract.KEY_PARAMETER)
@@ -380,13 +466,24 @@ def info(aws, name: str) -> None:
     bucket = variables.get(contract.BUCKET)
     click.echo(f"Bucket      {bucket or '(none: pass bucket= to LambdaCluster)'}")
     click.echo(f"Cold start  {stats.get('cold_start')}")
+    if contract.DEPENDENCIES in variables:
+        click.echo(f"Dependencies from S3, {_mount_cost(stats.get('dependencies'))}")
     for key in ("python_full", "dask", "cloudpickle", "msgpack", "dask_lambda", "protocol"):
         click.echo(f"{key:<11} {remote.get(key, '?')}")
+    libraries = library_differences(installed_libraries(), response.get("libraries", {}))
+    for line in libraries.refused + libraries.warned:
+        click.echo(f"Differs     {line}")
     problems = version_mismatches(versions(), remote)
-    if problems:
-        click.echo("Compatible  NO: " + "; ".join(problems))
-        click.echo(f"            Redeploy from this environment: dask-lambda update {name}")
+    if problems or libraries.refused:
+        click.echo("Compatible  NO: " + "; ".join(problems + libraries.refused))
+        if problems:
+            click.echo(f"            Redeploy from this environment: dask-lambda update {name}")
+        else:
+            click.echo(f"            {libraries.fix(name)}")
         raise SystemExit(1)
+    if libraries.warned:
+        click.echo(f"Compatible  yes, with other minor versions: {libraries.fix(name)}")
+        return
     click.echo("Compatible  yes")
 
 

@@ -23,7 +23,7 @@ import dask
 from . import config
 from .aws import Aws
 from .backend import Backend, settings_from_config
-from .exceptions import NoActiveClusterError, VersionMismatchError
+from .exceptions import NoActiveClusterError, VersionMismatchError, VersionWarning
 from .function import contract
 from .function.protocol import version_mismatches, versions
 from .function.storage import S3Store
@@ -108,6 +108,23 @@ class LambdaCluster:
         own exceptions are retried only with ``compute(retries=N)``).
     check_versions
         Ping the function on start and refuse Python, dask or cloudpickle mismatches.
+    packages
+        For the function the cluster deploys itself: installed packages to deploy with it at
+        this client's versions, beyond dask-lambda's own (``dask[array]``, ``cloudpickle``,
+        ``msgpack``), e.g. ``["pandas", "pyarrow", "s3fs"]``. Tasks see nothing else, as on
+        AWS. Past Lambda's 250 MB the dependencies go to the bucket and are unpacked into
+        ``/tmp`` on cold starts.
+    s3_read, s3_write
+        For the function the cluster deploys itself: ``s3://bucket[/prefix]`` locations its
+        role may read, or read and write (the local Lambda enforces IAM, as AWS does).
+
+    Attributes
+    ----------
+    build_report : dict
+        For a function the cluster deployed itself: its packages, sizes, whether the
+        dependencies live in S3 and the seconds each start-up step took. For any function whose
+        dependencies live in S3, ``"dependencies_mount"``: what unpacking them cost the first
+        runtime that answered (``download_seconds``, ``extract_seconds``).
 
     Examples
     --------
@@ -134,6 +151,9 @@ class LambdaCluster:
         infra_retries: int | None = None,
         retry_backoff: float | None = None,
         check_versions: bool = True,
+        packages: list[str] | None = None,
+        s3_read: list[str] | None = None,
+        s3_write: list[str] | None = None,
     ):
         self.function_name = config.setting("function-name", function_name)
         self.bucket = config.setting("bucket", bucket)
@@ -156,6 +176,10 @@ class LambdaCluster:
             per_slot=per_slot, inline_limit=inline_limit,
         )  # fmt: skip
         self._check_versions = check_versions
+        self.packages = list(config.setting("packages", packages) or [])
+        self.s3_read = list(config.setting("s3-read", s3_read) or [])
+        self.s3_write = list(config.setting("s3-write", s3_write) or [])
+        self.build_report: dict[str, Any] = {}
         self._finalizer: weakref.finalize | None = None
         self.start()
 
@@ -167,6 +191,8 @@ class LambdaCluster:
             raise RuntimeError("This LambdaCluster is closed; create a new one")
         resources: dict[str, Any] = {}
         self._finalizer = weakref.finalize(self, _release, resources, repr(self))
+        preload = threading.Thread(target=_import_distributed, daemon=True)
+        preload.start()
         try:
             self.aws = Aws(region=self.region, endpoint_url=self.endpoint_url)
             if self.function_name is None:
@@ -215,6 +241,7 @@ class LambdaCluster:
             )
             if self._check_versions:
                 self.check_versions()
+            preload.join()
         except BaseException:
             self._finalizer.detach()
             _release(resources, None)
@@ -227,11 +254,20 @@ class LambdaCluster:
         return self
 
     def _start_local(self, resources: dict) -> None:
-        from .build import package_zip
-        from .deploy import ensure_function, ensure_role
+        import time
+
+        from .build import BuildSpec, build
+        from .deploy import (
+            ensure_function,
+            ensure_role,
+            ephemeral_storage_for,
+            role_policy,
+            upload_dependencies,
+        )
         from .emulator import LocalLambda
         from .signing import create_key
 
+        started = time.perf_counter()
         local = resources["local"] = LocalLambda(
             concurrency_limit=int(config.setting("local.concurrency-limit")),
             idle_timeout=float(config.setting("local.idle-timeout")),
@@ -242,20 +278,49 @@ class LambdaCluster:
         self.aws = Aws(
             region=local.region, endpoint_url=local.endpoint_url, credentials=credentials
         )
-        role = ensure_role(self._client("iam"), LOCAL_ROLE)
-        code = package_zip()
-        self.function_name = f"dask-lambda-{code_digest(code)}"
+        server_ready = time.perf_counter()
+        # A real package, as AWS would run it: the runtime sees nothing of this client.
+        built = build(BuildSpec(include=self.packages, from_installed=True, deps_on_s3=None,
+                                split_allowed=True))  # fmt: skip
+        package_ready = time.perf_counter()
+        self.function_name = "dask-lambda-" + code_digest(
+            built.zip_bytes + " ".join(built.pinned).encode()
+        )
         self.bucket = self.bucket or LOCAL_BUCKET
-        self._client("s3").create_bucket(Bucket=self.bucket)
+        s3 = self._client("s3")
+        s3.create_bucket(Bucket=self.bucket)
         environment = contract.function_environment(
             key_parameter=create_key(self._client("ssm"), self.function_name),
             bucket=self.bucket,
             prefix=self.prefix,
         )
+        ephemeral = None
+        if built.dependencies_zip:
+            environment[contract.DEPENDENCIES] = upload_dependencies(
+                s3, self.bucket, self.prefix, built.dependencies_zip
+            )
+            ephemeral = ephemeral_storage_for(
+                len(built.dependencies_zip), built.dependencies_unpacked
+            )
+        # The role a `dask-lambda deploy --create-role` would make: the local Lambda enforces it.
+        policy = role_policy(self.bucket, self.prefix, self.function_name,
+                             s3_read=self.s3_read, s3_write=self.s3_write)  # fmt: skip
+        role = ensure_role(self._client("iam"), LOCAL_ROLE, policy)
         ensure_function(
-            self._client("lambda"), self.function_name, code, role,
+            self._client("lambda"), self.function_name, built.zip_bytes, role,
             memory=self.memory, timeout=self.timeout, environment=environment,
+            ephemeral_storage=ephemeral, s3_client=s3, bucket=self.bucket,
         )  # fmt: skip
+        self.build_report = {
+            "packages": built.pinned,
+            "zip_mb": round(built.size / 1e6, 1),
+            "unpacked_mb": round((built.unpacked_size + built.dependencies_unpacked) / 1e6, 1),
+            "dependencies_on_s3": bool(built.dependencies_zip),
+            "cached": built.dependencies_cached,
+            "server_seconds": round(server_ready - started, 3),
+            "build_seconds": round(package_ready - server_ready, 3),
+            "deploy_seconds": round(time.perf_counter() - package_ready, 3),
+        }
 
     def _where(self) -> str:
         region = self.aws.region_name or "no region"
@@ -397,14 +462,37 @@ class LambdaCluster:
         return self.invoker.call({"op": "ping"})
 
     def check_versions(self) -> dict[str, str]:
-        """Raise :class:`VersionMismatchError` unless the function can run this client's pickles."""
-        remote = self.ping().get("versions", {})
+        """Raise :class:`VersionMismatchError` unless the function can run this client's pickles.
+
+        Python, dask, cloudpickle and the protocol must match. Any other library both have
+        (numpy, pandas, pyarrow, ...) must have the same major version; a minor difference is
+        a :class:`VersionWarning`. Both messages give the command that fixes them.
+        """
+        from .compat import installed_libraries, library_differences
+
+        answer = self.ping()
+        if "dependencies" in answer.get("stats", {}):
+            self.build_report["dependencies_mount"] = answer["stats"]["dependencies"]
+        remote = answer.get("versions", {})
         problems = version_mismatches(versions(), remote)
-        if problems:
+        libraries = library_differences(installed_libraries(), answer.get("libraries", {}))
+        if problems or libraries.refused:
+            fix = (
+                libraries.fix(self.function_name)
+                if not problems
+                else f"Redeploy it from this environment: dask-lambda update {self.function_name}"
+            )
             raise VersionMismatchError(
                 f"Lambda function {self.function_name!r} cannot safely run tasks from this client"
-                f" ({'; '.join(problems)}). Redeploy it from this environment:"
-                f" dask-lambda update {self.function_name}"
+                f" ({'; '.join(problems + libraries.refused)}). {fix}"
+            )
+        if libraries.warned:
+            warnings.warn(
+                f"Lambda function {self.function_name!r} runs other minor versions of"
+                f" {'; '.join(libraries.warned)}: results may differ from a local run."
+                f" {libraries.fix(self.function_name)}",
+                VersionWarning,
+                stacklevel=3,
             )
         return remote
 
@@ -419,6 +507,21 @@ class LambdaCluster:
 def _compute_options(kwargs: dict) -> dict:
     """The options of ``compute(...)`` a :class:`~.scheduler.Compute` takes."""
     return {name: kwargs.get(name) for name in ("cache", "retries", "speculation")}
+
+
+def _import_distributed() -> None:
+    """Import ``distributed`` if installed, while the cluster starts.
+
+    dask imports it on the first compute that names no scheduler; when that compute runs inside
+    ``dask.config.set({"distributed...": ...})``, as ``read_parquet(filesystem="arrow")``'s
+    statistics do during the optimisation of a compute given ``scheduler=cluster``, leaving the
+    ``with`` block drops every ``distributed.*`` default (a KeyError later). Imported first, the
+    defaults are in place before any such block.
+    """
+    import importlib.util
+
+    if importlib.util.find_spec("distributed") is not None:
+        import distributed  # noqa: F401
 
 
 def code_digest(code: bytes) -> str:

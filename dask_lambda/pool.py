@@ -153,9 +153,7 @@ class LambdaPool:
         calls = [tuple(args) if star else (args,) for args in iterable]
         if chunksize is None:
             chunksize = max(1, -(-len(calls) // (4 * self._executor.max_workers)))
-        return [
-            self._submit(run_chunk, (func, chunk)) for chunk in chunked(calls, chunksize)
-        ]
+        return [self._submit(run_chunk, (func, chunk)) for chunk in chunked(calls, chunksize)]
 
     # -- apply ----------------------------------------------------------------------------------
     def apply(self, func: Callable, args: tuple = (), kwds: dict | None = None) -> Any:

@@ -385,7 +385,7 @@ class Compute:
             if attempt < self.task_retries:
                 self.stats.add(task_retries=1)
         error = response.errors[min(response.errors)]
-        raise_task_error(error, spec.keys[error["index"]])
+        raise_task_error(error, spec.keys[error["index"]], self.backend.function_name)
 
     # -- data -----------------------------------------------------------------------------------
     def _input_size(self, key) -> int:
