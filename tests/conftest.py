@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import time
 import uuid
 import zipfile
@@ -32,6 +33,19 @@ def zip_files(files: dict[str, str | bytes]) -> bytes:
     """A deployment zip of ``{archive name: content}``."""
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        for name, content in files.items():
+            archive.writestr(name, content)
+    return buffer.getvalue()
+
+
+def with_runtime(files: dict[str, str | bytes]) -> bytes:
+    """A deployment zip of dask-lambda's runtime (dask, numpy, ... as installed here) plus
+    ``files``: runtimes see nothing else."""
+    from dask_lambda.build import BuildSpec, build
+
+    buffer = io.BytesIO(build(BuildSpec(from_installed=True)).zip_bytes)
+    buffer.seek(0, io.SEEK_END)
+    with zipfile.ZipFile(buffer, "a", zipfile.ZIP_DEFLATED) as archive:
         for name, content in files.items():
             archive.writestr(name, content)
     return buffer.getvalue()
@@ -67,12 +81,28 @@ def local():
         yield server
 
 
+# What the handlers in tests/handlers do with boto3: the local Lambda enforces IAM, as AWS does.
+TEST_ROLE_POLICY = {
+    "Version": "2012-10-17",
+    "Statement": [{"Effect": "Allow", "Action": ["s3:*", "ssm:*"], "Resource": "*"}],
+}
+
+
+def create_test_role(server, name: str = "dask-lambda-tests", policy=TEST_ROLE_POLICY) -> str:
+    iam = server.client("iam")
+    try:
+        return iam.get_role(RoleName=name)["Role"]["Arn"]
+    except iam.exceptions.NoSuchEntityException:
+        pass
+    arn = iam.create_role(RoleName=name, AssumeRolePolicyDocument="{}")["Role"]["Arn"]
+    if policy is not None:
+        iam.put_role_policy(RoleName=name, PolicyName="tests", PolicyDocument=json.dumps(policy))
+    return arn
+
+
 @pytest.fixture(scope="session")
 def role_arn(local):
-    iam = local.client("iam")
-    return iam.create_role(RoleName="dask-lambda-tests", AssumeRolePolicyDocument="{}")["Role"][
-        "Arn"
-    ]
+    return create_test_role(local)
 
 
 @pytest.fixture
@@ -86,7 +116,8 @@ def deploy(local, role_arn):
         client.create_function(
             FunctionName=name,
             Runtime="python3.11",
-            Role=role_arn if server is None else _role(server),
+            Role=config.pop("Role", None)
+            or (role_arn if server is None else create_test_role(server)),
             Handler=handler,
             Code={"ZipFile": code or handler_zip()},
             **{"Timeout": 10, "MemorySize": 512, **config},
@@ -96,21 +127,12 @@ def deploy(local, role_arn):
     return _deploy
 
 
-def _role(server) -> str:
-    iam = server.client("iam")
-    try:
-        return iam.get_role(RoleName="dask-lambda-tests")["Role"]["Arn"]
-    except iam.exceptions.NoSuchEntityException:
-        return iam.create_role(RoleName="dask-lambda-tests", AssumeRolePolicyDocument="{}")["Role"][
-            "Arn"
-        ]
-
-
 @pytest.fixture(scope="session")
 def cluster():
     from dask_lambda import LambdaCluster
 
-    with LambdaCluster() as running:
+    # What the tests' own tasks import (dataframes), deployed as a user would: packages=.
+    with LambdaCluster(packages=["pandas", "pyarrow"]) as running:
         yield running
 
 

@@ -42,7 +42,8 @@ def test_deploy_and_compute_with_code_that_only_the_zip_has(local, aws_env, buck
         x = dask.delayed(tasks.call_by_name)("only_in_zip", "triple", 14)
         assert x.compute(scheduler=cluster) == 42
         dask_file = dask.delayed(tasks.module_file)("dask").compute(scheduler=cluster)
-        assert "/code/" in dask_file  # dask itself comes from the deployed zip
+        assert "site-packages" not in dask_file  # not the client's: the deployed zip's
+        assert "/local-code/" in dask_file
 
 
 def test_update_changes_only_what_changed(local, aws_env, bucket, user_module):
@@ -131,10 +132,12 @@ def test_size_limits(local, aws_env, bucket, tmp_path):
     (big / "random.bin").write_bytes(os.urandom(53_000_000))
     name = unique("big")
     role = local.client("iam").create_role(RoleName=unique("r"), AssumeRolePolicyDocument="{}")
-    arn = role["Role"]["Arn"]
-    result = cli("deploy", name, str(big), "--no-dependencies", "--role", arn, ok=False)
+    result = cli("deploy", name, str(big), "--no-dependencies", "--role", role["Role"]["Arn"],
+                 ok=False)  # fmt: skip
     assert "over the 50 MB" in result.output and "--bucket" in result.output
-    cli("deploy", name, str(big), "--no-dependencies", "--role", arn, "--bucket", bucket)
+    # With its dependencies (the runtime sees only the package) and a role that may read its
+    # signing key (IAM is enforced).
+    cli("deploy", name, str(big), "--create-role", "--bucket", bucket)
     with LambdaCluster(function_name=name, check_versions=False) as cluster:
         assert dask.delayed(os.path.getsize)("big/random.bin").compute(scheduler=cluster) == (
             53_000_000
@@ -251,8 +254,9 @@ def test_builds_target_the_architecture_and_are_cached(aws_env):
     assert compiled and all("aarch64" in n for n in compiled)
     assert "dask_lambda/function/handler.py" in names and "dask/__init__.py" in names
     ours = {n for n in names if n.startswith("dask_lambda/")}
-    assert ours and all(n.startswith("dask_lambda/function/") or n == "dask_lambda/__init__.py"
-                        for n in ours), ours  # the client, CLI and emulator are not shipped
+    assert ours and all(
+        n.startswith("dask_lambda/function/") or n == "dask_lambda/__init__.py" for n in ours
+    ), ours  # the client, CLI and emulator are not shipped
     again = build(BuildSpec(architecture="arm64"))
     assert again.dependencies_cached and again.zip_bytes == first.zip_bytes  # reproducible
 

@@ -83,8 +83,8 @@ def test_object_over_the_size_limit_is_a_clear_error():
 @pytest.fixture
 def own_function(local, aws_env):
     """A dask-lambda function on the session's local Lambda that a test may break."""
-    from dask_lambda.build import package_zip
-    from dask_lambda.deploy import ensure_function, ensure_role
+    from dask_lambda.build import BuildSpec, build
+    from dask_lambda.deploy import ensure_function, ensure_role, role_policy
     from dask_lambda.function.contract import function_environment
     from dask_lambda.signing import create_key
 
@@ -93,8 +93,9 @@ def own_function(local, aws_env):
         local.client("s3").create_bucket(Bucket=bucket)
         key = create_key(local.client("ssm"), name)
         environment = function_environment(key_parameter=key, bucket=bucket)
-        role = ensure_role(local.client("iam"), "breakable")
-        ensure_function(local.client("lambda"), name, package_zip(), role, memory=1024,
+        role = ensure_role(local.client("iam"), name, role_policy(bucket, "dask-lambda", name))
+        code = build(BuildSpec(from_installed=True)).zip_bytes
+        ensure_function(local.client("lambda"), name, code, role, memory=1024,
                         timeout=timeout, environment=environment)  # fmt: skip
         return name, bucket
 

@@ -205,7 +205,7 @@ def test_version_mismatch_is_refused(local, deploy, monkeypatch):
 
 
 def _old_versions_zip() -> bytes:
-    from conftest import zip_files
+    from conftest import with_runtime
 
     source = textwrap.dedent(
         """
@@ -217,7 +217,7 @@ def _old_versions_zip() -> bytes:
             return protocol.envelope(protocol.encode_payload(body))
         """
     )
-    return zip_files({"old_versions.py": source})
+    return with_runtime({"old_versions.py": source})
 
 
 def test_cluster_lifecycle():

@@ -22,6 +22,9 @@ from pathlib import Path
 import pytest
 
 KNOWN_FAILURES = Path(__file__).with_name("known_failures.txt")
+# What Dask's test modules import besides dask itself: their functions are pickled by reference,
+# so the function imports the test module, and with it these (deployed like any user's packages).
+TEST_PACKAGES = ("pytest", "pandas", "pyarrow", "scipy", "pytest-mock")
 _outcomes: Counter = Counter()
 _routed: dict = {}
 
@@ -64,9 +67,22 @@ def pytest_configure(config):
     if os.environ.get("DASK_LAMBDA_CONFORMANCE") == "routed":
         from dask_lambda import LambdaCluster
 
-        cluster = LambdaCluster()
+        cluster = LambdaCluster(packages=_installed(TEST_PACKAGES))
         _routed["cluster"] = cluster
         _route(cluster)
+
+
+def _installed(names) -> list[str]:
+    from importlib.metadata import PackageNotFoundError, distribution
+
+    found = []
+    for name in names:
+        try:
+            distribution(name)
+        except PackageNotFoundError:
+            continue
+        found.append(name)
+    return found
 
 
 def pytest_collection_modifyitems(config, items):

@@ -1,0 +1,277 @@
+"""What fails on AWS fails on the local Lambda: isolated runtimes, IAM enforced, deploys that keep
+what is there (issue 11)."""
+
+from __future__ import annotations
+
+import importlib
+import importlib.metadata
+import json
+import re
+
+import boto3
+import dask
+import pytest
+from conftest import cli, create_test_role, unique, zip_files
+
+from dask_lambda import LambdaCluster, LambdaFunctionError, VersionMismatchError
+from dask_lambda.exceptions import VersionWarning
+from dask_lambda.function import contract
+
+TBLIB = importlib.metadata.version("tblib")
+
+PROBE = """
+import os, sys
+
+def handler(event, context):
+    found = {}
+    for name in ("numpy", "dask", "pytest", "boto3", "awslambdaric"):
+        try:
+            __import__(name)
+            found[name] = True
+        except ModuleNotFoundError:
+            found[name] = False
+    return {"found": found, "cwd": os.getcwd(), "root": os.environ["LAMBDA_TASK_ROOT"],
+            "site": [p for p in sys.path if "site-packages" in p],
+            "token": bool(os.environ.get("AWS_SESSION_TOKEN"))}
+"""
+
+
+def test_runtime_sees_only_its_package_and_the_managed_boto3(local, deploy):
+    name = deploy("probe.handler", code=zip_files({"probe.py": PROBE}))
+    response = local.client("lambda").invoke(FunctionName=name, Payload=b"{}")
+    seen = json.loads(response["Payload"].read())
+    assert seen["found"] == {"numpy": False, "dask": False, "pytest": False, "boto3": True,
+                             "awslambdaric": True}  # fmt: skip
+    assert seen["cwd"] == seen["root"] and seen["site"] == []
+    assert seen["token"]  # the execution role's temporary credentials, as Lambda gives them
+
+
+def test_unknown_credentials_are_refused(local):
+    s3 = boto3.client("s3", endpoint_url=local.endpoint_url, region_name="us-east-1",
+                      aws_access_key_id="testing", aws_secret_access_key="testing")  # fmt: skip
+    with pytest.raises(s3.exceptions.ClientError, match="InvalidAccessKeyId"):
+        s3.list_buckets()
+
+
+READER = """
+import boto3
+
+def handler(event, context):
+    try:
+        body = boto3.client("s3").get_object(Bucket=event["bucket"], Key="k")["Body"].read()
+        return {"read": body.decode()}
+    except Exception as e:
+        return {"error": str(e)}
+"""
+
+
+def test_a_role_reads_only_what_its_policy_grants(local, deploy):
+    s3 = local.client("s3")
+    granted, other = unique("granted"), unique("other")
+    for bucket in (granted, other):
+        s3.create_bucket(Bucket=bucket)
+        s3.put_object(Bucket=bucket, Key="k", Body=b"data")
+    policy = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "s3:GetObject",
+              "Resource": f"arn:aws:s3:::{granted}/*"}]}  # fmt: skip
+    role = create_test_role(local, unique("reader"), policy)
+    name = deploy("reader.handler", code=zip_files({"reader.py": READER}), Role=role)
+
+    def read(bucket):
+        payload = json.dumps({"bucket": bucket}).encode()
+        answer = local.client("lambda").invoke(FunctionName=name, Payload=payload)
+        return json.loads(answer["Payload"].read())
+
+    assert read(granted) == {"read": "data"}
+    assert "AccessDenied" in read(other)["error"]
+
+
+def _tblib_version():
+    import tblib  # installed on this client, not deployed with the session's cluster
+
+    return tblib.__version__
+
+
+def test_task_importing_an_undeployed_package_names_the_fix(cluster):
+    with pytest.raises(ModuleNotFoundError) as info:
+        dask.delayed(_tblib_version)().compute(scheduler=cluster)
+    notes = " ".join(info.value.__notes__)
+    assert "--include tblib" in notes and "packages=['tblib']" in notes
+
+
+def test_packages_deploys_what_the_tasks_import():
+    with LambdaCluster(packages=["tblib"]) as cluster:
+        assert cluster.build_report["packages"].count(f"tblib=={TBLIB}") == 1
+        assert dask.delayed(_tblib_version)().compute(scheduler=cluster) == TBLIB
+
+
+def test_include_with_deps_on_s3_runs_and_a_tampered_archive_is_refused(local, aws_env, bucket):
+    """The AWS build (pip, manylinux wheels) through the CLI, dependencies in S3; then someone
+    who can write to the bucket replaces the archive: new environments refuse to unpack it."""
+    name = unique("deps")
+    result = cli("deploy", name, "--create-role", "--bucket", bucket, "--include", "tblib",
+                 "--deps-on-s3")  # fmt: skip
+    assert "unpacked into /tmp on each cold start" in result.output
+    with LambdaCluster(function_name=name) as cluster:
+        assert dask.delayed(_tblib_version)().compute(scheduler=cluster) == TBLIB
+        mounted = cluster.build_report["dependencies_mount"]  # the first ping: a cold start
+    assert mounted["unpacked"] and mounted["download_seconds"] >= 0
+    assert mounted["extract_seconds"] >= 0
+    assert "Dependencies from S3" in cli("info", name).output
+    lam = local.client("lambda")
+    variables = lam.get_function_configuration(FunctionName=name)["Environment"]["Variables"]
+    reference = json.loads(variables[contract.DEPENDENCIES])
+    attacker = zip_files({"tblib/__init__.py": "__version__ = 'owned'\n"})
+    local.client("s3").put_object(Bucket=reference["bucket"], Key=reference["key"], Body=attacker)
+    cli("update", name, "--memory", "1024")  # new execution environments: cold starts
+    with pytest.raises(LambdaFunctionError, match="not the dependency archive"):
+        LambdaCluster(function_name=name, check_versions=False).ping()
+
+
+def _module_file(name: str) -> str:
+    return importlib.import_module(name).__file__
+
+
+def test_a_package_over_250_mb_runs_with_its_dependencies_from_s3(cluster):
+    """pandas + pyarrow at the client's versions are over Lambda's 250 MB unzipped: the cluster
+    puts the dependencies in its bucket, sizes /tmp for them, and the runtime imports them from
+    where it unpacked them, not from the client's site-packages."""
+    report = cluster.build_report
+    assert report["unpacked_mb"] > 250 and report["dependencies_on_s3"]
+    assert report["zip_mb"] < 50
+    mounted = report["dependencies_mount"]
+    assert mounted["unpacked"] and mounted["bytes"] > 50e6
+    configuration = cluster.local.client("lambda").get_function_configuration(
+        FunctionName=cluster.function_name
+    )
+    assert contract.DEPENDENCIES in configuration["Environment"]["Variables"]
+    assert configuration["EphemeralStorage"]["Size"] > 512
+    where = dask.delayed(_module_file)("pyarrow").compute(scheduler=cluster)
+    assert "/dask-lambda-deps/" in where and "site-packages" not in where
+
+
+def _parquet_env(monkeypatch, cluster) -> None:
+    """pyarrow on the client reads the local endpoint and admin keys from the environment, as
+    it reads AWS's; inside the function, the runtime's environment names the role's keys."""
+    for variable, value in cluster.local.env().items():
+        monkeypatch.setenv(variable, value)
+
+
+def _write_parquet(cluster, bucket: str) -> object:
+    import pandas as pd
+    import pyarrow.fs
+
+    cluster.local.client("s3").create_bucket(Bucket=bucket)
+    frame = pd.DataFrame({"x": range(20), "y": [i % 3 for i in range(20)]})
+    filesystem, _ = pyarrow.fs.FileSystem.from_uri(f"s3://{bucket}/in")
+    for part in range(2):
+        path = f"{bucket}/in/part.{part}.parquet"
+        frame.iloc[part * 10 : (part + 1) * 10].to_parquet(path, filesystem=filesystem)
+    return frame
+
+
+def test_read_parquet_from_a_data_bucket_needs_a_grant(cluster, monkeypatch):
+    import dask.dataframe as dd
+
+    _parquet_env(monkeypatch, cluster)
+    bucket = unique("data")
+    _write_parquet(cluster, bucket)
+    frame = dd.read_parquet(f"s3://{bucket}/in", filesystem="arrow")  # metadata: the client's
+    with pytest.raises(OSError, match="ACCESS_DENIED") as info:
+        frame.x.sum().compute(scheduler=cluster)
+    assert "--s3-read" in " ".join(info.value.__notes__)
+
+
+def test_read_and_to_parquet_with_grants(monkeypatch):
+    import dask.dataframe as dd
+
+    bucket = unique("data")
+    with LambdaCluster(packages=["pandas", "pyarrow"], s3_read=[f"s3://{bucket}/in"],
+                       s3_write=[f"s3://{bucket}/out"]) as cluster:  # fmt: skip
+        _parquet_env(monkeypatch, cluster)
+        frame = _write_parquet(cluster, bucket)
+        read = dd.read_parquet(f"s3://{bucket}/in", filesystem="arrow")
+        assert read.x.sum().compute(scheduler=cluster) == frame.x.sum()
+        doubled = read.assign(x=read.x * 2)
+        doubled.to_parquet(
+            f"s3://{bucket}/out", filesystem="arrow", compute_kwargs={"scheduler": cluster}
+        )
+        back = dd.read_parquet(f"s3://{bucket}/out", filesystem="arrow").compute(scheduler=cluster)
+        assert sorted(back.x) == sorted(frame.x * 2)
+        with pytest.raises(OSError, match="ACCESS_DENIED") as info:  # in/ is read-only
+            doubled.to_parquet(f"s3://{bucket}/in/again", filesystem="arrow",
+                               compute_kwargs={"scheduler": cluster})  # fmt: skip
+        assert "--s3-write" in " ".join(info.value.__notes__)
+
+
+def test_update_timeout_keeps_the_code(aws_env, bucket, user_module):
+    name = unique("keeps")
+    cli("deploy", name, "--create-role", "--bucket", bucket, "--no-dependencies",
+        str(user_module))  # fmt: skip
+    lam = boto3.client("lambda")
+    before = lam.get_function_configuration(FunctionName=name)
+    cli("update", name, "--timeout", "600")
+    after = lam.get_function_configuration(FunctionName=name)
+    assert after["Timeout"] == 600 and after["CodeSha256"] == before["CodeSha256"]
+    assert after["Environment"] == before["Environment"]
+
+
+def test_print_policy_shows_data_grants(aws_env):
+    result = cli(
+        "deploy",
+        "f",
+        "--bucket",
+        "spill-bucket",
+        "--print-policy",
+        "--s3-read",
+        "s3://data-bucket/in",
+        "--s3-write",
+        "s3://data-bucket/out*",
+    )
+    policy = json.loads(result.output)
+    resources = [s["Resource"] for s in policy["Statement"]]
+    assert "arn:aws:s3:::data-bucket/in/*" in resources
+    assert "arn:aws:s3:::data-bucket/out${*}/*" in resources  # a literal *, not a wildcard
+
+
+def test_library_versions_compared_by_series():
+    from dask_lambda.compat import library_differences
+
+    client = {"numpy": "2.4.6", "pandas": "3.1.1", "pyarrow": "26.0.1", "boto3": "1.44.5",
+              "zarr": "0.9.1", "six": "1.17.0"}  # fmt: skip
+    function = {"numpy": "2.2.6", "pandas": "2.3.0", "pyarrow": "26.0.0", "boto3": "1.34.0",
+                "zarr": "0.8.0", "only-there": "1.0"}  # fmt: skip
+    found = library_differences(client, function)
+    assert found.refused == ["pandas: function has 2.3.0, client has 3.1.1",
+                             "zarr: function has 0.8.0, client has 0.9.1"]  # fmt: skip
+    assert found.warned == ["numpy: function has 2.2.6, client has 2.4.6"]  # patch: silent
+    assert "--include numpy==2.4.6 --include pandas==3.1.1" in found.fix("f")  # boto3: managed
+
+
+def test_compatible_versions_deploy_and_library_differences(local, aws_env, bucket, tmp_path):
+    """The client's numpy has no wheel for Lambda's python3.11 (glibc 2.26): the error names the
+    newest that has one, --compatible-versions deploys it, and info and the cluster show the
+    difference (minor: a warning; tblib's major: a refusal with the fix)."""
+    numpy_here = importlib.metadata.version("numpy")
+    name = unique("compat")
+    refused = cli("deploy", name, "--create-role", "--bucket", bucket, "--include", "numpy",
+                  ok=False)  # fmt: skip
+    found = re.search(r"The newest numpy with a wheel for python3.11 on x86_64 \(glibc 2.26\) is"
+                      r" (2\.2\.\d+): --compatible-versions", refused.output)  # fmt: skip
+    assert refused.exit_code == 1 and found, refused.output
+    requirements = tmp_path / "requirements.txt"
+    requirements.write_text("tblib==2.0.0\n")
+    cli("deploy", name, "--create-role", "--bucket", bucket, "--include", "numpy",
+        "--compatible-versions", "-r", str(requirements))  # fmt: skip
+    info = cli("info", name, ok=False)
+    assert f"Differs     numpy: function has {found[1]}, client has {numpy_here}" in info.output
+    assert f"tblib: function has 2.0.0, client has {TBLIB}" in info.output
+    assert info.exit_code == 1 and f"--include tblib=={TBLIB}" in info.output
+    with pytest.raises(VersionMismatchError, match="tblib: function has 2.0.0.*--include"):
+        LambdaCluster(function_name=name)
+    requirements.write_text(f"tblib=={TBLIB}\n")
+    cli("update", name, "-r", str(requirements), "--compatible-versions")
+    with pytest.warns(VersionWarning, match=f"numpy: function has {found[1]}"):
+        cluster = LambdaCluster(function_name=name)
+    with cluster:
+        task = dask.delayed(lambda: __import__("numpy").__version__)()
+        assert task.compute(scheduler=cluster) == found[1]
