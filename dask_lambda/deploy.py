@@ -137,8 +137,9 @@ def role_policy(
     s3_read: list[str] | tuple[str, ...] = (),
     s3_write: list[str] | tuple[str, ...] = (),
 ) -> dict[str, Any]:
-    """Least privilege for a dask-lambda function: its spill prefix, its key, its own logs, and
-    the data locations ``s3_read`` / ``s3_write`` (``s3://bucket[/prefix]``) its tasks use.
+    """Least privilege for a dask-lambda function: its spill prefix, its dependency archives
+    (read only), its key, its own logs, and the data locations ``s3_read`` / ``s3_write``
+    (``s3://bucket[/prefix]``) its tasks use.
 
     Writing a location implies reading it (writers list and check what is there). The key is a
     SecureString under the AWS-managed ``aws/ssm`` KMS key, which SSM decrypts for any caller
@@ -156,6 +157,12 @@ def role_policy(
                 "s3:DeleteObject",
             ],
             "Resource": f"arn:aws:s3:::{bucket}/{prefix}/*",
+        },
+        {
+            "Sid": "DependencyArchives",  # read only: see upload_dependencies
+            "Effect": "Allow",
+            "Action": "s3:GetObject",
+            "Resource": f"arn:aws:s3:::{bucket}/{dependencies_prefix(prefix)}/*",
         },
         {
             "Sid": "OwnSigningKey",
@@ -408,18 +415,24 @@ class _code_location:
             self.s3.delete_object(Bucket=self.bucket, Key=self.key)
 
 
+def dependencies_prefix(prefix: str) -> str:
+    """Where dependency archives live: ``<prefix>-dependencies``, outside the spill prefix."""
+    return prefix.strip("/") + "-dependencies"
+
+
 def upload_dependencies(s3: Any, bucket: str, prefix: str, archive: bytes) -> str:
     """Put a dependency archive (``--deps-on-s3``) in the bucket; return the function's
     :data:`~.function.contract.DEPENDENCIES` value.
 
-    The key is the archive's SHA-256 under ``<prefix>/dependencies/``, so an unchanged archive is
-    uploaded once; it is not tagged as a spill object, so ``clean`` and the expiry rule leave it.
-    The function checks the digest before unpacking it.
+    The key is the archive's SHA-256 under :func:`dependencies_prefix`, beside the spill prefix
+    rather than in it: the function's role may read it but not write it, and it is not a spill
+    object, so ``clean`` and the expiry rule leave it. An unchanged archive is uploaded once. The
+    function checks the digest before unpacking it.
     """
     import hashlib
 
     sha = hashlib.sha256(archive).hexdigest()
-    key = f"{prefix.strip('/')}/dependencies/{sha}.zip"
+    key = f"{dependencies_prefix(prefix)}/{sha}.zip"
     try:
         present = s3.head_object(Bucket=bucket, Key=key)["ContentLength"] == len(archive)
     except s3.exceptions.ClientError:

@@ -134,6 +134,9 @@ def test_swapped_intermediate_is_refused_inside_the_function(cluster, tmp_path):
         evil = _evil(marker)
         return evil + b"\0" * (size - len(evil))
 
+    # Every runtime warm first: a cold one (unpacking the session's dependencies) running the
+    # producer would leave the attacker no window before the consumer reads.
+    dask.compute(*[dask.delayed(tasks.slow)(i, 1) for i in range(2)], scheduler=cluster)
     produced = dask.delayed(tasks.big_array)(1)  # 1 MB: spilled, fetched by the next batch
     waiting = dask.delayed(tasks.slow)(0, 3)  # the attacker's window
     consumer = dask.delayed(tasks.size_after)(produced, waiting)
