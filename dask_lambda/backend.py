@@ -30,6 +30,8 @@ class Settings:
     max_tasks: int
     max_bytes: int
     per_slot: int
+    target_seconds: float
+    probe_tasks: int
     inline_limit: int
     max_object_bytes: int
     kms_key_id: str | None
@@ -45,6 +47,8 @@ SETTING_KEYS = {
     "max_tasks": "batch.max-tasks",
     "max_bytes": "batch.max-bytes",
     "per_slot": "batch.per-slot",
+    "target_seconds": "batch.target-seconds",
+    "probe_tasks": "batch.probe-tasks",
     "inline_limit": "spill.inline-limit",
     "max_object_bytes": "spill.max-object-bytes",
     "kms_key_id": "spill.kms-key-id",

@@ -32,6 +32,7 @@ class BatchResponse:
     errors: dict[int, dict]  # task index -> error entry
     stats: dict
     fatal: dict | None = None  # the batch could not be loaded at all
+    timings: list | None = None  # [start, stop] per task, None for one that did not run
 
 
 def pickle_spec(spec: BatchSpec) -> bytes:
@@ -53,12 +54,14 @@ def invoke(
     payload_prefix: str,
     stats: InvokeStats | None = None,
     prefix: str | None = None,
+    split: bool = False,
 ) -> BatchResponse:
     """Run one pickled batch on the backend's function.
 
     Infrastructure failures are retried by the invoker; a task's own errors come back in the
     response. Results the function spills go under ``prefix`` (the backend's by default), an
-    oversized request under ``payload_prefix``.
+    oversized request under ``payload_prefix``. With ``split``, a runtime failure raises
+    :class:`~.invoker.SplitBatch` instead of re-running the whole batch.
     """
     settings = backend.settings
     request = protocol.run_request(
@@ -71,7 +74,7 @@ def invoke(
         kms_key_id=settings.kms_key_id,
     )
     response = backend.invoker.call(
-        request, task_keys=keys, stats=stats, payload_prefix=payload_prefix
+        request, task_keys=keys, stats=stats, payload_prefix=payload_prefix, split=split
     )
     if "fatal" in response:
         return BatchResponse([], {}, response.get("stats", {}), fatal=response["fatal"])
@@ -79,6 +82,7 @@ def invoke(
         results=[Result(*entry) for entry in response["results"]],
         errors={error["index"]: error for error in response["errors"]},
         stats=response.get("stats", {}),
+        timings=response.get("timings"),
     )
 
 

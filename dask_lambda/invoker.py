@@ -48,6 +48,14 @@ RETRYABLE_FUNCTION_ERRORS = (
     "Runtime.Unknown",
     "TransientError",
 )
+# Failures of the runtime running a batch: with more than one task, the batch is split instead
+# of retried whole (see SplitBatch).
+RUNTIME_FAILURES = (
+    "Runtime.ExitError",
+    "Sandbox.Timedout",
+    "Runtime.Unknown",
+    "Runtime.OutOfMemory",
+)
 RETRYABLE_EXCEPTIONS = (
     botocore.exceptions.ConnectionError,
     botocore.exceptions.ReadTimeoutError,
@@ -67,6 +75,7 @@ class InvokeStats:
     request_bytes: int = 0
     response_bytes: int = 0
     spilled_requests: int = 0
+    splits: int = 0  # batches re-run in halves after a runtime failure
     records: collections.deque = field(
         default_factory=lambda: collections.deque(maxlen=RECORDS_KEPT)
     )
@@ -76,6 +85,27 @@ class InvokeStats:
         with self.lock:
             for name, value in counts.items():
                 setattr(self, name, getattr(self, name) + value)
+
+
+class SplitBatch(Exception):
+    """The runtime running a batch of several tasks crashed, ran out of memory or timed out.
+
+    Not retried whole: the caller re-runs it in halves, so tasks that did not cause the failure
+    keep their retry budget and a task that does is isolated in a batch of its own.
+    """
+
+    def __init__(self, error: LambdaFunctionError):
+        super().__init__(str(error))
+        self.error = error
+
+
+def failure_kind(error: LambdaFunctionError) -> str | None:
+    """``"memory"`` or ``"timeout"`` for the failures that repeat at the same settings."""
+    if error.error_type == "Sandbox.Timedout":
+        return "timeout"
+    if "OutOfMemory" in error.error_type or "Runtime.OutOfMemory" in (error.error_message or ""):
+        return "memory"
+    return None
 
 
 class Invoker:
@@ -134,16 +164,24 @@ class Invoker:
         task_keys: list | None = None,
         stats: InvokeStats | None = None,
         payload_prefix: str | None = None,
+        split: bool = False,
     ) -> dict[str, Any]:
         """Invoke with ``payload``; return the decoded response payload.
 
         Counts go to ``stats`` as well as to the invoker's own totals. A request too large for
         Lambda is stored under ``payload_prefix`` (the invoker's default if None) for the call.
 
+        A runtime that crashed, ran out of memory or timed out is retried, except that with
+        ``split`` (a batch of several tasks the caller can divide) it raises :class:`SplitBatch`
+        at once, and that a single task running out of memory or time twice in a row is not
+        retried again: the same memory and timeout would fail the same way.
+
         Raises
         ------
         LambdaFunctionError
             The function failed outside user code, after the allowed retries.
+        SplitBatch
+            With ``split``: the runtime failed; re-run the batch in parts.
         """
         counters = _Counters(self.stats, stats)
         data = protocol.encode_payload(payload)
@@ -165,18 +203,27 @@ class Invoker:
             event = protocol.envelope(data, self.signing_key, self.signature_ttl)
         body = json.dumps(event).encode()
         try:
-            return self._call_with_retries(body, task_keys or [], counters)
+            return self._call_with_retries(body, task_keys or [], counters, split)
         finally:
             if spilled_key is not None:
                 self.store.delete([spilled_key])
 
-    def _call_with_retries(self, body: bytes, task_keys: list, stats: _Counters) -> dict[str, Any]:
+    def _call_with_retries(
+        self, body: bytes, task_keys: list, stats: _Counters, split: bool = False
+    ) -> dict[str, Any]:
         attempt = 0
+        previous_kind = None
         while True:
             attempt += 1
             try:
                 return self._call_once(body, task_keys, attempt, stats)
             except _Retryable as e:
+                if split and e.error.error_type.startswith(RUNTIME_FAILURES):
+                    raise SplitBatch(e.error) from None
+                kind = failure_kind(e.error)
+                if kind is not None and kind == previous_kind and len(task_keys) == 1:
+                    raise self._repeated(e.error, kind, attempt) from None
+                previous_kind = kind
                 if attempt > self.infra_retries:
                     raise e.final(attempt) from None
                 stats.add(infra_retries=1)
@@ -211,6 +258,12 @@ class Invoker:
             )
         stats.add(invocations=1, request_bytes=len(body), response_bytes=len(raw))
         if response.get("FunctionError"):
+            stopped = time.time()
+            stats.record(  # billed too: Lambda charges for the time a failed invocation ran
+                {"start": started, "stop": stopped, "tasks": len(task_keys), "attempt": attempt,
+                 "request_bytes": len(body), "response_bytes": len(raw),
+                 "duration": stopped - started, "failed": True}
+            )  # fmt: skip
             self._function_error(raw, task_keys, response)
         decoded = protocol.open_envelope(raw)
         remote = decoded.get("stats", {})
@@ -231,6 +284,28 @@ class Invoker:
             }
         )
         return decoded
+
+    def _repeated(
+        self, error: LambdaFunctionError, kind: str, attempts: int
+    ) -> LambdaFunctionError:
+        """A task that ran out of memory or time twice: say so and what to change."""
+        name = self.function_name
+        if kind == "memory":
+            advice = (
+                f"It ran out of memory twice at the same memory size: not retried again. Give the"
+                f" function more memory (dask-lambda update {name} --memory MB, up to 10240, or"
+                " LambdaCluster(memory=...)) or make the task's chunks smaller"
+            )
+        else:
+            advice = (
+                f"It timed out twice at the same timeout: not retried again. Raise the timeout"
+                f" (dask-lambda update {name} --timeout SECONDS, at most 900) or split the work"
+                " into smaller tasks"
+            )
+        return LambdaFunctionError(
+            name, error.error_type, f"{error.error_message}. {advice}", error.task_keys,
+            error.request_id, attempts,
+        )  # fmt: skip
 
     def _function_error(self, raw: bytes, task_keys: list, response: dict) -> None:
         try:

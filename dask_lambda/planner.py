@@ -9,10 +9,17 @@ waiting, ready, running or finished. Its state dict has the fields dask's callba
 
 1. *Roots*: ready keys in priority order (``dask.order`` keeps siblings together), as many as
    ``ceil(ready / free_slots)`` so a wave of ready tasks is spread over every free runtime,
-   capped by ``max_tasks`` and by the bytes of inline inputs (``max_bytes``).
+   capped by ``max_tasks``, by the bytes of inline inputs (``max_bytes``) and by time:
+   :class:`TaskDurations` learns each kind of task's run time (dask's ``key_split``) from the
+   finished ones, and a batch stops at ``target_seconds`` of predicted work. Of a kind not yet
+   timed, a batch takes at most ``probe_tasks``, so the first batches measure and progress
+   shows from the start.
 2. *Fusion*: every dependent whose inputs are all inside the batch or already finished joins it,
    repeatedly, so chains and whole sub-trees run in one invocation instead of a round trip
-   through S3 per level (Wukong's clustering).
+   through S3 per level (Wukong's clustering), while the values it makes are predicted to fit
+   ``memory_bytes``. When the ready work leaves slots idle, a task's fan-out is not fused (only
+   its first branch is): the other branches become ready when the batch returns and run in
+   parallel instead of one after another in this invocation.
 3. *Outputs*: only keys that something outside the batch needs (a dependent elsewhere or a
    requested result) are returned; everything else stays inside the invocation.
 
@@ -29,6 +36,7 @@ from dataclasses import dataclass
 
 from dask._task_spec import Alias, GraphNode
 from dask.order import order
+from dask.utils import key_split
 
 
 @dataclass(eq=False)  # compared and hashed by identity: each batch is one piece of work
@@ -39,6 +47,79 @@ class Batch:
     keys: list
     outputs: list
     inputs: list
+
+
+class TaskProfile:
+    """What each kind of task (``key_split`` of its key) costs, learned as batches return: mean
+    run time and mean size of its value (``dask.sizeof``, measured in Lambda)."""
+
+    def __init__(self) -> None:
+        self._seconds: dict[str, float] = {}
+        self._bytes: dict[str, float] = {}
+        self._count: dict[str, int] = {}
+
+    def observe(self, keys: list, timings: list | None) -> None:
+        """Record each task's ``[start, stop, nbytes]`` (``None``: it did not run)."""
+        for key, span in zip(keys, timings or (), strict=False):
+            if span:
+                kind = key_split(key)
+                self._seconds[kind] = self._seconds.get(kind, 0.0) + (span[1] - span[0])
+                self._bytes[kind] = self._bytes.get(kind, 0.0) + (span[2] if len(span) > 2 else 0)
+                self._count[kind] = self._count.get(kind, 0) + 1
+
+    def predict(self, key) -> tuple[float, float] | None:
+        """``(seconds, bytes)`` a task like ``key`` takes, or None before one has finished."""
+        kind = key_split(key)
+        count = self._count.get(kind)
+        return (self._seconds[kind] / count, self._bytes[kind] / count) if count else None
+
+
+@dataclass
+class Limits:
+    """How large one batch may be (see the module docstring)."""
+
+    max_tasks: int = 1000
+    max_bytes: int = 3_000_000  # inline input bytes
+    per_slot: int = 1
+    target_seconds: float = math.inf  # predicted run time
+    probe_tasks: int = 0  # tasks of kinds not yet timed; 0: no cap
+    memory_bytes: float = math.inf  # predicted bytes of the values a batch makes
+
+
+class _Tally:
+    """Predicted time and memory of a batch as it is filled."""
+
+    def __init__(self, profile: TaskProfile | None, limits: Limits):
+        self.profile, self.limits = profile, limits
+        self.seconds = self.nbytes = 0.0
+        self.untimed = 0
+
+    def admits(self, key) -> bool:
+        """Whether ``key`` still fits (the caller takes the first task regardless)."""
+        if self.profile is None:
+            return True
+        predicted = self.profile.predict(key)
+        limits = self.limits
+        if predicted is None:
+            return not limits.probe_tasks or self.untimed < limits.probe_tasks
+        seconds, nbytes = predicted
+        return (
+            self.seconds + seconds <= limits.target_seconds
+            and self.nbytes + nbytes <= limits.memory_bytes
+        )
+
+    def fits_memory(self, key) -> bool:
+        """Whether ``key``'s value still fits the memory limit (unknown sizes do)."""
+        predicted = self.profile.predict(key) if self.profile is not None else None
+        return predicted is None or self.nbytes + predicted[1] <= self.limits.memory_bytes
+
+    def add(self, key) -> None:
+        predicted = self.profile.predict(key) if self.profile is not None else None
+        if predicted is None:
+            self.untimed += 1
+        else:
+            self.seconds += predicted[0]
+            self.nbytes += predicted[1]
 
 
 class GraphState:
@@ -130,12 +211,23 @@ class GraphState:
         max_bytes: int,
         input_bytes: Callable[[object], int],
         per_slot: int = 1,
+        profile: TaskProfile | None = None,
+        limits: Limits | None = None,
     ) -> Batch | None:
-        """Take the next batch off the ready queue (see the module docstring), or None."""
+        """Take the next batch off the ready queue (see the module docstring), or None.
+
+        ``limits`` (with ``profile``, what tasks were learned to cost) caps the batch by
+        predicted time and memory; ``max_tasks``, ``max_bytes`` and ``per_slot`` always apply.
+        """
         ready = self.state["ready"]
         if not ready or free_slots <= 0:
             return None
+        limits = limits or Limits()
         size = min(max_tasks, max(1, math.ceil(len(ready) / (free_slots * per_slot))))
+        # Slots this wave of ready work leaves idle: then fan-outs are not fused, so their
+        # branches run in parallel (in later batches) instead of one after another here.
+        spare_slots = free_slots * per_slot - math.ceil(len(ready) / size)
+        tally = _Tally(profile, limits)
         members: set = set()
         inputs: set = set()
         used_bytes = 0
@@ -144,14 +236,15 @@ class GraphState:
             _, key = ready[0]
             new_inputs = self.dependencies[key] - inputs
             extra = sum(input_bytes(dep) for dep in new_inputs)
-            if roots and used_bytes + extra > max_bytes:
+            if roots and (used_bytes + extra > max_bytes or not tally.admits(key)):
                 break
             heapq.heappop(ready)
+            tally.add(key)
             used_bytes += extra
             inputs |= new_inputs
             roots.append(key)
             members.add(key)
-        self._fuse(members, roots, limit=2 * max_tasks)
+        self._fuse(members, roots, 2 * max_tasks, tally, fan_out=spare_slots <= 0)
         tasks = sorted(members, key=self.priority.__getitem__)
         inputs = {dep for key in tasks for dep in self.dependencies[key]} - members
         outputs = [
@@ -162,18 +255,27 @@ class GraphState:
         self.state["running"].update(members)
         return Batch(keys=tasks, outputs=outputs, inputs=sorted(inputs, key=str))
 
-    def _fuse(self, members: set, frontier: list, limit: int) -> None:
+    def _fuse(self, members: set, frontier: list, limit: int, tally: _Tally,
+              fan_out: bool) -> None:  # fmt: skip
+        """Add every waiting dependent whose inputs are all in ``members`` or finished, within
+        ``limit`` tasks and the predicted memory; with ``fan_out`` False, one branch per task."""
         state = self.state
         finished = state["finished"]
         stack = list(frontier)
         while stack and len(members) < limit:
             key = stack.pop()
-            for dependent in self.dependents.get(key, ()):
-                if dependent in members or dependent not in state["waiting"]:
-                    continue
-                if all(d in members or d in finished for d in self.dependencies[dependent]):
-                    del state["waiting"][dependent]
-                    members.add(dependent)
-                    stack.append(dependent)
-                    if len(members) >= limit:
-                        break
+            fusable = sorted(
+                (d for d in self.dependents.get(key, ())
+                 if d not in members and d in state["waiting"]
+                 and all(x in members or x in finished for x in self.dependencies[d])),
+                key=self.priority.__getitem__,
+            )  # fmt: skip
+            for dependent in fusable if fan_out else fusable[:1]:
+                if not tally.fits_memory(dependent):
+                    return
+                del state["waiting"][dependent]
+                members.add(dependent)
+                tally.add(dependent)
+                stack.append(dependent)
+                if len(members) >= limit:
+                    return

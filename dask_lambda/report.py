@@ -34,6 +34,7 @@ class ComputeReport:
     tasks: int = 0
     invocations: int = 0
     infra_retries: int = 0
+    splits: int = 0
     task_retries: int = 0
     speculations: int = 0
     throttles: int = 0
@@ -90,7 +91,8 @@ class ComputeReport:
         return (
             f"{self.tasks} tasks in {self.invocations} invocations"
             f" ({self.tasks_per_invocation:.1f} per invocation), {self.cold_starts} cold starts,"
-            f" {self.infra_retries} infrastructure retries, {self.wall_time:.2f} s;"
+            f" {self.infra_retries} infrastructure retries ({self.splits} by splitting),"
+            f" {self.wall_time:.2f} s;"
             f" {self.bytes_spilled / MiB:.1f} MiB spilled, {self.bytes_inline / MiB:.2f} MiB"
             f" inline, {self.bytes_through_client / MiB:.2f} MiB through the client;"
             f" {self.billed_gb_seconds:.3f} GB-s billed, ~${self.cost_usd:.6f}"

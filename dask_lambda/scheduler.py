@@ -45,10 +45,10 @@ from dask.utils import ensure_dict
 from .backend import Backend
 from .batch import BatchResponse, fetch_value, invoke, pickle_spec
 from .exceptions import raise_fatal, raise_task_error
-from .function.protocol import BatchSpec, Inline, Stored
+from .function.protocol import BatchSpec, Inline, Result, Stored
 from .function.storage import object_name
-from .invoker import InvokeStats
-from .planner import GraphState
+from .invoker import InvokeStats, SplitBatch
+from .planner import GraphState, Limits, TaskProfile
 from .report import ComputeReport
 
 SPECULATION_CHECK = 0.25  # seconds between looks for stragglers
@@ -82,6 +82,26 @@ def get(
     """
     compute = Compute(backend, dsk, keys, cache, retries, speculation)
     return compute.run(callbacks), compute.report
+
+
+def task_annotations(collection) -> dict:
+    """``{key: {name: value}}`` from ``dask.annotate(...)``: an expression's
+    ``__dask_annotations__()`` or a high-level graph's layers; a callable annotation is called
+    with the key, as distributed does."""
+    by_name: dict = {}
+    if hasattr(collection, "__dask_annotations__"):
+        by_name = collection.__dask_annotations__() or {}
+    found: dict = {}
+    for name, values in by_name.items():
+        for key, value in values.items():
+            found.setdefault(key, {})[name] = value
+    for layer in getattr(collection, "layers", {}).values():
+        for key in layer.get_output_keys() if getattr(layer, "annotations", None) else ():
+            found.setdefault(key, {}).update(layer.annotations)
+    return {
+        key: {name: value(key) if callable(value) else value for name, value in values.items()}
+        for key, values in found.items()
+    }
 
 
 _STORE_FUNCTIONS = {("dask.array.core", "load_store_chunk"), ("dask.array.core", "store_chunk")}
@@ -240,6 +260,7 @@ class Compute:
         retries: int | None = None,
         speculation: bool | None = None,
     ):
+        self.annotations = task_annotations(dsk)
         if not isinstance(dsk, Mapping):
             dsk = dsk.__dask_graph__()
         dsk = convert_legacy_graph(ensure_dict(dsk))
@@ -268,6 +289,18 @@ class Compute:
         graph = {k: n for k, n in dsk.items() if k not in self.location}
         self.state = GraphState(graph, self.keys, done=self.location)
         self.graph = graph
+        self.profile = TaskProfile()
+        settings = backend.settings
+        self.limits = Limits(
+            max_tasks=settings.max_tasks,
+            max_bytes=settings.max_bytes,
+            per_slot=settings.per_slot,
+            target_seconds=settings.target_seconds,
+            probe_tasks=settings.probe_tasks,
+            # Values a batch makes, as dask.sizeof counts them: a quarter of the function's
+            # memory leaves room for their pickled copies, inputs and the runtime itself.
+            memory_bytes=backend.memory_mb * 2**20 / 4,
+        )
 
     def run(self, callbacks=None) -> Any:
         """Run the compute with dask's ``callbacks``; return the requested values."""
@@ -298,6 +331,8 @@ class Compute:
                         settings.max_bytes,
                         self._input_size,
                         settings.per_slot,
+                        self.profile,
+                        self.limits,
                     )
                     if batch is None:
                         break
@@ -357,6 +392,7 @@ class Compute:
                     cb(key, None, self.dsk, self.state.state, 0)
 
     def _finished(self, batch, response: BatchResponse, posttask_cbs: list) -> None:
+        self.profile.observe(batch.keys, response.timings)
         for key, result in zip(batch.outputs, response.results, strict=True):
             if result.status != "ok":  # errors were raised in _invoke
                 raise RuntimeError(f"dask-lambda: result of {key!r} missing ({result.status})")
@@ -373,19 +409,70 @@ class Compute:
 
     # -- one invocation (runs in the backend's pool) --------------------------------------------
     def _invoke(self, spec: BatchSpec) -> BatchResponse:
-        spec_bytes = pickle_spec(spec)
-        for attempt in range(self.task_retries + 1):
-            response = invoke(
-                self.backend, spec_bytes, spec.keys, f"{self.prefix}/{self.id}", self.stats
-            )
+        attempts: collections.Counter = collections.Counter()  # per task whose code raised
+        while True:
+            response = self._run(spec)
             if response.fatal is not None:
                 raise_fatal(response.fatal, self.backend.function_name)
             if not response.errors:
                 return response
-            if attempt < self.task_retries:
-                self.stats.add(task_retries=1)
+            failed = [spec.keys[index] for index in response.errors]
+            attempts.update(failed)
+            if any(attempts[key] > self._retries_of(key) for key in failed):
+                break
+            self.stats.add(task_retries=1)
         error = response.errors[min(response.errors)]
         raise_task_error(error, spec.keys[error["index"]], self.backend.function_name)
+
+    def _retries_of(self, key) -> int:
+        """How often a task whose own code raised runs again: ``dask.annotate(retries=N)``, else
+        the compute's ``retries``."""
+        return int(self.annotations.get(key, {}).get("retries", self.task_retries))
+
+    def _run(self, spec: BatchSpec) -> BatchResponse:
+        """Run ``spec`` once; a runtime failure of several tasks re-runs them in halves."""
+        try:
+            return invoke(self.backend, pickle_spec(spec), spec.keys, f"{self.prefix}/{self.id}",
+                          self.stats, split=len(spec.keys) > 1)  # fmt: skip
+        except SplitBatch:
+            self.stats.add(infra_retries=1, splits=1)
+            return self._run_halves(spec)
+
+    def _run_halves(self, spec: BatchSpec) -> BatchResponse:
+        """Run the first half of ``spec``'s tasks, then the second with what it needs of the
+        first; one response for ``spec`` (indices and outputs as if it had run whole)."""
+        half = len(spec.keys) // 2
+        parts = ((spec.keys[:half], spec.tasks[:half]), (spec.keys[half:], spec.tasks[half:]))
+        wanted = set(spec.outputs)
+        later_needs = {dep for task in spec.tasks[half:] for dep in task.dependencies}
+        locations: dict = dict(spec.inputs)
+        results: dict = {}
+        errors: dict[int, dict] = {}
+        timings: list = [None] * len(spec.keys)
+        stats: collections.Counter = collections.Counter()
+        for offset, (keys, nodes) in zip((0, half), parts, strict=True):
+            needs = {dep for task in nodes for dep in task.dependencies} - set(keys)
+            if any(key not in locations for key in needs):  # an input failed in the first half
+                break
+            outputs = [k for k in keys if k in wanted or (offset == 0 and k in later_needs)]
+            part = BatchSpec(spec.compute_id, keys, nodes, outputs,
+                             {k: locations[k] for k in needs})  # fmt: skip
+            response = self._run(part)
+            if response.fatal is not None:
+                return response
+            for key, result in zip(outputs, response.results, strict=True):
+                results[key] = result
+                if result.status == "ok":
+                    locations[key] = result.location()
+            for index, error in response.errors.items():
+                errors[index + offset] = {**error, "index": index + offset}
+            for index, span in enumerate(response.timings or ()):
+                timings[index + offset] = span
+            stats.update({k: v for k, v in response.stats.items()
+                          if k in ("inline_bytes", "s3_bytes_written")})  # fmt: skip
+        skipped = Result("skipped", None, None, 0, None)
+        outcome = [results.get(k, skipped) for k in spec.outputs]
+        return BatchResponse(outcome, errors, dict(stats), timings=timings)
 
     # -- data -----------------------------------------------------------------------------------
     def _input_size(self, key) -> int:
@@ -445,6 +532,7 @@ class Compute:
             stats = self.stats
             self.report.invocations = stats.invocations
             self.report.infra_retries = stats.infra_retries
+            self.report.splits = stats.splits
             self.report.task_retries = stats.task_retries
             self.report.throttles = stats.throttles
             self.report.cold_starts = stats.cold_starts

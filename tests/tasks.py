@@ -168,3 +168,24 @@ def shout(x):
     for i in range(3):
         print(f"line {i} of task {x}")
     return x
+
+
+def crash_first_time(x: int, folder: str) -> int:
+    """Kill the runtime the first time a multiple of ten runs (a flaky native library, a memory
+    spike); later runs, and every other element, return ``x``."""
+    import os
+
+    marker = os.path.join(folder, str(x))
+    if x % 10 == 0 and not os.path.exists(marker):
+        open(marker, "w").close()
+        os._exit(1)
+    return x
+
+
+def allocate(megabytes: int) -> int:
+    """Hold ``megabytes`` of memory for a moment; return how many bytes."""
+    block = bytearray(megabytes * 1024 * 1024)
+    for i in range(0, len(block), 4096):
+        block[i] = 1
+    time.sleep(0.5)
+    return len(block)

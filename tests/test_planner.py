@@ -103,3 +103,53 @@ def test_state_has_the_fields_dask_callbacks_read():
     state = GraphState(chain("c", 3), ["c2"])
     assert {"ready", "waiting", "running", "finished", "cache"} <= set(state.state)
     assert state.state["waiting"] == {"c1": 1, "c2": 1}
+
+
+def fan_out(branches: int) -> dict:
+    graph = {"root": Task("root", inc, 0)}
+    for i in range(branches):
+        graph[f"branch{i}"] = Task(f"branch{i}", inc, TaskRef("root"))
+    return graph
+
+
+def test_a_fan_out_is_not_fused_while_slots_are_idle():
+    """One ready task whose ten dependents need only it (a to_zarr-shaped graph): fusing them
+    all would run ten independent tasks one after another in one invocation."""
+    state = GraphState(fan_out(10), [f"branch{i}" for i in range(10)])
+    batch = state.next_batch(4, 1000, 10**9, lambda k: 0)
+    assert batch.keys[0] == "root" and len(batch.keys) == 2  # the root and one branch
+    state.finish(batch.keys)
+    sizes = []
+    while (batch := state.next_batch(4 - len(sizes), 1000, 10**9, lambda k: 0)) is not None:
+        sizes.append(len(batch.keys))
+    assert sizes == [3, 2, 2, 2]  # the other nine branches, spread over the four slots
+
+
+def test_a_fan_out_is_fused_when_every_slot_has_work():
+    state = GraphState(fan_out(10), [f"branch{i}" for i in range(10)])
+    assert len(state.next_batch(1, 1000, 10**9, lambda k: 0).keys) == 11
+
+
+def test_learned_run_times_size_batches_to_the_target():
+    from dask_lambda.planner import Limits, TaskProfile
+
+    graph = {f"load-{i}": Task(f"load-{i}", inc, i) for i in range(100)}
+    state = GraphState(graph, list(graph))
+    profile, limits = TaskProfile(), Limits(target_seconds=1.0, probe_tasks=4)
+    first = state.next_batch(1, 1000, 10**9, lambda k: 0, profile=profile, limits=limits)
+    assert len(first.keys) == 4  # nothing learned yet: a probe
+    profile.observe(first.keys, [[0.0, 0.1, 10]] * 4)  # 100 ms each
+    second = state.next_batch(1, 1000, 10**9, lambda k: 0, profile=profile, limits=limits)
+    assert len(second.keys) == 10  # one second of work
+
+
+def test_learned_sizes_keep_a_batch_within_memory():
+    from dask_lambda.planner import Limits, TaskProfile
+
+    graph = {f"chunk-{i}": Task(f"chunk-{i}", inc, i) for i in range(100)}
+    state = GraphState(graph, list(graph))
+    profile = TaskProfile()
+    profile.observe(["chunk-999"], [[0.0, 0.001, 64 * 2**20]])  # chunk-* values: 64 MiB each
+    limits = Limits(memory_bytes=512 * 2**20)
+    batch = state.next_batch(1, 1000, 10**9, lambda k: 0, profile=profile, limits=limits)
+    assert len(batch.keys) == 8

@@ -146,6 +146,13 @@ def _io_pool() -> ThreadPoolExecutor:
     return _state["pool"]
 
 
+def _size(sizeof, value) -> int:
+    try:
+        return int(sizeof(value))
+    except Exception:  # a value dask cannot size still ran
+        return 0
+
+
 def _run(payload: dict, started: float) -> dict:
     stats = {"s3_bytes_read": 0, "s3_bytes_written": 0, "inline_bytes": 0}
     try:
@@ -156,6 +163,8 @@ def _run(payload: dict, started: float) -> dict:
         raise
     except Exception as e:
         return {"fatal": error_info(-1, e), "stats": stats}
+    from dask.sizeof import sizeof  # dask is loaded already: the tasks are dask's task specs
+
     prefix = payload["store"]["prefix"]
     remaining_uses: Counter = Counter(dep for node in spec.tasks for dep in node.dependencies)
     output_index = {key: i for i, key in enumerate(spec.outputs)}
@@ -174,9 +183,11 @@ def _run(payload: dict, started: float) -> dict:
             timings.append(None)
             continue
         began = time.perf_counter()
+        nbytes = 0
         try:
             value = node(values)
             values[key] = value
+            nbytes = _size(sizeof, value)
             if key in output_index:
                 name = object_name(prefix, spec.compute_id, key)
                 results[output_index[key]] = _output(value, name, store, budget, uploads, stats)
@@ -188,7 +199,7 @@ def _run(payload: dict, started: float) -> dict:
             errors.add(index, e)
             if key in output_index:
                 results[output_index[key]] = ["error", None, None, 0, None]
-        timings.append([began - started, time.perf_counter() - started])
+        timings.append([began - started, time.perf_counter() - started, nbytes])
         for dep in node.dependencies:
             remaining_uses[dep] -= 1
             if remaining_uses[dep] <= 0:

@@ -58,7 +58,9 @@ Response (the handler's return value, JSON)
         Instead of ``results``: the batch could not be loaded at all (an import error, an
         integrity error), as one error entry.
     ``timings``
-        ``[start, stop]`` seconds since the invocation began, per task.
+        ``[start, stop, nbytes]`` per task: seconds since the invocation began, and the size of
+        its value (``dask.sizeof``), which the scheduler learns batch sizes from; None for a
+        task that did not run.
     ``stats``
         cold start flag, peak memory, bytes read and written to S3, handler duration.
     ``versions``
