@@ -72,6 +72,10 @@ def delete_function(
     configuration = require_ours(lambda_client, name)
     lambda_client.delete_function(FunctionName=name)
     removed = [f"function {name}"]
+    for tier in list_functions(lambda_client):  # its memory tiers (deploy.tier_name)
+        if tier.name.startswith(f"{name}--") and tier.name.endswith("mb"):
+            lambda_client.delete_function(FunctionName=tier.name)
+            removed.append(f"memory tier {tier.name}")
     if ssm_client is not None and delete_key(ssm_client, name):
         removed.append(f"signing key of {name}")
     if delete_role:

@@ -36,6 +36,7 @@ class Settings:
     max_object_bytes: int
     kms_key_id: str | None
     task_retries: int
+    escalate_memory: bool
     speculation: bool
     speculation_multiplier: float
     speculation_min_seconds: float
@@ -53,6 +54,7 @@ SETTING_KEYS = {
     "max_object_bytes": "spill.max-object-bytes",
     "kms_key_id": "spill.kms-key-id",
     "task_retries": "task-retries",
+    "escalate_memory": "escalate-memory",
     "speculation": "speculation.enabled",
     "speculation_multiplier": "speculation.multiplier",
     "speculation_min_seconds": "speculation.min-seconds",
@@ -82,6 +84,8 @@ class Backend:
         The function as Lambda describes it.
     invoker, store, pool
         Sends batches (:class:`~.invoker.Invoker`), holds spilled data (S3), runs invocations.
+    tiers
+        ``{memory MB: invoker}`` of the function's memory tiers (:func:`~.deploy.tier_name`).
     settings, prefix
         Scheduling settings; the S3 prefix every compute writes under.
     """
@@ -96,6 +100,34 @@ class Backend:
     settings: Settings
     prefix: str
     late_cleanups: list[threading.Thread] = field(default_factory=list, compare=False)
+    tiers: dict[int, Invoker] = field(default_factory=dict, compare=False)
+
+    def invoker_for(self, memory_mb: int | None) -> Invoker:
+        """The invoker of the memory tier ``memory_mb`` (None: the function itself)."""
+        return self.tiers[memory_mb] if memory_mb else self.invoker
+
+    def tier_for(self, memory_mb: float) -> int | None:
+        """The smallest memory tier with at least ``memory_mb`` (None: the function has
+        enough); ``ValueError`` naming the fix when none has."""
+        if memory_mb <= self.memory_mb:
+            return None
+        fitting = [tier for tier in sorted(self.tiers) if tier >= memory_mb]
+        if not fitting:
+            raise ValueError(
+                f"A task asks for {memory_mb:g} MB of memory (dask.annotate(resources="
+                f"{{'memory': ...}})), but function {self.function_name!r} has"
+                f" {self.memory_mb} MB and memory tiers {sorted(self.tiers) or 'none'}. Add"
+                f" one: LambdaCluster(memory_tiers=[{int(memory_mb)}]) for the function it"
+                f" deploys, or dask-lambda deploy {self.function_name} --memory-tiers"
+                f" {int(memory_mb)} (up to 10240 MB)."
+            )
+        return fitting[0]
+
+    def next_tier(self, memory_mb: int | None) -> int | None:
+        """The next larger memory tier than ``memory_mb`` (None: the function), if any."""
+        current = memory_mb or self.memory_mb
+        larger = [tier for tier in sorted(self.tiers) if tier > current]
+        return larger[0] if larger else None
 
     def clean_after(self, futures: list[Future], prefix: str) -> None:
         """Once ``futures`` (invocations nobody waits for) end, delete ``prefix`` again."""

@@ -55,13 +55,17 @@ def invoke(
     stats: InvokeStats | None = None,
     prefix: str | None = None,
     split: bool = False,
+    memory_tier: int | None = None,
+    confirm_memory: bool = True,
 ) -> BatchResponse:
     """Run one pickled batch on the backend's function.
 
     Infrastructure failures are retried by the invoker; a task's own errors come back in the
     response. Results the function spills go under ``prefix`` (the backend's by default), an
     oversized request under ``payload_prefix``. With ``split``, a runtime failure raises
-    :class:`~.invoker.SplitBatch` instead of re-running the whole batch.
+    :class:`~.invoker.SplitBatch` instead of re-running the whole batch. ``memory_tier`` runs it
+    on that memory tier of the function; ``confirm_memory=False`` does not retry a task that ran
+    out of memory at the same size (the caller escalates it).
     """
     settings = backend.settings
     request = protocol.run_request(
@@ -73,9 +77,10 @@ def invoke(
         max_object_bytes=settings.max_object_bytes,
         kms_key_id=settings.kms_key_id,
     )
-    response = backend.invoker.call(
-        request, task_keys=keys, stats=stats, payload_prefix=payload_prefix, split=split
-    )
+    response = backend.invoker_for(memory_tier).call(
+        request, task_keys=keys, stats=stats, payload_prefix=payload_prefix, split=split,
+        confirm_memory=confirm_memory,
+    )  # fmt: skip
     if "fatal" in response:
         return BatchResponse([], {}, response.get("stats", {}), fatal=response["fatal"])
     return BatchResponse(

@@ -169,6 +169,9 @@ def _deploy_options(defaults: bool):
         click.option("--compatible-versions", is_flag=True,
                      help="Where this client's version of a package has no wheel for the"
                           " runtime, deploy the newest that has one (info shows the difference)."),
+        click.option("--memory-tiers", metavar="MB[,MB...]", default="",
+                     help="Also deploy variants of the function with these memory sizes, for"
+                          " tasks annotated dask.annotate(resources={'memory': MB})."),
         click.option("--exclude", multiple=True, metavar="PATTERN",
                      help="Leave files matching PATTERN out of PATHS (dotfiles, credentials,"
                           " virtualenvs and __pycache__ always are). Repeatable."),
@@ -216,8 +219,8 @@ def update(aws, name: str, **options: Any) -> None:
     """Update function NAME: change only what differs, keep everything else.
 
     Settings alone (update NAME --timeout 600) keep the deployed code. The code is rebuilt only
-    when PATHS, -r, --include, --no-dependencies, --architecture, --deps-on-s3 or
-    --compatible-versions are given; the
+    when PATHS, -r, --include, --no-dependencies, --architecture, --deps-on-s3,
+    --compatible-versions or --memory-tiers are given; the
     new package then holds the PATHS given now (pass all of them, as at deploy) and the
     --include packages given now plus those of earlier deploys. Options left out keep their
     current values (--env adds to the current variables); unchanged code is not uploaded again.
@@ -231,7 +234,7 @@ def update(aws, name: str, **options: Any) -> None:
     tags = aws.client("lambda").list_tags(Resource=current["FunctionArn"]).get("Tags", {})
     options["include"] = _merged_includes(options["include"], tags)
     rebuilding_options = ("paths", "requirements", "no_dependencies", "architecture",
-                          "deps_on_s3", "compatible_versions")  # fmt: skip
+                          "deps_on_s3", "compatible_versions", "memory_tiers")  # fmt: skip
     rebuild = any(options[k] for k in rebuilding_options) or bool(
         set(options["include"]) - set(_merged_includes((), tags))
     )
@@ -365,6 +368,9 @@ def _deploy_or_update(
             aws.client("s3"), options["bucket"], options["prefix"], options["expire_days"]
         )
     configuration = outcome.configuration
+    for memory in _parse_tiers(options["memory_tiers"]):
+        s3 = aws.client("s3") if options["bucket"] else None
+        _deploy_tier(lam, s3, name, memory, code, settings, configuration, options)
     if outcome.created:
         click.echo(f"Created {configuration['FunctionArn']}")
     else:
@@ -376,6 +382,37 @@ def _deploy_or_update(
         f" {(configuration.get('Architectures') or ['x86_64'])[0]},"
         f" state {configuration.get('State', 'Active')}"
     )
+
+
+def _parse_tiers(text: str) -> list[int]:
+    try:
+        tiers = sorted({int(part) for part in text.replace(" ", "").split(",") if part})
+    except ValueError:
+        raise click.BadParameter(f"{text!r} is not MB[,MB...]", param_hint="--memory-tiers")
+    for memory in tiers:
+        if not 128 <= memory <= 10240:
+            raise click.BadParameter(f"{memory} MB is outside Lambda's 128-10240 MB",
+                                     param_hint="--memory-tiers")  # fmt: skip
+    return tiers
+
+
+def _deploy_tier(lam, s3, name: str, memory: int, code: bytes | None, settings, base: dict,
+                 options: dict) -> None:  # fmt: skip
+    """The variant of ``name`` with ``memory`` MB: its code, role and environment (so its
+    signing key)."""
+    import dataclasses
+
+    from .deploy import deploy, tier_name
+
+    variant = dataclasses.replace(
+        settings, memory=memory, role=base["Role"],
+        environment=(base.get("Environment") or {}).get("Variables"),
+    )  # fmt: skip
+    outcome = deploy(lam, tier_name(name, memory), code, variant,
+                     s3_client=s3, bucket=options["bucket"], prefix=options["prefix"],
+                     adopt=options["adopt"])  # fmt: skip
+    verb = "Created" if outcome.created else "Updated"
+    click.echo(f"{verb} memory tier {outcome.configuration['FunctionName']} ({memory} MB)")
 
 
 def _parse_env(pairs: tuple[str, ...]) -> dict[str, str]:

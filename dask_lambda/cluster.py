@@ -117,6 +117,11 @@ class LambdaCluster:
     s3_read, s3_write
         For the function the cluster deploys itself: ``s3://bucket[/prefix]`` locations its
         role may read, or read and write (the local Lambda enforces IAM, as AWS does).
+    memory_tiers
+        Memory sizes (MB) of variants of the function (same code, role and key) for tasks
+        annotated ``dask.annotate(resources={"memory": MB})``: each runs on the smallest tier
+        with that much. The cluster creates them for the function it deploys; for a named
+        function, ``dask-lambda deploy NAME --memory-tiers MB,...`` does.
 
     Attributes
     ----------
@@ -154,6 +159,7 @@ class LambdaCluster:
         packages: list[str] | None = None,
         s3_read: list[str] | None = None,
         s3_write: list[str] | None = None,
+        memory_tiers: list[int] | None = None,
     ):
         self.function_name = config.setting("function-name", function_name)
         self.bucket = config.setting("bucket", bucket)
@@ -179,6 +185,8 @@ class LambdaCluster:
         self.packages = list(config.setting("packages", packages) or [])
         self.s3_read = list(config.setting("s3-read", s3_read) or [])
         self.s3_write = list(config.setting("s3-write", s3_write) or [])
+        self.memory_tiers = sorted({int(mb) for mb in config.setting("memory-tiers", memory_tiers)
+                                    or []})  # fmt: skip
         self.build_report: dict[str, Any] = {}
         self._finalizer: weakref.finalize | None = None
         self.start()
@@ -225,6 +233,20 @@ class LambdaCluster:
                 retry_backoff=self.retry_backoff,
                 signing_key=signing_key,
             )
+            tiers = {
+                memory: Invoker(
+                    self._tier(memory),
+                    lambda cfg: self._client("lambda", cfg),
+                    max_concurrency=self.settings.max_concurrency,
+                    function_timeout=timeout,
+                    store=store,
+                    payload_prefix=self.prefix,
+                    infra_retries=self.infra_retries,
+                    retry_backoff=self.retry_backoff,
+                    signing_key=signing_key,
+                )
+                for memory in self.memory_tiers
+            }
             pool = resources["pool"] = ThreadPoolExecutor(
                 self.settings.max_concurrency, thread_name_prefix="dask-lambda-invoke"
             )
@@ -238,6 +260,7 @@ class LambdaCluster:
                 pool=pool,
                 settings=self.settings,
                 prefix=self.prefix,
+                tiers=tiers,
             )
             if self._check_versions:
                 self.check_versions()
@@ -262,6 +285,7 @@ class LambdaCluster:
             ensure_role,
             ephemeral_storage_for,
             role_policy,
+            tier_name,
             upload_dependencies,
         )
         from .emulator import LocalLambda
@@ -306,11 +330,14 @@ class LambdaCluster:
         policy = role_policy(self.bucket, self.prefix, self.function_name,
                              s3_read=self.s3_read, s3_write=self.s3_write)  # fmt: skip
         role = ensure_role(self._client("iam"), LOCAL_ROLE, policy)
-        ensure_function(
-            self._client("lambda"), self.function_name, built.zip_bytes, role,
-            memory=self.memory, timeout=self.timeout, environment=environment,
-            ephemeral_storage=ephemeral, s3_client=s3, bucket=self.bucket,
-        )  # fmt: skip
+        for name, memory in [(self.function_name, self.memory)] + [
+            (tier_name(self.function_name, tier), tier) for tier in self.memory_tiers
+        ]:
+            ensure_function(
+                self._client("lambda"), name, built.zip_bytes, role,
+                memory=memory, timeout=self.timeout, environment=environment,
+                ephemeral_storage=ephemeral, s3_client=s3, bucket=self.bucket,
+            )  # fmt: skip
         self.build_report = {
             "packages": built.pinned,
             "zip_mb": round(built.size / 1e6, 1),
@@ -386,6 +413,24 @@ class LambdaCluster:
                     f" s3:ListBucket, GetObject, PutObject and DeleteObject on it."
                 ) from None
             raise
+
+    def _tier(self, memory: int) -> str:
+        """The name of the function's memory tier ``memory``, once it is known to exist."""
+        import botocore.exceptions as bce
+
+        from .deploy import tier_name
+
+        name = tier_name(self.function_name, memory)
+        try:
+            self._client("lambda").get_function_configuration(FunctionName=name)
+        except bce.ClientError as e:
+            if e.response.get("Error", {}).get("Code") != "ResourceNotFoundException":
+                raise
+            raise ValueError(
+                f"Function {self.function_name!r} has no {memory} MB memory tier ({name!r})."
+                f" Deploy it: dask-lambda update {self.function_name} --memory-tiers {memory}"
+            ) from None
+        return name
 
     def _signing_key(self, env: dict[str, str]) -> bytes:
         parameter = env.get(contract.KEY_PARAMETER)

@@ -174,9 +174,10 @@ def role_policy(
             "Sid": "OwnLogs",
             "Effect": "Allow",
             "Action": ["logs:CreateLogGroup", "logs:CreateLogStream", "logs:PutLogEvents"],
-            "Resource": [
+            "Resource": [  # and its memory tiers' (tier_name)
                 f"arn:aws:logs:*:*:log-group:/aws/lambda/{function_name}",
                 f"arn:aws:logs:*:*:log-group:/aws/lambda/{function_name}:*",
+                f"arn:aws:logs:*:*:log-group:/aws/lambda/{function_name}--*",
             ],
         },
     ]
@@ -413,6 +414,12 @@ class _code_location:
     def __exit__(self, *exc: object) -> None:
         if len(self.code) > DIRECT_UPLOAD_LIMIT:
             self.s3.delete_object(Bucket=self.bucket, Key=self.key)
+
+
+def tier_name(function_name: str, memory_mb: int) -> str:
+    """The variant of ``function_name`` with ``memory_mb`` of memory (a memory tier): same code,
+    role, settings and signing key, for tasks annotated ``resources={"memory": MB}``."""
+    return f"{function_name}--{int(memory_mb)}mb"
 
 
 def dependencies_prefix(prefix: str) -> str:

@@ -76,6 +76,7 @@ class InvokeStats:
     response_bytes: int = 0
     spilled_requests: int = 0
     splits: int = 0  # batches re-run in halves after a runtime failure
+    escalations: int = 0  # tasks re-run on a larger memory tier after running out of memory
     records: collections.deque = field(
         default_factory=lambda: collections.deque(maxlen=RECORDS_KEPT)
     )
@@ -165,6 +166,7 @@ class Invoker:
         stats: InvokeStats | None = None,
         payload_prefix: str | None = None,
         split: bool = False,
+        confirm_memory: bool = True,
     ) -> dict[str, Any]:
         """Invoke with ``payload``; return the decoded response payload.
 
@@ -174,7 +176,9 @@ class Invoker:
         A runtime that crashed, ran out of memory or timed out is retried, except that with
         ``split`` (a batch of several tasks the caller can divide) it raises :class:`SplitBatch`
         at once, and that a single task running out of memory or time twice in a row is not
-        retried again: the same memory and timeout would fail the same way.
+        retried again: the same memory and timeout would fail the same way. With
+        ``confirm_memory`` False, one that ran out of memory once is not retried at all (the
+        caller moves it to a larger memory tier).
 
         Raises
         ------
@@ -203,13 +207,18 @@ class Invoker:
             event = protocol.envelope(data, self.signing_key, self.signature_ttl)
         body = json.dumps(event).encode()
         try:
-            return self._call_with_retries(body, task_keys or [], counters, split)
+            return self._call_with_retries(body, task_keys or [], counters, split, confirm_memory)
         finally:
             if spilled_key is not None:
                 self.store.delete([spilled_key])
 
     def _call_with_retries(
-        self, body: bytes, task_keys: list, stats: _Counters, split: bool = False
+        self,
+        body: bytes,
+        task_keys: list,
+        stats: _Counters,
+        split: bool = False,
+        confirm_memory: bool = True,
     ) -> dict[str, Any]:
         attempt = 0
         previous_kind = None
@@ -221,7 +230,11 @@ class Invoker:
                 if split and e.error.error_type.startswith(RUNTIME_FAILURES):
                     raise SplitBatch(e.error) from None
                 kind = failure_kind(e.error)
-                if kind is not None and kind == previous_kind and len(task_keys) == 1:
+                if (
+                    len(task_keys) == 1
+                    and kind is not None
+                    and (kind == previous_kind or (kind == "memory" and not confirm_memory))
+                ):
                     raise self._repeated(e.error, kind, attempt) from None
                 previous_kind = kind
                 if attempt > self.infra_retries:
@@ -288,13 +301,17 @@ class Invoker:
     def _repeated(
         self, error: LambdaFunctionError, kind: str, attempts: int
     ) -> LambdaFunctionError:
-        """A task that ran out of memory or time twice: say so and what to change."""
+        """A task that ran out of memory or time (twice, or once before a larger tier): say so
+        and what to change."""
         name = self.function_name
         if kind == "memory":
+            times = "twice" if attempts > 1 else "once"
             advice = (
-                f"It ran out of memory twice at the same memory size: not retried again. Give the"
-                f" function more memory (dask-lambda update {name} --memory MB, up to 10240, or"
-                " LambdaCluster(memory=...)) or make the task's chunks smaller"
+                f"It ran out of memory {times} at this memory size: not retried here. Give it"
+                f" more memory (dask-lambda update {name} --memory MB, up to 10240, or"
+                " LambdaCluster(memory=...); or a memory tier for this task alone:"
+                " dask.annotate(resources={'memory': MB}) with memory_tiers) or make the task's"
+                " chunks smaller"
             )
         else:
             advice = (

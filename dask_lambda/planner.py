@@ -213,11 +213,13 @@ class GraphState:
         per_slot: int = 1,
         profile: TaskProfile | None = None,
         limits: Limits | None = None,
+        group: Callable[[object], object] | None = None,
     ) -> Batch | None:
         """Take the next batch off the ready queue (see the module docstring), or None.
 
         ``limits`` (with ``profile``, what tasks were learned to cost) caps the batch by
         predicted time and memory; ``max_tasks``, ``max_bytes`` and ``per_slot`` always apply.
+        With ``group``, a batch holds only tasks of one group (e.g. one memory tier).
         """
         ready = self.state["ready"]
         if not ready or free_slots <= 0:
@@ -232,8 +234,13 @@ class GraphState:
         inputs: set = set()
         used_bytes = 0
         roots = []
+        others = []  # ready tasks of another group than this batch's, put back after
+        kind = group(ready[0][1]) if group is not None else None
         while ready and len(roots) < size:
             _, key = ready[0]
+            if group is not None and group(key) != kind:
+                others.append(heapq.heappop(ready))
+                continue
             new_inputs = self.dependencies[key] - inputs
             extra = sum(input_bytes(dep) for dep in new_inputs)
             if roots and (used_bytes + extra > max_bytes or not tally.admits(key)):
@@ -244,7 +251,10 @@ class GraphState:
             inputs |= new_inputs
             roots.append(key)
             members.add(key)
-        self._fuse(members, roots, 2 * max_tasks, tally, fan_out=spare_slots <= 0)
+        for entry in others:
+            heapq.heappush(ready, entry)
+        fusable = (lambda key: group(key) == kind) if group is not None else None
+        self._fuse(members, roots, 2 * max_tasks, tally, spare_slots <= 0, fusable)
         tasks = sorted(members, key=self.priority.__getitem__)
         inputs = {dep for key in tasks for dep in self.dependencies[key]} - members
         outputs = [
@@ -255,8 +265,8 @@ class GraphState:
         self.state["running"].update(members)
         return Batch(keys=tasks, outputs=outputs, inputs=sorted(inputs, key=str))
 
-    def _fuse(self, members: set, frontier: list, limit: int, tally: _Tally,
-              fan_out: bool) -> None:  # fmt: skip
+    def _fuse(self, members: set, frontier: list, limit: int, tally: _Tally, fan_out: bool,
+              allowed: Callable[[object], bool] | None = None) -> None:  # fmt: skip
         """Add every waiting dependent whose inputs are all in ``members`` or finished, within
         ``limit`` tasks and the predicted memory; with ``fan_out`` False, one branch per task."""
         state = self.state
@@ -267,6 +277,7 @@ class GraphState:
             fusable = sorted(
                 (d for d in self.dependents.get(key, ())
                  if d not in members and d in state["waiting"]
+                 and (allowed is None or allowed(d))
                  and all(x in members or x in finished for x in self.dependencies[d])),
                 key=self.priority.__getitem__,
             )  # fmt: skip

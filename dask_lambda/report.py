@@ -35,6 +35,7 @@ class ComputeReport:
     invocations: int = 0
     infra_retries: int = 0
     splits: int = 0
+    escalations: int = 0
     task_retries: int = 0
     speculations: int = 0
     throttles: int = 0

@@ -44,10 +44,10 @@ from dask.utils import ensure_dict
 
 from .backend import Backend
 from .batch import BatchResponse, fetch_value, invoke, pickle_spec
-from .exceptions import raise_fatal, raise_task_error
+from .exceptions import LambdaFunctionError, raise_fatal, raise_task_error
 from .function.protocol import BatchSpec, Inline, Result, Stored
 from .function.storage import object_name
-from .invoker import InvokeStats, SplitBatch
+from .invoker import InvokeStats, SplitBatch, failure_kind
 from .planner import GraphState, Limits, TaskProfile
 from .report import ComputeReport
 
@@ -271,6 +271,7 @@ class Compute:
         self.requested = keys
         self.keys = list(flatten(keys)) if isinstance(keys, list) else [keys]
         self.task_retries = int(settings.task_retries if retries is None else retries)
+        self.escalate_memory = settings.escalate_memory
         self.speculation = bool(settings.speculation if speculation is None else speculation)
         self.id = uuid.uuid4().hex[:16]
         self.prefix = backend.prefix
@@ -289,6 +290,7 @@ class Compute:
         graph = {k: n for k, n in dsk.items() if k not in self.location}
         self.state = GraphState(graph, self.keys, done=self.location)
         self.graph = graph
+        self.tier = self._memory_tiers(self.annotations, graph)
         self.profile = TaskProfile()
         settings = backend.settings
         self.limits = Limits(
@@ -333,6 +335,7 @@ class Compute:
                         settings.per_slot,
                         self.profile,
                         self.limits,
+                        self.tier.get if self.tier else None,
                     )
                     if batch is None:
                         break
@@ -424,19 +427,42 @@ class Compute:
         error = response.errors[min(response.errors)]
         raise_task_error(error, spec.keys[error["index"]], self.backend.function_name)
 
+    def _memory_tiers(self, annotations: dict, graph: Mapping) -> dict:
+        """``{key: memory tier}`` for tasks annotated ``resources={"memory": MB}`` beyond the
+        function's own memory; ``ValueError`` before anything runs when no tier fits."""
+        tiers = {}
+        for key, values in annotations.items():
+            memory = (values.get("resources") or {}).get("memory")
+            if memory is not None and key in graph:
+                tier = self.backend.tier_for(float(memory))
+                if tier is not None:
+                    tiers[key] = tier
+        return tiers
+
     def _retries_of(self, key) -> int:
         """How often a task whose own code raised runs again: ``dask.annotate(retries=N)``, else
         the compute's ``retries``."""
         return int(self.annotations.get(key, {}).get("retries", self.task_retries))
 
     def _run(self, spec: BatchSpec) -> BatchResponse:
-        """Run ``spec`` once; a runtime failure of several tasks re-runs them in halves."""
-        try:
-            return invoke(self.backend, pickle_spec(spec), spec.keys, f"{self.prefix}/{self.id}",
-                          self.stats, split=len(spec.keys) > 1)  # fmt: skip
-        except SplitBatch:
-            self.stats.add(infra_retries=1, splits=1)
-            return self._run_halves(spec)
+        """Run ``spec`` once on its memory tier; a runtime failure of several tasks re-runs them
+        in halves; with ``lambda.escalate-memory``, a task that runs out of memory runs once
+        more on the next larger tier."""
+        tier = self.tier.get(spec.keys[0])
+        larger = self.backend.next_tier(tier) if self.escalate_memory else None
+        while True:
+            try:
+                return invoke(self.backend, pickle_spec(spec), spec.keys,
+                              f"{self.prefix}/{self.id}", self.stats, split=len(spec.keys) > 1,
+                              memory_tier=tier, confirm_memory=larger is None)  # fmt: skip
+            except SplitBatch:
+                self.stats.add(infra_retries=1, splits=1)
+                return self._run_halves(spec)
+            except LambdaFunctionError as e:
+                if larger is None or failure_kind(e) != "memory":
+                    raise
+                self.stats.add(infra_retries=1, escalations=1)
+                tier, larger = larger, None
 
     def _run_halves(self, spec: BatchSpec) -> BatchResponse:
         """Run the first half of ``spec``'s tasks, then the second with what it needs of the
@@ -533,6 +559,7 @@ class Compute:
             self.report.invocations = stats.invocations
             self.report.infra_retries = stats.infra_retries
             self.report.splits = stats.splits
+            self.report.escalations = stats.escalations
             self.report.task_retries = stats.task_retries
             self.report.throttles = stats.throttles
             self.report.cold_starts = stats.cold_starts

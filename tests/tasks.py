@@ -189,3 +189,10 @@ def allocate(megabytes: int) -> int:
         block[i] = 1
     time.sleep(0.5)
     return len(block)
+
+
+def memory_size(_=None) -> int:
+    """The memory (MB) of the function this task runs in."""
+    import os
+
+    return int(os.environ["AWS_LAMBDA_FUNCTION_MEMORY_SIZE"])

@@ -11,15 +11,16 @@ import dask
 import dask.bag as db
 import pytest
 import tasks
-from conftest import spill_objects
+from conftest import cli, spill_objects, unique
 
 from dask_lambda import LambdaCluster, LambdaFunctionError
 
 
 @pytest.fixture(scope="module")
 def small():
-    """A function with 256 MB and a 3 s timeout, and no dependencies to unpack on cold starts."""
-    with LambdaCluster(memory=256, timeout=3, infra_retries=3) as running:
+    """A function with 256 MB and a 3 s timeout (and a 1024 MB memory tier), with no
+    dependencies to unpack on cold starts."""
+    with LambdaCluster(memory=256, timeout=3, infra_retries=3, memory_tiers=[1024]) as running:
         yield running
 
 
@@ -110,3 +111,51 @@ def test_a_fan_out_from_one_task_runs_in_parallel(cluster):
     assert dask.compute(*writes, scheduler=cluster) == (0,) * 38
     records = cluster.last_report.invocation_records
     assert len(records) > 2 and _overlapping(records) == 2  # both slots busy
+
+
+def test_annotated_memory_runs_on_a_memory_tier(small):
+    """``dask.annotate(resources={"memory": MB})``: those tasks go to the smallest tier with that
+    much memory, batched apart from the others; the rest stay on the function itself."""
+    with dask.annotate(resources={"memory": 700}):
+        hogs = [dask.delayed(tasks.allocate, pure=False)(600) for _ in range(3)]
+        where = dask.delayed(tasks.memory_size)(hogs[0])
+    plain = dask.delayed(tasks.memory_size)(1)
+    results = dask.compute(*hogs, where, plain, scheduler=small)
+    assert results == (600 * 2**20,) * 3 + (1024, 256)
+
+
+def test_a_task_asking_for_more_than_any_tier_is_refused_before_it_runs(small):
+    with dask.annotate(resources={"memory": 20_000}):
+        huge = dask.delayed(tasks.memory_size)(1)
+    before = small.last_report
+    with pytest.raises(ValueError, match="memory_tiers=.20000") as info:
+        huge.compute(scheduler=small)
+    assert "--memory-tiers 20000" in str(info.value)
+    assert small.last_report is before  # refused before any compute began
+
+
+def test_out_of_memory_escalates_to_the_next_tier_when_asked():
+    with dask.config.set({"lambda.escalate-memory": True}), LambdaCluster(
+        memory=256, memory_tiers=[1024], infra_retries=3
+    ) as cluster:
+        hog = dask.delayed(tasks.allocate, pure=False)(600)
+        assert hog.compute(scheduler=cluster) == 600 * 2**20
+        report = cluster.last_report
+        assert report.escalations == 1 and report.invocations == 2
+
+
+def test_cli_deploys_and_deletes_memory_tiers(local, aws_env, bucket):
+    name = unique("tiers")
+    result = cli("deploy", name, "--create-role", "--bucket", bucket, "--memory", "512",
+                 "--memory-tiers", "1024,2048")  # fmt: skip
+    assert f"memory tier {name}--1024mb" in result.output
+    lam = local.client("lambda")
+    assert lam.get_function_configuration(FunctionName=f"{name}--2048mb")["MemorySize"] == 2048
+    with LambdaCluster(function_name=name, memory_tiers=[2048]) as cluster:
+        with dask.annotate(resources={"memory": 1500}):
+            where = dask.delayed(tasks.memory_size)(1)
+        assert where.compute(scheduler=cluster) == 2048
+    with pytest.raises(ValueError, match="no 4096 MB memory tier"):
+        LambdaCluster(function_name=name, memory_tiers=[4096])
+    deleted = cli("delete", name, "--yes").output
+    assert f"memory tier {name}--1024mb" in deleted and f"memory tier {name}--2048mb" in deleted
