@@ -135,9 +135,10 @@ def test_a_task_asking_for_more_than_any_tier_is_refused_before_it_runs(small):
 
 
 def test_out_of_memory_escalates_to_the_next_tier_when_asked():
-    with dask.config.set({"lambda.escalate-memory": True}), LambdaCluster(
-        memory=256, memory_tiers=[1024], infra_retries=3
-    ) as cluster:
+    with (
+        dask.config.set({"lambda.escalate-memory": True}),
+        LambdaCluster(memory=256, memory_tiers=[1024], infra_retries=3) as cluster,
+    ):
         hog = dask.delayed(tasks.allocate, pure=False)(600)
         assert hog.compute(scheduler=cluster) == 600 * 2**20
         report = cluster.last_report
