@@ -36,8 +36,8 @@ W4_PEERS = {
     "dask sync": lambda: dask_named("sync"),
     "dask threads": lambda: dask_named("threads"),
     "distributed LocalCluster(2)": distributed_local,
-    # Chunks of 64 MB: one or two tasks per invocation keep a runtime's memory bounded.
-    "dask-lambda (local Lambda)": lambda: dask_lambda_local(max_tasks=2, memory=4096),
+    # Chunks of 64 MB: batches are sized by the chunk sizes the planner learns (no max_tasks).
+    "dask-lambda (local Lambda)": lambda: dask_lambda_local(memory=4096),
 }
 
 

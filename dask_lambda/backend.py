@@ -20,6 +20,7 @@ from typing import Any
 from . import config
 from .function.storage import S3Store
 from .invoker import Invoker
+from .planner import TaskProfile
 
 
 @dataclass(frozen=True)
@@ -101,6 +102,8 @@ class Backend:
     prefix: str
     late_cleanups: list[threading.Thread] = field(default_factory=list, compare=False)
     tiers: dict[int, Invoker] = field(default_factory=dict, compare=False)
+    # What kinds of tasks were learned to cost, across this cluster's computes.
+    profile: TaskProfile = field(default_factory=TaskProfile, compare=False)
 
     def invoker_for(self, memory_mb: int | None) -> Invoker:
         """The invoker of the memory tier ``memory_mb`` (None: the function itself)."""

@@ -29,8 +29,10 @@ is the target's), or runs inside the batch of its target when fused.
 
 from __future__ import annotations
 
+import functools
 import heapq
 import math
+import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
@@ -47,29 +49,39 @@ class Batch:
     keys: list
     outputs: list
     inputs: list
+    probe: bool = False  # holds tasks of a kind not yet timed: expected back soon
+
+
+_kind = functools.lru_cache(maxsize=200_000)(key_split)  # planning asks for each key twice
 
 
 class TaskProfile:
     """What each kind of task (``key_split`` of its key) costs, learned as batches return: mean
-    run time and mean size of its value (``dask.sizeof``, measured in Lambda)."""
+    run time and mean size of its value (``dask.sizeof``, measured in Lambda). A cluster keeps
+    one across its computes (thread-safe), so a repeated workload is not probed again."""
 
     def __init__(self) -> None:
         self._seconds: dict[str, float] = {}
         self._bytes: dict[str, float] = {}
         self._count: dict[str, int] = {}
+        self._lock = threading.Lock()
 
     def observe(self, keys: list, timings: list | None) -> None:
         """Record each task's ``[start, stop, nbytes]`` (``None``: it did not run)."""
+        with self._lock:
+            self._observe(keys, timings)
+
+    def _observe(self, keys: list, timings: list | None) -> None:
         for key, span in zip(keys, timings or (), strict=False):
             if span:
-                kind = key_split(key)
+                kind = _kind(key)
                 self._seconds[kind] = self._seconds.get(kind, 0.0) + (span[1] - span[0])
                 self._bytes[kind] = self._bytes.get(kind, 0.0) + (span[2] if len(span) > 2 else 0)
                 self._count[kind] = self._count.get(kind, 0) + 1
 
     def predict(self, key) -> tuple[float, float] | None:
         """``(seconds, bytes)`` a task like ``key`` takes, or None before one has finished."""
-        kind = key_split(key)
+        kind = _kind(key)
         count = self._count.get(kind)
         return (self._seconds[kind] / count, self._bytes[kind] / count) if count else None
 
@@ -214,18 +226,22 @@ class GraphState:
         profile: TaskProfile | None = None,
         limits: Limits | None = None,
         group: Callable[[object], object] | None = None,
+        slots: int | None = None,
     ) -> Batch | None:
         """Take the next batch off the ready queue (see the module docstring), or None.
 
         ``limits`` (with ``profile``, what tasks were learned to cost) caps the batch by
         predicted time and memory; ``max_tasks``, ``max_bytes`` and ``per_slot`` always apply.
-        With ``group``, a batch holds only tasks of one group (e.g. one memory tier).
+        With ``group``, a batch holds only tasks of one group (e.g. one memory tier). ``slots``
+        (default ``free_slots``) is what ready work is spread over: the free slots and those
+        about to free up (running probes), so the first probe to return does not take
+        everything left into one batch that would run it serially.
         """
         ready = self.state["ready"]
         if not ready or free_slots <= 0:
             return None
         limits = limits or Limits()
-        size = min(max_tasks, max(1, math.ceil(len(ready) / (free_slots * per_slot))))
+        size = min(max_tasks, max(1, math.ceil(len(ready) / ((slots or free_slots) * per_slot))))
         # Slots this wave of ready work leaves idle: then fan-outs are not fused, so their
         # branches run in parallel (in later batches) instead of one after another here.
         spare_slots = free_slots * per_slot - math.ceil(len(ready) / size)
@@ -263,7 +279,8 @@ class GraphState:
             if key in self.targets or any(d not in members for d in self.dependents.get(key, ()))
         ]
         self.state["running"].update(members)
-        return Batch(keys=tasks, outputs=outputs, inputs=sorted(inputs, key=str))
+        return Batch(keys=tasks, outputs=outputs, inputs=sorted(inputs, key=str),
+                     probe=tally.untimed > 0)  # fmt: skip
 
     def _fuse(self, members: set, frontier: list, limit: int, tally: _Tally, fan_out: bool,
               allowed: Callable[[object], bool] | None = None) -> None:  # fmt: skip
@@ -274,14 +291,15 @@ class GraphState:
         stack = list(frontier)
         while stack and len(members) < limit:
             key = stack.pop()
-            fusable = sorted(
-                (d for d in self.dependents.get(key, ())
-                 if d not in members and d in state["waiting"]
-                 and (allowed is None or allowed(d))
-                 and all(x in members or x in finished for x in self.dependencies[d])),
-                key=self.priority.__getitem__,
-            )  # fmt: skip
-            for dependent in fusable if fan_out else fusable[:1]:
+            fusable = [
+                d for d in self.dependents.get(key, ())
+                if d not in members and d in state["waiting"]
+                and (allowed is None or allowed(d))
+                and all(x in members or x in finished for x in self.dependencies[d])
+            ]  # fmt: skip
+            if not fan_out and len(fusable) > 1:
+                fusable = [min(fusable, key=self.priority.__getitem__)]
+            for dependent in fusable:
                 if not tally.fits_memory(dependent):
                     return
                 del state["waiting"][dependent]

@@ -48,7 +48,7 @@ from .exceptions import LambdaFunctionError, raise_fatal, raise_task_error
 from .function.protocol import BatchSpec, Inline, Result, Stored
 from .function.storage import object_name
 from .invoker import InvokeStats, SplitBatch, failure_kind
-from .planner import GraphState, Limits, TaskProfile
+from .planner import GraphState, Limits
 from .report import ComputeReport
 
 SPECULATION_CHECK = 0.25  # seconds between looks for stragglers
@@ -209,6 +209,10 @@ class _InFlight:
     def futures(self) -> list[Future]:
         return list(self._batch)
 
+    def probes(self) -> int:
+        """Invocations in flight that measure kinds of tasks not yet timed."""
+        return sum(getattr(batch, "probe", False) for batch in self._batch.values())
+
     def launch(self, future: Future, batch, spec: BatchSpec) -> None:
         self._batch[future] = batch
         self._spec[batch] = spec
@@ -291,7 +295,7 @@ class Compute:
         self.state = GraphState(graph, self.keys, done=self.location)
         self.graph = graph
         self.tier = self._memory_tiers(self.annotations, graph)
-        self.profile = TaskProfile()
+        self.profile = backend.profile
         settings = backend.settings
         self.limits = Limits(
             max_tasks=settings.max_tasks,
@@ -336,6 +340,7 @@ class Compute:
                         self.profile,
                         self.limits,
                         self.tier.get if self.tier else None,
+                        settings.max_concurrency - len(flight) + flight.probes(),
                     )
                     if batch is None:
                         break
