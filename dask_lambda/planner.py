@@ -66,13 +66,17 @@ class TaskProfile:
         self._count: dict[str, int] = {}
         self._lock = threading.Lock()
 
-    def observe(self, keys: list, timings: list | None) -> None:
-        """Record each task's ``[start, stop, nbytes]`` (``None``: it did not run)."""
+    def observe(self, keys: list, timings: list | None, sample: int = 64) -> None:
+        """Record the ``[start, stop, nbytes]`` of a batch's tasks (``None``: it did not run),
+        at most ``sample`` of them, evenly spread: enough for a mean, cheap for huge batches."""
+        if not timings:
+            return
+        step = max(1, len(keys) // sample)
         with self._lock:
-            self._observe(keys, timings)
+            self._observe(keys[::step], timings[::step])
 
-    def _observe(self, keys: list, timings: list | None) -> None:
-        for key, span in zip(keys, timings or (), strict=False):
+    def _observe(self, keys: list, timings: list) -> None:
+        for key, span in zip(keys, timings, strict=False):
             if span:
                 kind = _kind(key)
                 self._seconds[kind] = self._seconds.get(kind, 0.0) + (span[1] - span[0])
@@ -106,32 +110,27 @@ class _Tally:
         self.seconds = self.nbytes = 0.0
         self.untimed = 0
 
-    def admits(self, key) -> bool:
-        """Whether ``key`` still fits (the caller takes the first task regardless)."""
+    def take(self, key, force: bool = False, fusing: bool = False) -> bool:
+        """Count ``key`` in if it fits (always with ``force``); fused tasks are held to the
+        memory limit only (splitting a chain adds round trips, not parallelism)."""
         if self.profile is None:
             return True
         predicted = self.profile.predict(key)
         limits = self.limits
         if predicted is None:
-            return not limits.probe_tasks or self.untimed < limits.probe_tasks
-        seconds, nbytes = predicted
-        return (
-            self.seconds + seconds <= limits.target_seconds
-            and self.nbytes + nbytes <= limits.memory_bytes
-        )
-
-    def fits_memory(self, key) -> bool:
-        """Whether ``key``'s value still fits the memory limit (unknown sizes do)."""
-        predicted = self.profile.predict(key) if self.profile is not None else None
-        return predicted is None or self.nbytes + predicted[1] <= self.limits.memory_bytes
-
-    def add(self, key) -> None:
-        predicted = self.profile.predict(key) if self.profile is not None else None
-        if predicted is None:
+            if not (force or fusing) and limits.probe_tasks and self.untimed >= limits.probe_tasks:
+                return False
             self.untimed += 1
-        else:
-            self.seconds += predicted[0]
-            self.nbytes += predicted[1]
+            return True
+        seconds, nbytes = predicted
+        if not force and (
+            self.nbytes + nbytes > limits.memory_bytes
+            or (not fusing and self.seconds + seconds > limits.target_seconds)
+        ):
+            return False
+        self.seconds += seconds
+        self.nbytes += nbytes
+        return True
 
 
 class GraphState:
@@ -259,10 +258,11 @@ class GraphState:
                 continue
             new_inputs = self.dependencies[key] - inputs
             extra = sum(input_bytes(dep) for dep in new_inputs)
-            if roots and (used_bytes + extra > max_bytes or not tally.admits(key)):
+            if roots and used_bytes + extra > max_bytes:
+                break
+            if not tally.take(key, force=not roots):
                 break
             heapq.heappop(ready)
-            tally.add(key)
             used_bytes += extra
             inputs |= new_inputs
             roots.append(key)
@@ -300,11 +300,10 @@ class GraphState:
             if not fan_out and len(fusable) > 1:
                 fusable = [min(fusable, key=self.priority.__getitem__)]
             for dependent in fusable:
-                if not tally.fits_memory(dependent):
+                if not tally.take(dependent, fusing=True):
                     return
                 del state["waiting"][dependent]
                 members.add(dependent)
-                tally.add(dependent)
                 stack.append(dependent)
                 if len(members) >= limit:
                     return
