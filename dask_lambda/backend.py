@@ -20,6 +20,7 @@ from typing import Any
 from . import config
 from .function.storage import S3Store
 from .invoker import Invoker
+from .persist import Persisted
 from .planner import TaskProfile
 
 
@@ -104,6 +105,8 @@ class Backend:
     tiers: dict[int, Invoker] = field(default_factory=dict, compare=False)
     # What kinds of tasks were learned to cost, across this cluster's computes.
     profile: TaskProfile = field(default_factory=TaskProfile, compare=False)
+    # What the cluster's persisted collections hold in S3.
+    persisted: Persisted = field(default_factory=Persisted, compare=False)
 
     def invoker_for(self, memory_mb: int | None) -> Invoker:
         """The invoker of the memory tier ``memory_mb`` (None: the function itself)."""

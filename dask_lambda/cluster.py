@@ -459,6 +459,7 @@ class LambdaCluster:
             return
         if self.status is Status.running:
             self.backend.join_cleanups()
+            self.backend.persisted.release_all()
         self.status = Status.closed
         with _active_lock:
             _active[:] = [ref for ref in _active if ref() not in (None, self)]
@@ -485,6 +486,39 @@ class LambdaCluster:
             self.last_report = compute.report
 
     __call__ = get
+
+    def persist(self, collections, optimize_graph: bool = True, **kwargs):
+        """Compute ``collections`` and keep their values in the cloud; return them rebuilt on
+        those values (one collection, or a list for a list).
+
+        Later computes on the result read the data in Lambda: it never crosses this client.
+        Also reached by ``dask.persist(..., scheduler=cluster)`` and ``x.persist(scheduler=...)``
+        (dask's persist protocol). The values stay in S3 until the returned collections (and
+        everything built on them) are garbage collected, :meth:`unpersist` is called, or the
+        cluster closes; :attr:`persisted_bytes` says how much is held.
+        """
+        from .persist import persist_collections
+
+        single = not isinstance(collections, (list, tuple))
+        wanted = [collections] if single else list(collections)
+        rebuilt = persist_collections(
+            lambda expr, keys, **kw: self.get(expr, keys, persist=True, **kw),
+            self.backend.store, self.backend.persisted, wanted, optimize_graph, **kwargs,
+        )  # fmt: skip
+        if self.last_report is not None:  # the persist's own report: what it now holds
+            self.last_report.bytes_persisted_held = self.persisted_bytes
+        return rebuilt[0] if single else rebuilt
+
+    def unpersist(self, *collections) -> None:
+        """Delete the values persisted collections hold now (computing them again fails)."""
+        from .persist import release_collections
+
+        release_collections(list(collections))
+
+    @property
+    def persisted_bytes(self) -> int:
+        """Bytes the collections this cluster persisted still hold in S3."""
+        return self.backend.persisted.nbytes if self.status is Status.running else 0
 
     # The backend's parts, for code that used them from the cluster.
     store = property(lambda self: self.backend.store)
@@ -551,7 +585,8 @@ class LambdaCluster:
 
 def _compute_options(kwargs: dict) -> dict:
     """The options of ``compute(...)`` a :class:`~.scheduler.Compute` takes."""
-    return {name: kwargs.get(name) for name in ("cache", "retries", "speculation")}
+    options = {name: kwargs.get(name) for name in ("cache", "retries", "speculation")}
+    return {**options, "persist": bool(kwargs.get("persist"))}
 
 
 def _import_distributed() -> None:

@@ -46,6 +46,7 @@ class ComputeReport:
     bytes_to_client: int = 0
     bytes_from_client: int = 0
     s3_objects_left: int = 0
+    bytes_persisted_held: int = 0  # by this cluster's persisted collections, after the compute
     failed: bool = False
     memory_mb: int = 0
     architecture: str = "x86_64"

@@ -48,6 +48,7 @@ from .exceptions import LambdaFunctionError, raise_fatal, raise_task_error
 from .function.protocol import BatchSpec, Inline, Result, Stored
 from .function.storage import object_name
 from .invoker import InvokeStats, SplitBatch, failure_kind
+from .persist import persisted_ref
 from .planner import GraphState, Limits
 from .report import ComputeReport
 
@@ -71,6 +72,7 @@ def get(
     callbacks=None,
     retries: int | None = None,
     speculation: bool | None = None,
+    persist: bool = False,
     **kwargs,
 ) -> tuple[Any, ComputeReport]:
     """Compute ``keys`` of ``dsk`` on the backend's function; return the values and the report.
@@ -80,7 +82,7 @@ def get(
     ``speculation`` starts a second copy of a batch that runs far longer than the others
     (``lambda.speculation``); the first copy to finish wins.
     """
-    compute = Compute(backend, dsk, keys, cache, retries, speculation)
+    compute = Compute(backend, dsk, keys, cache, retries, speculation, persist)
     return compute.run(callbacks), compute.report
 
 
@@ -263,7 +265,9 @@ class Compute:
         cache: Mapping | None = None,
         retries: int | None = None,
         speculation: bool | None = None,
+        persist: bool = False,
     ):
+        self.persist = persist
         self.annotations = task_annotations(dsk)
         if not isinstance(dsk, Mapping):
             dsk = dsk.__dask_graph__()
@@ -291,6 +295,8 @@ class Compute:
         for key, node in dsk.items():
             if isinstance(node, DataNode) and key not in cache:
                 self.location[key] = Value(node.value)
+            elif (ref := persisted_ref(node)) is not None:  # data a persist left in the cloud
+                self.location[key] = ref.location
         graph = {k: n for k, n in dsk.items() if k not in self.location}
         self.state = GraphState(graph, self.keys, done=self.location)
         self.graph = graph
@@ -366,7 +372,7 @@ class Compute:
                         self._resolve_aliases(posttask_cbs)
                 if self.speculation:
                     self._speculate(flight)
-            return self._results()
+            return self._persisted() if self.persist else self._results()
         except BaseException:
             failed = True
             wait(flight.futures())  # no invocation may write after the cleanup below
@@ -553,12 +559,28 @@ class Compute:
                 self.report.bytes_to_client += downloaded
         return values
 
+    def _persisted(self) -> dict:
+        """Where the requested values are, left there: what a persist returns."""
+        found = {}
+        for key in dict.fromkeys(self.keys):
+            where = self.location[key]
+            if isinstance(where, Value):
+                where = self._serialize_value(key, where.value)
+            found[key] = where
+        self.kept = {where.name for where in found.values() if isinstance(where, Stored)}
+        return found
+
     def _cleanup(self, failed: bool, started: float) -> None:
         store = self.backend.store
         compute_prefix = f"{self.prefix.rstrip('/')}/{self.id}"
+        kept = set() if failed else getattr(self, "kept", set())
         try:
-            store.delete_prefix(compute_prefix)
-            self.report.s3_objects_left = len(store.list(compute_prefix + "/"))
+            if kept:  # a persist: everything but the persisted values
+                store.delete([n for n in store.list(compute_prefix + "/") if n not in kept])
+            else:
+                store.delete_prefix(compute_prefix)
+            left = len(store.list(compute_prefix + "/")) - len(kept)
+            self.report.s3_objects_left = left
         finally:
             stats = self.stats
             self.report.invocations = stats.invocations
@@ -573,3 +595,4 @@ class Compute:
             self.report.invocation_records = list(stats.records)
             self.report.failed = failed
             self.report.wall_time = time.perf_counter() - started
+            self.report.bytes_persisted_held = self.backend.persisted.nbytes

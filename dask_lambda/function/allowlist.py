@@ -46,6 +46,7 @@ STRUCTURE: dict[str, frozenset[str]] = {
             "Task", "DataNode", "Alias", "TaskRef", "List", "Tuple", "Set", "Dict", "GraphNode",
         },
         "dask_lambda.function.protocol": {"BatchSpec", "Inline", "Stored"},
+        "dask_lambda.function.calls": {"PersistedValue", "load_persisted"},
         "numpy": {"ndarray", "dtype", *_NUMPY_SCALARS},
         "numpy.core.multiarray": {"_reconstruct", "scalar"},
         "numpy._core.multiarray": {"_reconstruct", "scalar"},

@@ -8,6 +8,42 @@ from __future__ import annotations
 from typing import Any
 
 _initialized: set[str] = set()
+# The spill store of the batch the handler is running (set by the handler), for persisted
+# values that dask's optimisation fused into the tasks that use them.
+current: dict[str, Any] = {"store": None}
+
+
+class PersistedValue:
+    """A value a client's ``cluster.persist`` left in S3, named inside a task: read (size and
+    SHA-256 checked, like any input) when the task runs."""
+
+    __slots__ = ("key", "location")
+
+    def __init__(self, key, location):
+        self.key, self.location = key, location
+
+    def __reduce__(self):
+        return PersistedValue, (self.key, self.location)
+
+    def load(self) -> Any:
+        import cloudpickle
+
+        from .protocol import Inline
+
+        if isinstance(self.location, Inline):
+            return cloudpickle.loads(self.location.data)
+        store = current["store"]
+        if store is None:
+            raise RuntimeError(
+                f"The persisted value of {self.key!r} can be read only by a dask-lambda function"
+                " (or the client that persisted it)"
+            )
+        return cloudpickle.loads(store.get(self.location.name, expected=self.location))
+
+
+def load_persisted(ref) -> Any:
+    """The value behind a persisted reference (on the client, or inside Lambda)."""
+    return ref.load()
 
 
 def run_chunk(function, chunk: list[tuple]) -> list:

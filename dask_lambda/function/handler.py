@@ -32,7 +32,7 @@ from typing import Any
 
 import cloudpickle
 
-from . import allowlist, contract, dependencies, protocol
+from . import allowlist, calls, contract, dependencies, protocol
 from .errors import RESERVED, ErrorBudget, error_info
 from .storage import S3Store, object_name
 
@@ -158,6 +158,7 @@ def _run(payload: dict, started: float) -> dict:
     try:
         spec: protocol.BatchSpec = _loads(payload["spec"])
         store = S3Store(payload["store"]["bucket"], kms_key_id=payload["store"].get("kms_key_id"))
+        calls.current["store"] = store
         values = _load_inputs(spec, store, stats)
     except protocol.TransientError:
         raise
