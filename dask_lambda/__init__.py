@@ -70,6 +70,8 @@ def _register() -> None:
     if base is None:  # dask not imported yet: register when it is (cheap either way)
         import dask.base as base
     base.named_schedulers.setdefault("lambda", _lambda_get)
+    if "joblib" in sys.modules:  # joblib's backend "lambda"; else import dask_lambda.joblib
+        from . import joblib  # noqa: F401
 
 
 _register()
