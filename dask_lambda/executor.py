@@ -3,9 +3,17 @@
 Calls submitted while invocations are in flight queue up; a dispatcher thread sends whatever is
 queued when a concurrency slot frees, split evenly over the free slots (``max_tasks`` at most per
 invocation), so a burst of ``submit`` or ``map`` calls costs a few invocations, not one each,
-while a lone call is sent at once. Each call is one task of the same protocol the scheduler uses;
-results above the inline limit come back through S3 and are deleted once read. The executor is
-also a Dask get function, so ``scheduler=executor`` runs graphs with data kept remote.
+while a lone call is sent at once. Each call is one task of the same protocol the scheduler uses.
+
+Results stay where the function left them (inline bytes, or an S3 object for a large one) until
+someone asks: :class:`LambdaFuture` downloads its value on the first ``result()``, and deletes
+the object when the future is garbage collected (or the executor shuts down). A future passed as
+an argument to ``submit`` (also inside lists, tuples and dicts) travels by reference: the call
+waits for it and reads the value in Lambda, so it never crosses the client. :meth:`scatter`
+uploads data once for many calls; :meth:`gather` downloads many results in parallel. The
+executor counts the bytes it moves (:attr:`LambdaExecutor.bytes_to_client`, ``bytes_from_client``).
+The executor is also a Dask get function, so ``scheduler=executor`` runs graphs with data kept
+remote.
 """
 
 from __future__ import annotations
@@ -15,17 +23,76 @@ import math
 import queue
 import threading
 import uuid
+import weakref
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Executor, Future
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from typing import Any
 
-from dask._task_spec import Task
+import cloudpickle
+from dask._task_spec import Task, TaskRef, parse_input
 
 from . import batch as batches
 from .cluster import LambdaCluster
 from .exceptions import LambdaFunctionError, rebuild_exception
 from .function.calls import run_chunk
-from .function.protocol import BatchSpec
+from .function.protocol import BatchSpec, Inline, Stored
+from .function.storage import object_name
+
+
+class _Remote:
+    """A finished call's value, still where the function left it."""
+
+    __slots__ = ("location",)
+
+    def __init__(self, location: Inline | Stored):
+        self.location = location
+
+
+class LambdaFuture(Future):
+    """A :class:`concurrent.futures.Future` whose value stays remote until ``result()``.
+
+    Passed to :meth:`LambdaExecutor.submit` it is read in Lambda, by reference. Its S3 object
+    (if the value was large) is deleted when the future is garbage collected.
+    """
+
+    def __init__(self, executor: LambdaExecutor, key):
+        super().__init__()
+        self.key = key
+        self._executor = weakref.ref(executor)
+        self._fetch_lock = threading.Lock()
+        self._location: Inline | Stored | None = None
+
+    @property
+    def location(self) -> Inline | Stored | None:
+        """Where the value is, once the call succeeded (None while it runs or if it failed)."""
+        return self._location
+
+    def _hold(self, location: Inline | Stored, store) -> None:
+        """Succeed with the value at ``location``; its S3 object goes with this future."""
+        self._location = location
+        if isinstance(location, Stored):
+            weakref.finalize(self, _delete_quietly, store, location.name)
+        self.set_result(_Remote(location))
+
+    def result(self, timeout: float | None = None) -> Any:
+        value = super().result(timeout)
+        if not isinstance(value, _Remote):
+            return value
+        with self._fetch_lock:
+            if isinstance(self._result, _Remote):
+                executor = self._executor()
+                if executor is None:
+                    raise RuntimeError("the LambdaExecutor of this future is gone")
+                self._result = executor._download(self._result.location)
+            return self._result
+
+
+def _delete_quietly(store, name: str) -> None:
+    try:
+        store.delete([name])
+    except Exception:  # the endpoint is gone: the executor's prefix was deleted or expires
+        pass
+
 
 _STOP = object()
 
@@ -63,6 +130,9 @@ class LambdaExecutor(Executor):
         self._lock = threading.Lock()
         self._counter = itertools.count()
         self._id = uuid.uuid4().hex[:16]
+        self._bytes_lock = threading.Lock()
+        self.bytes_to_client = 0  # results downloaded
+        self.bytes_from_client = 0  # requests, scattered data and spilled requests uploaded
         self._prefix = f"{self._backend.prefix}/executor"
         self._dispatcher = threading.Thread(
             target=self._dispatch, daemon=True, name="dask-lambda-executor"
@@ -70,17 +140,93 @@ class LambdaExecutor(Executor):
         self._dispatcher.start()
 
     # -- concurrent.futures API -----------------------------------------------------------------
-    def submit(self, fn: Callable, /, *args: Any, **kwargs: Any) -> Future:
-        """Schedule ``fn(*args, **kwargs)`` in Lambda; return its Future."""
-        return self._submit(Task(("call", next(self._counter)), fn, *args, **kwargs))
+    def submit(self, fn: Callable, /, *args: Any, **kwargs: Any) -> LambdaFuture:
+        """Schedule ``fn(*args, **kwargs)`` in Lambda; return its future.
 
-    def _submit(self, task: Task) -> Future:
+        :class:`LambdaFuture` arguments (also inside lists, tuples and dicts) are passed by
+        reference: the call runs once they have succeeded, and fails with their error if one
+        failed.
+        """
+        key = ("call", next(self._counter))
+        needed: dict = {}
+        args, kwargs = _by_reference((args, kwargs), needed)
+        if needed:  # references inside containers become graph nodes that resolve them
+            args = tuple(parse_input(a) for a in args)
+            kwargs = {k: parse_input(v) for k, v in kwargs.items()}
+        return self._submit(Task(key, fn, *args, **kwargs), key, needed)
+
+    def _submit(self, task: Task, key=None, needed: dict | None = None) -> LambdaFuture:
         with self._lock:
             if self._shutdown:
                 raise RuntimeError("cannot schedule new futures after shutdown")
-            future: Future = Future()
-            self._queue.put((future, task))
+            future = LambdaFuture(self, key if key is not None else task.key)
+        if not needed:
+            self._queue.put((future, task, {}))
+            return future
+        waiting = [len(needed)]
+        lock = threading.Lock()
+
+        def ready(_done: Future) -> None:
+            with lock:
+                waiting[0] -= 1
+                if waiting[0]:
+                    return
+            failed = next((f for f in needed.values() if f.cancelled() or f.exception()), None)
+            if failed is not None:
+                if future.set_running_or_notify_cancel():
+                    future.set_exception(
+                        failed.exception() if not failed.cancelled() else RuntimeError(
+                            f"an argument of this call ({failed.key!r}) was cancelled"
+                        )
+                    )  # fmt: skip
+                return
+            inputs = {dep: f.location for dep, f in needed.items()}
+            self._queue.put((future, task, inputs))
+
+        for dependency in needed.values():
+            dependency.add_done_callback(ready)
         return future
+
+    def scatter(self, data: Any) -> Any:
+        """Upload ``data`` once; return a future (a list or dict of them for a list or dict)
+        to pass to :meth:`submit` as often as needed."""
+        if isinstance(data, dict):
+            return {k: self.scatter(v) for k, v in data.items()}
+        if isinstance(data, (list, tuple)):
+            return type(data)(self.scatter(v) for v in data)
+        key = ("scatter", next(self._counter))
+        pickled = cloudpickle.dumps(data, protocol=5)
+        self._count(from_client=len(pickled))
+        future = LambdaFuture(self, key)
+        future.set_running_or_notify_cancel()
+        settings = self._backend.settings
+        if len(pickled) <= settings.inline_limit:
+            location: Inline | Stored = Inline(pickled)
+        else:
+            store = self._backend.store
+            location = store.put(object_name(self._prefix, self._id, key), pickled)
+        future._hold(location, self._backend.store)
+        return future
+
+    def gather(self, futures: Any) -> Any:
+        """The values of ``futures`` (a future, or lists, tuples and dicts of them, nested),
+        downloaded in parallel."""
+        found: list[Future] = []
+        _collect(futures, found)
+        if len(found) > 1:
+            with ThreadPoolExecutor(min(16, len(found))) as pool:
+                list(pool.map(lambda f: f.exception() or f.result(), found))
+        return _replace_futures(futures)
+
+    def _download(self, location: Inline | Stored) -> Any:
+        value, downloaded = batches.fetch_value(self._backend.store, location)
+        self._count(to_client=downloaded)
+        return value
+
+    def _count(self, to_client: int = 0, from_client: int = 0) -> None:
+        with self._bytes_lock:
+            self.bytes_to_client += to_client
+            self.bytes_from_client += from_client
 
     def map(
         self,
@@ -158,11 +304,12 @@ class LambdaExecutor(Executor):
                     pending.append(item)
             size = min(self._backend.settings.max_tasks, math.ceil(len(pending) / free))
             batch, pending = pending[:size], pending[size:]
-            batch = [(f, t) for f, t in batch if f.set_running_or_notify_cancel()]
+            batch = [(f, t, i) for f, t, i in batch if f.set_running_or_notify_cancel()]
             if batch:
                 with self._slots:
                     self._in_flight += 1
                 self._backend.pool.submit(self._run, batch)
+            batch = item = None  # the futures' lifetime is their holders', not this loop's
         with self._slots:
             self._slots.wait_for(lambda: self._in_flight == 0)
         try:
@@ -171,11 +318,11 @@ class LambdaExecutor(Executor):
             if self._owns_cluster:
                 self.cluster.close()
 
-    def _run(self, batch: list[tuple[Future, Task]]) -> None:
+    def _run(self, batch: list[tuple[LambdaFuture, Task, dict]]) -> None:
         try:
             self._invoke(batch)
         except BaseException as e:  # infrastructure failure: every call of the batch fails
-            for future, _ in batch:
+            for future, _, _ in batch:
                 if not future.done():
                     future.set_exception(e)
         finally:
@@ -183,7 +330,7 @@ class LambdaExecutor(Executor):
                 self._in_flight -= 1
                 self._slots.notify_all()
 
-    def _invoke(self, batch: list[tuple[Future, Task]]) -> None:
+    def _invoke(self, batch: list[tuple[LambdaFuture, Task, dict]]) -> None:
         try:
             spec_bytes = self._spec_bytes(batch)
         except Exception:
@@ -191,17 +338,24 @@ class LambdaExecutor(Executor):
             if not batch:
                 return
             spec_bytes = self._spec_bytes(batch)
-        keys = [task.key for _, task in batch]
-        response = batches.invoke(
-            self._backend, spec_bytes, keys, f"{self._prefix}/{self._id}", prefix=self._prefix
-        )
+        keys = [task.key for _, task, _ in batch]
+        stats = batches.InvokeStats()
+        try:
+            payloads = f"{self._prefix}/{self._id}"
+            response = batches.invoke(
+                self._backend, spec_bytes, keys, payloads, stats, prefix=self._prefix
+            )
+        finally:
+            self._count(to_client=stats.response_bytes, from_client=stats.request_bytes)
         self._deliver(batch, response)
 
-    def _spec_bytes(self, batch: list[tuple[Future, Task]]) -> bytes:
-        keys = [task.key for _, task in batch]
-        return batches.pickle_spec(BatchSpec(self._id, keys, [t for _, t in batch], keys))
+    def _spec_bytes(self, batch: list[tuple[LambdaFuture, Task, dict]]) -> bytes:
+        keys = [task.key for _, task, _ in batch]
+        inputs = {k: where for _, _, needed in batch for k, where in needed.items()}
+        tasks = [task for _, task, _ in batch]
+        return batches.pickle_spec(BatchSpec(self._id, keys, tasks, keys, inputs))
 
-    def _fail_unpicklable(self, batch: list[tuple[Future, Task]]) -> list[tuple[Future, Task]]:
+    def _fail_unpicklable(self, batch: list) -> list:
         """Fail the calls that cannot be pickled (with pickle_spec's error); return the others."""
         picklable = []
         for call in batch:
@@ -213,40 +367,60 @@ class LambdaExecutor(Executor):
                 picklable.append(call)
         return picklable
 
-    def _deliver(self, batch: list[tuple[Future, Task]], response: batches.BatchResponse) -> None:
+    def _deliver(self, batch: list, response: batches.BatchResponse) -> None:
         if response.fatal is not None:
             error = rebuild_exception(response.fatal)
-            for future, _ in batch:
+            for future, _, _ in batch:
                 future.set_exception(error)
             return
         store = self._backend.store
-        spilled: list[str] = []
-        outcomes: list[tuple[Future, bool, object]] = []  # (future, failed, value or exception)
-        for index, ((future, _), result) in enumerate(zip(batch, response.results, strict=True)):
+        for index, ((future, _, _), result) in enumerate(zip(batch, response.results, strict=True)):
             if index in response.errors:
-                outcomes.append((future, True, rebuild_exception(response.errors[index])))
+                future.set_exception(rebuild_exception(response.errors[index]))
             elif result.status != "ok":
                 name = self._backend.function_name
-                error = LambdaFunctionError(name, "MissingResult", result.status)
-                outcomes.append((future, True, error))
+                future.set_exception(LambdaFunctionError(name, "MissingResult", result.status))
             else:
-                where = result.location()
-                if result.where == "s3":
-                    spilled.append(where.name)
-                try:
-                    outcomes.append((future, False, batches.fetch_value(store, where)[0]))
-                except Exception as e:
-                    outcomes.append((future, True, e))
-        if spilled:  # before anyone sees a result, so nothing of a finished call is left in S3
-            store.delete(spilled)
-        for future, failed, outcome in outcomes:
-            if failed:
-                future.set_exception(outcome)
-            else:
-                future.set_result(outcome)
+                future._hold(result.location(), store)
 
     def __repr__(self) -> str:
         return f"<LambdaExecutor max_workers={self._max_workers} on {self.cluster!r}>"
+
+
+def _by_reference(value: Any, needed: dict) -> Any:
+    """``value`` with each :class:`LambdaFuture` (in lists, tuples, dicts) replaced by a
+    reference to its key, recorded in ``needed``."""
+    if isinstance(value, LambdaFuture):
+        needed[value.key] = value
+        return TaskRef(value.key)
+    if isinstance(value, list):
+        return [_by_reference(v, needed) for v in value]
+    if isinstance(value, tuple) and not hasattr(value, "_fields"):
+        return tuple(_by_reference(v, needed) for v in value)
+    if isinstance(value, dict):
+        return {k: _by_reference(v, needed) for k, v in value.items()}
+    return value
+
+
+def _collect(value: Any, found: list) -> None:
+    if isinstance(value, Future):
+        found.append(value)
+    elif isinstance(value, dict):
+        for item in value.values():
+            _collect(item, found)
+    elif isinstance(value, (list, tuple)):
+        for item in value:
+            _collect(item, found)
+
+
+def _replace_futures(value: Any) -> Any:
+    if isinstance(value, Future):
+        return value.result()
+    if isinstance(value, dict):
+        return {k: _replace_futures(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_replace_futures(v) for v in value)
+    return value
 
 
 def chunked(iterable: Iterable, size: int) -> Iterator[list]:

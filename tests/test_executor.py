@@ -68,8 +68,14 @@ def test_unpicklable_call_fails_alone(executor):
 
 
 def test_large_results_come_through_s3_and_are_deleted(executor, cluster):
-    result = executor.submit(tasks.big_array, 2).result(timeout=120)
+    import gc
+
+    future = executor.submit(tasks.big_array, 2)
+    result = future.result(timeout=120)
     np.testing.assert_array_equal(result, tasks.big_array(2))
+    assert len(spill_objects(cluster)) == 1  # kept while its future lives (to pass it on)
+    del future
+    gc.collect()
     assert spill_objects(cluster) == []
 
 
@@ -109,3 +115,33 @@ def test_executor_owning_its_cluster():
         assert ex.submit(tasks.inc, 41).result(timeout=60) == 42
         cluster = ex.cluster
     assert cluster.status.value == "closed"
+
+
+def test_futures_as_arguments_travel_by_reference(executor):
+    big = executor.submit(tasks.big_array, 4)  # 4 MB: left in S3
+    sizes = executor.submit(tasks.nbytes_of, big)
+    nested = executor.submit(tasks.total, *[executor.submit(tasks.inc, i) for i in range(5)])
+    in_list = executor.submit(sum, [executor.submit(tasks.inc, 1), 10])
+    before = executor.bytes_to_client
+    assert sizes.result(timeout=120) == 4 * 1024 * 1024 // 8  # its length, read in Lambda
+    assert nested.result(timeout=60) == 15 and in_list.result(timeout=60) == 12
+    assert executor.bytes_to_client - before < 100_000  # big never came back to the client
+    failing = executor.submit(tasks.fail, 3)
+    with pytest.raises(ValueError, match="task failed on 3"):
+        executor.submit(tasks.inc, failing).result(timeout=60)
+
+
+def test_scatter_once_gather_in_parallel(executor):
+    data = np.arange(1_000_000)  # 8 MB
+    before_up, before_down = executor.bytes_from_client, executor.bytes_to_client
+    shared = executor.scatter(data)
+    assert executor.bytes_from_client - before_up >= data.nbytes  # uploaded once, counted
+    futures = [executor.submit(tasks.nbytes_of, shared) for _ in range(6)]
+    assert executor.gather(futures) == [len(data)] * 6
+    assert executor.bytes_from_client - before_up < data.nbytes * 1.1  # not once per call
+    parts = executor.scatter({"a": [1, 2], "b": 3})
+    assert executor.gather(parts) == {"a": [1, 2], "b": 3}
+    copies = [executor.submit(tasks.double, shared) for _ in range(2)]
+    values = executor.gather(copies)
+    np.testing.assert_array_equal(values[0], data * 2)
+    assert executor.bytes_to_client - before_down >= 2 * data.nbytes  # downloads are counted
