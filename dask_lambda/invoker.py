@@ -75,6 +75,7 @@ class InvokeStats:
     request_bytes: int = 0
     response_bytes: int = 0
     spilled_requests: int = 0
+    spilled_request_bytes: int = 0  # requests too large for Lambda, uploaded to S3
     splits: int = 0  # batches re-run in halves after a runtime failure
     escalations: int = 0  # tasks re-run on a larger memory tier after running out of memory
     records: collections.deque = field(
@@ -202,7 +203,8 @@ class Invoker:
             ref = {"bucket": self.store.bucket, "key": spilled_key, "size": stored.nbytes,
                    "sha256": stored.sha256}  # fmt: skip
             event = protocol.reference_envelope(ref, self.signing_key, self.signature_ttl)
-            counters.add(spilled_requests=1, request_bytes=len(data))
+            counters.add(spilled_requests=1, request_bytes=len(data),
+                         spilled_request_bytes=len(data))  # fmt: skip
         else:
             event = protocol.envelope(data, self.signing_key, self.signature_ttl)
         body = json.dumps(event).encode()

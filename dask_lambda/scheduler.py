@@ -592,6 +592,7 @@ class Compute:
             self.report.cold_starts = stats.cold_starts
             self.report.bytes_to_client += stats.response_bytes
             self.report.bytes_from_client += stats.request_bytes
+            self.report.bytes_spilled += stats.spilled_request_bytes
             self.report.invocation_records = list(stats.records)
             self.report.failed = failed
             self.report.wall_time = time.perf_counter() - started

@@ -69,3 +69,16 @@ def test_persisted_delayed_and_close_deletes_everything(local, aws_env, bucket):
     assert listed.get("KeyCount", 0) == 0  # closed: released, though big_p is still alive
     with pytest.raises((RuntimeError, TypeError), match="was released"):
         big_p.compute(scheduler="sync")
+
+
+def test_uploads_are_counted_spilled_requests_too(plain):
+    import os
+
+    payload = os.urandom(7_000_000)  # closed over by the task: a request over Lambda's 6 MB
+
+    def length():
+        return len(payload)
+
+    assert dask.delayed(length)().compute(scheduler=plain) == 7_000_000
+    report = plain.last_report
+    assert report.bytes_from_client >= 7_000_000 and report.bytes_spilled >= 7_000_000
