@@ -80,9 +80,12 @@ class PersistedRef:
 
     def load(self) -> Any:
         """Download the value (checked): for schedulers other than the cluster's."""
-        from .batch import fetch_value
+        import cloudpickle
 
-        return fetch_value(self.data.store, self.location)[0]
+        where = self.location
+        if isinstance(where, Inline):
+            return cloudpickle.loads(where.data)
+        return cloudpickle.loads(self.data.store.get(where.name, expected=where))
 
     def __repr__(self) -> str:
         return f"<PersistedRef {self.key!r}>"
