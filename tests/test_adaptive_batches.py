@@ -160,3 +160,20 @@ def test_cli_deploys_and_deletes_memory_tiers(local, aws_env, bucket):
         LambdaCluster(function_name=name, memory_tiers=[4096])
     deleted = cli("delete", name, "--yes").output
     assert f"memory tier {name}--1024mb" in deleted and f"memory tier {name}--2048mb" in deleted
+
+
+def test_big_chunks_fit_the_function_without_max_tasks():
+    """W4's shape, scaled to a 512 MB function: 16 chunks of 16 MiB, each needed again after
+    the column means. The first batches (8 chunks each, nothing learned yet) run out of memory
+    and are split; then the learned chunk size keeps batches within memory, and the compute
+    finishes without lambda.batch.max-tasks set by hand (it failed before)."""
+    import dask.array as da
+    import numpy as np
+
+    with LambdaCluster(memory=512) as cluster:
+        x = da.random.default_rng(0).random((16, 2 * 2**20), chunks=(1, 2 * 2**20))
+        total = abs(x - x.mean(axis=0)).sum()
+        np.testing.assert_allclose(total.compute(scheduler=cluster),
+                                   total.compute(scheduler="threads"))  # fmt: skip
+        assert cluster.last_report.bytes_to_client < 2**20
+        assert spill_objects(cluster) == []
