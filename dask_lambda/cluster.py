@@ -222,20 +222,10 @@ class LambdaCluster:
             )
             self._check_bucket(store)
             timeout = int(function.get("Timeout") or self.timeout)
-            invoker = Invoker(
-                self.function_name,
-                lambda cfg: self._client("lambda", cfg),
-                max_concurrency=self.settings.max_concurrency,
-                function_timeout=timeout,
-                store=store,
-                payload_prefix=self.prefix,
-                infra_retries=self.infra_retries,
-                retry_backoff=self.retry_backoff,
-                signing_key=signing_key,
-            )
-            tiers = {
-                memory: Invoker(
-                    self._tier(memory),
+
+            def invoker_of(name: str) -> Invoker:  # the function's, or one memory tier's
+                return Invoker(
+                    name,
                     lambda cfg: self._client("lambda", cfg),
                     max_concurrency=self.settings.max_concurrency,
                     function_timeout=timeout,
@@ -245,8 +235,9 @@ class LambdaCluster:
                     retry_backoff=self.retry_backoff,
                     signing_key=signing_key,
                 )
-                for memory in self.memory_tiers
-            }
+
+            invoker = invoker_of(self.function_name)
+            tiers = {memory: invoker_of(self._tier(memory)) for memory in self.memory_tiers}
             pool = resources["pool"] = ThreadPoolExecutor(
                 self.settings.max_concurrency, thread_name_prefix="dask-lambda-invoke"
             )
