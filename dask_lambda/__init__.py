@@ -57,6 +57,17 @@ def _lambda_get(dsk, keys, **kwargs):
     return current_cluster().get(dsk, keys, **kwargs)
 
 
+def _lambda_persist(collections, **kwargs):
+    """``x.persist(scheduler="lambda")``: dask's persist protocol (a ``persist`` attribute on
+    the scheduler) keeps the values in the cloud, as ``scheduler=cluster`` does."""
+    from .cluster import current_cluster
+
+    return current_cluster().persist(collections, **kwargs)
+
+
+_lambda_get.persist = _lambda_persist
+
+
 def _register() -> None:
     import os
     import sys

@@ -46,6 +46,11 @@ def test_dask_persist_and_unpersist(plain):
     bag = db.from_sequence(range(1000), npartitions=10).map(lambda v: v * 2)
     (kept,) = dask.persist(bag, scheduler=plain)
     assert plain.persisted_bytes > 0
+    held = plain.persisted_bytes
+    by_name = bag.map(abs).persist(scheduler="lambda")  # the most recent running cluster
+    assert plain.persisted_bytes > held  # held in the cloud, not downloaded
+    assert by_name.sum().compute(scheduler=plain) == 999_000
+    del by_name
     assert kept.sum().compute(scheduler=plain) == 999_000
     plain.unpersist(kept)
     assert plain.persisted_bytes == 0 and _objects(plain) == []
