@@ -33,7 +33,7 @@ from dask._task_spec import Task, TaskRef, parse_input
 
 from . import batch as batches
 from .cluster import LambdaCluster
-from .exceptions import LambdaFunctionError, rebuild_exception
+from .exceptions import LambdaFunctionError, deployment_hint, rebuild_exception
 from .function.calls import run_chunk
 from .function.protocol import BatchSpec, Inline, Stored
 from .function.storage import object_name
@@ -369,19 +369,27 @@ class LambdaExecutor(Executor):
 
     def _deliver(self, batch: list, response: batches.BatchResponse) -> None:
         if response.fatal is not None:
-            error = rebuild_exception(response.fatal)
+            error = self._rebuilt(response.fatal)
             for future, _, _ in batch:
                 future.set_exception(error)
             return
         store = self._backend.store
         for index, ((future, _, _), result) in enumerate(zip(batch, response.results, strict=True)):
             if index in response.errors:
-                future.set_exception(rebuild_exception(response.errors[index]))
+                future.set_exception(self._rebuilt(response.errors[index]))
             elif result.status != "ok":
                 name = self._backend.function_name
                 future.set_exception(LambdaFunctionError(name, "MissingResult", result.status))
             else:
                 future._hold(result.location(), store)
+
+    def _rebuilt(self, error: dict) -> BaseException:
+        """The call's exception, with what to deploy or grant when it shows that is missing."""
+        exc = rebuild_exception(error)
+        hint = deployment_hint(exc, self._backend.function_name)
+        if hint:
+            exc.add_note(hint)
+        return exc
 
     def __repr__(self) -> str:
         return f"<LambdaExecutor max_workers={self._max_workers} on {self.cluster!r}>"

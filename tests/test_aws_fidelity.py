@@ -96,6 +96,14 @@ def test_task_importing_an_undeployed_package_names_the_fix(cluster):
         dask.delayed(_tblib_version)().compute(scheduler=cluster)
     notes = " ".join(info.value.__notes__)
     assert "--include tblib" in notes and "packages=['tblib']" in notes
+    from dask_lambda import LambdaExecutor, LambdaPool
+
+    with LambdaExecutor(cluster=cluster) as ex, pytest.raises(ModuleNotFoundError) as info:
+        ex.submit(_tblib_version).result(timeout=60)
+    assert "--include tblib" in " ".join(info.value.__notes__)
+    with LambdaPool(cluster=cluster) as pool, pytest.raises(ModuleNotFoundError) as info:
+        pool.apply(_tblib_version)
+    assert "--include tblib" in " ".join(info.value.__notes__)
 
 
 def test_packages_deploys_what_the_tasks_import():
