@@ -92,11 +92,8 @@ class TaskProfile:
 
 @dataclass
 class Limits:
-    """How large one batch may be (see the module docstring)."""
+    """How much predicted work one batch may hold (see the module docstring)."""
 
-    max_tasks: int = 1000
-    max_bytes: int = 3_000_000  # inline input bytes
-    per_slot: int = 1
     target_seconds: float = math.inf  # predicted run time
     probe_tasks: int = 0  # tasks of kinds not yet timed; 0: no cap
     memory_bytes: float = math.inf  # predicted bytes of the values a batch makes

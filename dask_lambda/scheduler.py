@@ -213,7 +213,7 @@ class _InFlight:
 
     def probes(self) -> int:
         """Invocations in flight that measure kinds of tasks not yet timed."""
-        return sum(getattr(batch, "probe", False) for batch in self._batch.values())
+        return sum(batch.probe for batch in self._batch.values())
 
     def launch(self, future: Future, batch, spec: BatchSpec) -> None:
         self._batch[future] = batch
@@ -304,9 +304,6 @@ class Compute:
         self.profile = backend.profile
         settings = backend.settings
         self.limits = Limits(
-            max_tasks=settings.max_tasks,
-            max_bytes=settings.max_bytes,
-            per_slot=settings.per_slot,
             target_seconds=settings.target_seconds,
             probe_tasks=settings.probe_tasks,
             # Values a batch makes, as dask.sizeof counts them: a quarter of the function's
