@@ -92,7 +92,7 @@ class PersistedRef:
 
 
 def persisted_ref(node) -> PersistedRef | None:
-    """The :class:`PersistedRef` a graph node stands for, if it is a ``fetch_persisted`` task."""
+    """The :class:`PersistedRef` a graph node stands for, if it is a ``load_persisted`` task."""
     if isinstance(node, Task) and node.func is load_persisted and node.args:
         argument = node.args[0]
         value = argument.value if isinstance(argument, DataNode) else argument
