@@ -32,7 +32,7 @@ class BatchResponse:
     errors: dict[int, dict]  # task index -> error entry
     stats: dict
     fatal: dict | None = None  # the batch could not be loaded at all
-    timings: list | None = None  # [start, stop] per task, None for one that did not run
+    timings: list | None = None  # [start, stop, nbytes] per task, None for one that did not run
 
 
 def pickle_spec(spec: BatchSpec) -> bytes:

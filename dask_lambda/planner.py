@@ -10,8 +10,9 @@ waiting, ready, running or finished. Its state dict has the fields dask's callba
 1. *Roots*: ready keys in priority order (``dask.order`` keeps siblings together), as many as
    ``ceil(ready / free_slots)`` so a wave of ready tasks is spread over every free runtime,
    capped by ``max_tasks``, by the bytes of inline inputs (``max_bytes``) and by time:
-   :class:`TaskDurations` learns each kind of task's run time (dask's ``key_split``) from the
-   finished ones, and a batch stops at ``target_seconds`` of predicted work. Of a kind not yet
+   :class:`TaskProfile` learns each kind of task's run time and value size (dask's
+   ``key_split``) from the finished ones, and a batch stops at ``target_seconds`` of predicted
+   work or ``memory_bytes`` of predicted values. Of a kind not yet
    timed, a batch takes at most ``probe_tasks``, so the first batches measure and progress
    shows from the start.
 2. *Fusion*: every dependent whose inputs are all inside the batch or already finished joins it,
@@ -52,7 +53,7 @@ class Batch:
     probe: bool = False  # holds tasks of a kind not yet timed: expected back soon
 
 
-_kind = functools.lru_cache(maxsize=200_000)(key_split)  # planning asks for each key twice
+_kind = functools.lru_cache(maxsize=200_000)(key_split)  # asked per key when planning and learning
 
 
 class TaskProfile:
