@@ -6,7 +6,10 @@ W1  bag map+sum over 1000 partitions; W2 delayed tree reduction over 4096 leaves
 W3  10,000 no-op calls: LambdaExecutor.map vs Lithops' own map and a ProcessPoolExecutor(2).
 W4  ~1 GB of intermediate arrays in 64 MB chunks: bytes through the client vs bytes produced, and
     dask-lambda's spill throughput vs raw boto3 put/get on the same S3 endpoint.
-W5  scale simulation (see benchmarks/scale.py).
+W5  how wide one client drives Lambda: the invoker alone against an endpoint that answers at once,
+    then 10,000 x 50 ms tasks at concurrency 100/1000/3000 on the thread-mode local Lambda, with
+    the lean invoker and with boto3's invoke (before); W6 the same at AWS's latency (see
+    benchmarks/scale.py).
 
 Each (workload, peer) runs in a process of its own (so no peer inherits another's threads or
 processes), once to warm up and then ``--repeat`` times; the best time counts, and the ratio
@@ -87,16 +90,27 @@ def plan(selected: list[str], repeat: int) -> list[tuple[str, str, object]]:
         jobs += [("W4", peer, lambda f=factory: measure_graph(workloads.w4_large_arrays, f, 1))
                  for peer, factory in W4_PEERS.items()]  # fmt: skip
         jobs.append(("W4", "raw boto3 put+get (same S3)", scale.raw_s3_throughput))
-    if "W5" in selected:
-        jobs += [("W5", f"dask-lambda, concurrency {c}", lambda c=c: scale.simulate(c))
-                 for c in (100, 1000)]  # fmt: skip
+    clients = scale.INVOKE_CLIENTS
+    if {"W5", "W5-invoker"} & set(selected):
+        jobs += [
+            ("W5-invoker", f"{label}, immediate endpoint", lambda k=kind: scale.invoker_rate(k))
+            for kind, label in clients.items()
+        ]
+    for workload, latency, cold in (("W5", 0.0, 0.0),
+                                    ("W6", scale.AWS_LATENCY, scale.AWS_COLD_START)):  # fmt: skip
+        if workload in selected:
+            jobs += [
+                (workload, f"concurrency {c}, {label}",
+                 lambda c=c, k=kind, lat=latency, cs=cold: scale.simulate(c, k, lat, cs))
+                for c in scale.CONCURRENCY for kind, label in clients.items()
+            ]  # fmt: skip
     return jobs
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--workloads", nargs="*", default=["W1", "W2", "W3", "W4", "W5"])
+    parser.add_argument("--workloads", nargs="*", default=["W1", "W2", "W3", "W4", "W5", "W6"])
     parser.add_argument("--out", default="benchmarks/results", help="folder for the JSON results")
     parser.add_argument("--budget", type=float, default=600, help="seconds per workload and peer")
     parser.add_argument("--job", help=argparse.SUPPRESS)  # "W1::peer": run one, print JSON
@@ -166,13 +180,13 @@ def print_tables(results: dict) -> None:
         timed = [r["seconds"] for r in rows.values() if "seconds" in r]
         best = min(timed) if timed else None
         print(f"\n{workload}")
-        print(f"  {'peer':<36}{'seconds':>9}{'ratio':>8}  details")
+        print(f"  {'peer':<44}{'seconds':>9}{'ratio':>8}  details")
         for peer, row in rows.items():
             if "error" in row:
-                print(f"  {peer:<36}  skipped: {row['error'][:90]}")
+                print(f"  {peer:<44}  skipped: {row['error'][:90]}")
                 continue
             details = describe(row)
-            print(f"  {peer:<36}{row['seconds']:>9.3f}{row['seconds'] / best:>7.2f}x  {details}")
+            print(f"  {peer:<44}{row['seconds']:>9.3f}{row['seconds'] / best:>7.2f}x  {details}")
 
 
 def describe(row: dict) -> str:
@@ -187,10 +201,18 @@ def describe(row: dict) -> str:
             f" spilled {row['bytes_spilled'] / 1e6:.0f} MB"
         )
     for key, label in (("throughput_mb_s", "MB/s through S3"), ("ideal_seconds", "s ideal"),
-                       ("efficiency", "of ideal"), ("calls_per_second", "calls/s")):  # fmt: skip
+                       ("efficiency", "of ideal"), ("calls_per_second", "calls/s"),
+                       ("invocations_per_second", "inv/s"),
+                       ("client_cpu_ms_per_invocation", "ms client CPU/inv"),
+                       ("scheduler_us_per_task", "µs scheduler/task"),
+                       ("client_busy", "client busy"),
+                       ("lambda_busy", "local Lambda busy")):  # fmt: skip
         if key in row:
             value = row[key]
-            parts.append(f"{value:.0%} {label}" if key == "efficiency" else f"{value:.1f} {label}")
+            share = key in ("efficiency", "client_busy", "lambda_busy")
+            parts.append(
+                f"{value:.0%} {label}" if share else f"{value:.{2 if 'cpu' in key else 1}f} {label}"
+            )
     if "note" in row:
         parts.append(row["note"])
     return "; ".join(parts)

@@ -234,10 +234,12 @@ class LambdaCluster:
                     infra_retries=self.infra_retries,
                     retry_backoff=self.retry_backoff,
                     signing_key=signing_key,
+                    credentials=self.aws.session.get_credentials(),
                 )
 
             invoker = invoker_of(self.function_name)
             tiers = {memory: invoker_of(self._tier(memory)) for memory in self.memory_tiers}
+            resources["invokers"] = [invoker, *tiers.values()]
             pool = resources["pool"] = ThreadPoolExecutor(
                 self.settings.max_concurrency, thread_name_prefix="dask-lambda-invoke"
             )
@@ -611,6 +613,8 @@ def _release(resources: dict, name: str | None) -> None:
     pool = resources.get("pool")
     if pool is not None:
         pool.shutdown(wait=True, cancel_futures=True)
+    for invoker in resources.get("invokers", ()):
+        invoker.close()
     local = resources.get("local")
     if local is not None:
         local.close()

@@ -9,6 +9,10 @@ by user code is part of a successful response and is never retried here.
 
 A request whose envelope would exceed Lambda's 6 MB limit is stored in S3 first and the event
 carries a reference (see :mod:`.protocol`).
+
+Requests go out through a :mod:`.transport`: the lean one (botocore's SigV4 signer over pooled
+keep-alive connections) by default, boto3's ``invoke`` with ``lambda.invoke-client: boto3``;
+both give the invoker the same answers and errors, so retries do not depend on the choice.
 """
 
 from __future__ import annotations
@@ -22,12 +26,13 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-import botocore.exceptions
 from botocore.config import Config
 
+from . import config as settings
 from .exceptions import LambdaFunctionError
 from .function import protocol
 from .function.storage import S3Store
+from .transport import Boto3Transport, ConnectionFailure, LeanTransport, ServiceError
 
 REQUEST_LIMIT = 6_291_456 - 4096
 RECORDS_KEPT = 200_000  # per-invocation records an invoker keeps (for timelines)
@@ -56,11 +61,7 @@ RUNTIME_FAILURES = (
     "Runtime.Unknown",
     "Runtime.OutOfMemory",
 )
-RETRYABLE_EXCEPTIONS = (
-    botocore.exceptions.ConnectionError,
-    botocore.exceptions.ReadTimeoutError,
-    botocore.exceptions.ResponseStreamingError,
-)
+INVOKE_CLIENTS = ("lean", "boto3")
 
 
 @dataclass
@@ -129,6 +130,10 @@ class Invoker:
         Bounded retry policy for infrastructure failures.
     signing_key
         The function's key (:mod:`.signing`); every event is signed with it.
+    credentials
+        The boto3 session's credentials, for the lean transport (None: boto3's ``invoke``).
+    invoke_client
+        ``"lean"`` or ``"boto3"`` (None: ``lambda.invoke-client``); see :mod:`.transport`.
     """
 
     def __init__(
@@ -142,6 +147,8 @@ class Invoker:
         infra_retries: int = 3,
         retry_backoff: float = 0.1,
         signing_key: bytes | None = None,
+        credentials=None,
+        invoke_client: str | None = None,
     ):
         self.function_name = function_name
         self.signing_key = signing_key
@@ -159,6 +166,22 @@ class Invoker:
             tcp_keepalive=True,
         )
         self.client = lambda_client_factory(config)
+        kind = settings.setting("invoke-client", override_with=invoke_client)
+        if kind not in INVOKE_CLIENTS:
+            raise ValueError(
+                f"lambda.invoke-client is {kind!r}: use one of {', '.join(INVOKE_CLIENTS)}"
+            )
+        if kind == "lean" and credentials is not None and LeanTransport.usable(self.client):
+            self.transport = LeanTransport(
+                self.client, credentials, max(10, max_concurrency + 2),
+                config.connect_timeout, config.read_timeout,
+            )  # fmt: skip
+        else:
+            self.transport = Boto3Transport(self.client)
+
+    def close(self) -> None:
+        """Close the transport's idle connections."""
+        self.transport.close()
 
     def call(
         self,
@@ -248,38 +271,34 @@ class Invoker:
     def _call_once(self, body: bytes, task_keys: list, attempt: int, stats: _Counters) -> dict:
         started = time.time()
         try:
-            response = self.client.invoke(FunctionName=self.function_name, Payload=body)
-            raw = response["Payload"].read()
-        except botocore.exceptions.ClientError as e:
-            code = e.response.get("Error", {}).get("Code", "")
-            message = e.response.get("Error", {}).get("Message", str(e))
-            if code == "TooManyRequestsException":
+            answer = self.transport.invoke(self.function_name, body)
+        except ServiceError as e:
+            message = e.message or str(e)
+            if e.code == "TooManyRequestsException":
                 stats.add(throttles=1)
-            if code == "ResourceNotFoundException":
+            if e.code == "ResourceNotFoundException":
                 message += (
                     f". Was it deleted, or is it in another region? Deploy it:"
                     f" dask-lambda deploy {self.function_name}"
                 )
-            error = LambdaFunctionError(self.function_name, code, message, task_keys)
-            if (
-                code in RETRYABLE_CODES
-                or e.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) >= 500
-            ):
-                raise _Retryable(error)
+            error = LambdaFunctionError(self.function_name, e.code, message, task_keys)
+            if e.code in RETRYABLE_CODES or e.status >= 500:
+                raise _Retryable(error) from None
             raise error from None
-        except RETRYABLE_EXCEPTIONS as e:
+        except ConnectionFailure as e:
             raise _Retryable(
-                LambdaFunctionError(self.function_name, type(e).__name__, str(e), task_keys)
-            )
+                LambdaFunctionError(self.function_name, e.kind, str(e), task_keys)
+            ) from None
+        raw = answer.payload
         stats.add(invocations=1, request_bytes=len(body), response_bytes=len(raw))
-        if response.get("FunctionError"):
+        if answer.function_error:
             stopped = time.time()
             stats.record(  # billed too: Lambda charges for the time a failed invocation ran
                 {"start": started, "stop": stopped, "tasks": len(task_keys), "attempt": attempt,
                  "request_bytes": len(body), "response_bytes": len(raw),
                  "duration": stopped - started, "failed": True}
             )  # fmt: skip
-            self._function_error(raw, task_keys, response)
+            self._function_error(raw, task_keys, answer.request_id)
         decoded = protocol.open_envelope(raw)
         remote = decoded.get("stats", {})
         if remote.get("cold_start"):
@@ -326,7 +345,7 @@ class Invoker:
             error.request_id, attempts,
         )  # fmt: skip
 
-    def _function_error(self, raw: bytes, task_keys: list, response: dict) -> None:
+    def _function_error(self, raw: bytes, task_keys: list, request_id: str | None) -> None:
         try:
             error = json.loads(raw)
         except ValueError:
@@ -346,7 +365,7 @@ class Invoker:
             error_type,
             message,
             task_keys,
-            request_id=response.get("ResponseMetadata", {}).get("RequestId"),
+            request_id=request_id,
         )
         if error_type.startswith(RETRYABLE_FUNCTION_ERRORS):
             raise _Retryable(failure)

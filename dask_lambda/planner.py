@@ -30,6 +30,7 @@ is the target's), or runs inside the batch of its target when fused.
 
 from __future__ import annotations
 
+import collections
 import functools
 import heapq
 import math
@@ -138,7 +139,7 @@ class GraphState:
         self.dsk = dsk
         self.targets = set(keys)
         self.done_initially = set(done)
-        self.dependencies = {k: set(node.dependencies) for k, node in dsk.items()}
+        self.dependencies = {k: node.dependencies for k, node in dsk.items()}  # frozensets
         self.dependents: dict = {k: set() for k in dsk}
         for key, deps in self.dependencies.items():
             for dep in deps:
@@ -151,6 +152,7 @@ class GraphState:
             "finished": set(self.done_initially),
             "cache": {},
         }
+        self._ready_aliases: list = []  # kept off the heap: the client finishes them itself
         self._missing = {
             dep
             for deps in self.dependencies.values()
@@ -167,16 +169,17 @@ class GraphState:
         for key, deps in self.dependencies.items():
             if key in self.done_initially:
                 continue
-            pending = len(deps - self.done_initially)
+            pending = len(deps - self.done_initially) if self.done_initially else len(deps)
             if pending:
                 self.state["waiting"][key] = pending
             else:
-                heapq.heappush(self.state["ready"], (self.priority[key], key))
+                self._make_ready(key)
 
     # -- queries --------------------------------------------------------------------------------
     @property
     def complete(self) -> bool:
-        return not self.state["ready"] and not self.state["waiting"] and not self.state["running"]
+        state = self.state
+        return not (state["ready"] or state["waiting"] or state["running"] or self._ready_aliases)
 
     def is_alias(self, key) -> bool:
         return isinstance(self.dsk.get(key), Alias)
@@ -184,11 +187,14 @@ class GraphState:
     # -- transitions ----------------------------------------------------------------------------
     def pop_ready_aliases(self) -> list:
         """Ready aliases, finished here on the client; the caller copies their target's data."""
-        aliases = [k for _, k in self.state["ready"] if self.is_alias(k)]
-        if aliases:
-            self.state["ready"] = [(p, k) for p, k in self.state["ready"] if not self.is_alias(k)]
-            heapq.heapify(self.state["ready"])
+        aliases, self._ready_aliases = self._ready_aliases, []
         return aliases
+
+    def _make_ready(self, key) -> None:
+        if self.is_alias(key):
+            self._ready_aliases.append(key)
+        else:
+            heapq.heappush(self.state["ready"], (self.priority[key], key))
 
     def finish(self, keys: Iterable) -> None:
         """Mark ``keys`` finished and move dependents whose inputs are all done to ready."""
@@ -202,7 +208,7 @@ class GraphState:
                     continue
                 if count == 1:
                     del state["waiting"][dependent]
-                    heapq.heappush(state["ready"], (self.priority[dependent], dependent))
+                    self._make_ready(dependent)
                 else:
                     state["waiting"][dependent] = count - 1
 
@@ -284,24 +290,28 @@ class GraphState:
               allowed: Callable[[object], bool] | None = None) -> None:  # fmt: skip
         """Add every waiting dependent whose inputs are all in ``members`` or finished, within
         ``limit`` tasks and the predicted memory; with ``fan_out`` False, one branch per task."""
-        state = self.state
-        finished = state["finished"]
+        waiting = self.state["waiting"]
+        # A waiting task's unfinished inputs are all in the batch when as many of them are
+        # members as it waits for: counted per edge, never by rescanning a wide task's inputs.
+        in_batch: collections.Counter = collections.Counter()
+        for key in members:
+            in_batch.update(self.dependents.get(key, ()))
         stack = list(frontier)
         while stack and len(members) < limit:
             key = stack.pop()
             fusable = [
                 d for d in self.dependents.get(key, ())
-                if d not in members and d in state["waiting"]
+                if d not in members and waiting.get(d) == in_batch[d]
                 and (allowed is None or allowed(d))
-                and all(x in members or x in finished for x in self.dependencies[d])
             ]  # fmt: skip
             if not fan_out and len(fusable) > 1:
                 fusable = [min(fusable, key=self.priority.__getitem__)]
             for dependent in fusable:
                 if not tally.take(dependent, fusing=True):
                     return
-                del state["waiting"][dependent]
+                del waiting[dependent]
                 members.add(dependent)
+                in_batch.update(self.dependents.get(dependent, ()))
                 stack.append(dependent)
                 if len(members) >= limit:
                     return

@@ -27,11 +27,12 @@ from __future__ import annotations
 
 import collections
 import functools
+import queue
 import statistics
 import time
 import uuid
 from collections.abc import Mapping
-from concurrent.futures import FIRST_COMPLETED, Future, wait
+from concurrent.futures import Future, wait
 from typing import Any, NamedTuple
 
 import cloudpickle
@@ -198,6 +199,11 @@ class _InFlight:
 
     def __init__(self) -> None:
         self._batch: dict[Future, Any] = {}
+        # Futures that ended, in the order they ended: waiting on this queue costs the same with
+        # ten invocations in flight or three thousand (concurrent.futures.wait re-registers on
+        # every future each time it is called).
+        self._ended: queue.SimpleQueue[Future] = queue.SimpleQueue()
+        self._probes = 0
         self._spec: dict[Any, BatchSpec] = {}
         self._started: dict[Future, float] = {}
         self._copies: dict[Any, int] = {}  # copies ever launched, per batch
@@ -213,10 +219,12 @@ class _InFlight:
 
     def probes(self) -> int:
         """Invocations in flight that measure kinds of tasks not yet timed."""
-        return sum(batch.probe for batch in self._batch.values())
+        return self._probes
 
     def launch(self, future: Future, batch, spec: BatchSpec) -> None:
         self._batch[future] = batch
+        self._probes += bool(batch.probe)
+        future.add_done_callback(self._ended.put)
         self._spec[batch] = spec
         self._started[future] = time.monotonic()
         self._copies[batch] = self._copies.get(batch, 0) + 1
@@ -225,6 +233,7 @@ class _InFlight:
     def settle(self, future: Future) -> tuple[Any, dict | None]:
         """``(batch, response)`` if ``future`` settles its batch, else ``(None, None)``."""
         batch = self._batch.pop(future)
+        self._probes -= bool(batch.probe)
         started = self._started.pop(future)
         self._live[batch] -= 1
         if batch in self._settled:
@@ -239,6 +248,18 @@ class _InFlight:
         self._settled.add(batch)
         self.durations.append(time.monotonic() - started)
         return batch, response
+
+    def ended(self, timeout: float | None) -> list[Future]:
+        """Invocations that ended: at least one unless ``timeout`` seconds pass first."""
+        try:
+            ended = [self._ended.get(timeout=timeout)]
+        except queue.Empty:
+            return []
+        while True:
+            try:
+                ended.append(self._ended.get_nowait())
+            except queue.Empty:
+                return ended
 
     def stragglers(self, multiplier: float, min_seconds: float) -> list[tuple[BatchSpec, Any]]:
         """Batches with one copy, running longer than ``multiplier`` x the median duration."""
@@ -267,6 +288,7 @@ class Compute:
         speculation: bool | None = None,
         persist: bool = False,
     ):
+        self._cpu_started = time.thread_time()  # planning and bookkeeping: the report's
         self.persist = persist
         self.annotations = task_annotations(dsk)
         if not isinstance(dsk, Mapping):
@@ -361,8 +383,7 @@ class Compute:
                 if not len(flight):
                     raise RuntimeError("dask-lambda scheduler stalled with tasks left to run")
                 interval = SPECULATION_CHECK if self.speculation else None
-                done, _ = wait(flight.futures(), interval, return_when=FIRST_COMPLETED)
-                for future in done:
+                for future in flight.ended(interval):
                     batch, response = flight.settle(future)
                     if batch is not None:
                         self._finished(batch, response, posttask_cbs)
@@ -378,6 +399,7 @@ class Compute:
             stragglers = flight.futures()  # copies of batches a faster twin finished
             if stragglers:
                 self.backend.clean_after(stragglers, f"{self.prefix.rstrip('/')}/{self.id}")
+            self.report.scheduler_cpu_seconds = time.thread_time() - self._cpu_started
             self._cleanup(failed, started)
             for cb in callbacks:
                 if cb[4]:

@@ -193,7 +193,8 @@ def authorize(
         headers["Content-Type"] = environ["CONTENT_TYPE"]
     if "Authorization" not in headers:
         return "MissingAuthenticationToken", "Request is missing Authentication Token"
-    path = environ.get("PATH_INFO", "/")
+    # The path as sent (still percent-encoded, as it was signed), not werkzeug's decoded one.
+    path = environ.get("RAW_URI", "").split("?", 1)[0] or environ.get("PATH_INFO", "/")
     if environ.get("QUERY_STRING"):
         path += "?" + environ["QUERY_STRING"]
     try:

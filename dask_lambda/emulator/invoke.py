@@ -97,7 +97,8 @@ class InvokeService:
             return error_response(
                 429, "TooManyRequestsException", "Rate Exceeded.", Reason=e.reason
             )
-        out = {"Content-Type": "application/json", "X-Amz-Executed-Version": "$LATEST"}
+        out = {"Content-Type": "application/json", "X-Amz-Executed-Version": "$LATEST",
+               "x-amzn-RequestId": inv.request_id}  # fmt: skip
         if inv.error_type:
             out["X-Amz-Function-Error"] = inv.error_type
         if headers.get("x-amz-log-type") == "Tail":

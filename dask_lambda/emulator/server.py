@@ -65,8 +65,16 @@ def function_name_from(identifier: str) -> str:
     return parts[0]
 
 
-class _NoDelayHandler(MotoRequestHandler):
-    protocol_version = "HTTP/1.1"  # keep-alive, as AWS's endpoints: clients reuse connections
+class _KeepAliveHandler(MotoRequestHandler):
+    """Keeps connections alive between requests, as AWS's endpoints do.
+
+    werkzeug's handler closes every connection (and lingers 10 ms on each to drain it): a client
+    would pay a new TCP connection per call here and not on AWS. A request with a
+    ``Content-Length`` body is read whole, answered with a ``Content-Length`` response, and the
+    connection stays open; anything else (a chunked upload) is left to werkzeug, which closes.
+    """
+
+    protocol_version = "HTTP/1.1"
 
     def setup(self) -> None:
         super().setup()
@@ -74,6 +82,44 @@ class _NoDelayHandler(MotoRequestHandler):
 
     def log_request(self, *args: Any, **kwargs: Any) -> None:
         pass
+
+    def run_wsgi(self) -> None:
+        if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
+            return super().run_wsgi()
+        if self.headers.get("Expect", "").lower().strip() == "100-continue":
+            self.wfile.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        self.environ = environ = self.make_environ()
+        length = int(self.headers.get("Content-Length") or 0)
+        environ["wsgi.input"] = io.BytesIO(self.rfile.read(length))
+        answer: list = []
+
+        def start_response(status: str, headers: list, exc_info: Any = None):
+            answer[:] = [status, headers]
+            return chunks.append
+
+        chunks: list[bytes] = []
+        try:
+            result = self.server.app(environ, start_response)
+            try:
+                chunks.extend(result)
+            finally:
+                if hasattr(result, "close"):
+                    result.close()
+        except Exception:  # noqa: BLE001 - answered as werkzeug would: a 500, then close
+            self.close_connection = True
+            answer, chunks = ["500 INTERNAL SERVER ERROR", []], []
+        status, headers = answer
+        body = b"".join(chunks)
+        code, _, reason = status.partition(" ")
+        self.send_response(int(code), reason)
+        for name, value in headers:
+            if name.lower() not in ("content-length", "connection", "transfer-encoding"):
+                self.send_header(name, value)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if environ["REQUEST_METHOD"] != "HEAD":
+            self.wfile.write(body)
+        self.wfile.flush()
 
 
 class LocalLambdaServer:
@@ -105,7 +151,7 @@ class LocalLambdaServer:
         self.moto = DomainDispatcherApplication(create_backend_app)
         self.code = CodeStore()
         self._server = make_server(
-            "127.0.0.1", port, self._wsgi, threaded=True, request_handler=_NoDelayHandler
+            "127.0.0.1", port, self._wsgi, threaded=True, request_handler=_KeepAliveHandler
         )
         self.endpoint_url = f"http://127.0.0.1:{self._server.server_port}"
         self.region = DEFAULT_REGION
@@ -239,6 +285,10 @@ class LocalLambdaServer:
 
     def _invoke(self, environ: dict[str, Any], region: str, name: str) -> Response:
         payload = _read_body(environ)
+        arn = f"arn:aws:lambda:{region}:{iam.ACCOUNT_ID}:function:{name}"
+        denied = iam.authorize(environ, payload, "InvokeFunction", arn)  # signature, then IAM
+        if denied is not None:
+            return error_response(403, *denied)
         spec_or_error = self._spec(region, name)
         if not isinstance(spec_or_error, FunctionSpec):
             return spec_or_error

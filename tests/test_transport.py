@@ -1,0 +1,253 @@
+"""The lean invoke path answers exactly as boto3's ``invoke`` does, against the local Lambda.
+
+Every test sends the same request through both transports (or the invoker with each) and
+compares what came back: payloads, function errors, service errors, connection failures,
+retries. Plus what the lean path resolves as boto3 does: endpoint, region, credentials (and
+their refresh), and that it keeps connections alive.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import re
+import socket
+import threading
+
+import boto3
+import pytest
+from botocore.config import Config
+from botocore.credentials import RefreshableCredentials
+
+from dask_lambda.aws import Aws
+from dask_lambda.exceptions import LambdaFunctionError
+from dask_lambda.invoker import Invoker
+from dask_lambda.transport import (
+    Boto3Transport,
+    ConnectionFailure,
+    LeanTransport,
+    ServiceError,
+)
+
+CLIENT_CONFIG = Config(retries={"total_max_attempts": 1}, read_timeout=30, connect_timeout=5)
+
+
+def transports(local, session=None, read_timeout: float = 30.0, endpoint_url=None):
+    session = session or boto3.session.Session(**_session_kwargs(local))
+    client = session.client(
+        "lambda", endpoint_url=endpoint_url or local.endpoint_url, config=CLIENT_CONFIG
+    )
+    lean = LeanTransport(client, session.get_credentials(), 4, 5, read_timeout)
+    return {"boto3": Boto3Transport(client), "lean": lean}
+
+
+def _session_kwargs(local) -> dict:
+    return {
+        "aws_access_key_id": local.credentials["AWS_ACCESS_KEY_ID"],
+        "aws_secret_access_key": local.credentials["AWS_SECRET_ACCESS_KEY"],
+        "region_name": local.region,
+    }
+
+
+def outcome(transport, name: str, body: bytes):
+    try:
+        answer = transport.invoke(name, body)
+    except ServiceError as e:
+        return ("service error", e.code, e.message, e.status)
+    except ConnectionFailure as e:
+        return ("no answer", e.kind)
+    payload = json.loads(answer.payload)
+    if isinstance(payload, dict):  # what differs per call: the runtime, its clock, the id
+        payload.pop("remaining_ms", None)
+        payload.pop("pid", None)
+        if "errorMessage" in payload:
+            payload["errorMessage"] = re.sub(r"RequestId: \S+", "", payload["errorMessage"])
+    return ("answer", payload, answer.function_error, bool(answer.request_id))
+
+
+def test_same_answers_and_errors_as_boto3(local, deploy):
+    echo, crash = deploy("behaviours.echo"), deploy("behaviours.crash")
+    arn = local.client("lambda").get_function(FunctionName=echo)["Configuration"]["FunctionArn"]
+    both = transports(local)
+    cases = [
+        (echo, b'{"x": 1}'),
+        (arn, b'{"by": "arn"}'),  # an ARN in the path is encoded as botocore encodes it
+        (crash, b"{}"),  # the function failed: a 200 with X-Amz-Function-Error
+        ("no-such-function", b"{}"),  # 404 ResourceNotFoundException
+        (echo, b"not json"),  # 400 InvalidRequestContentException
+    ]
+    for name, body in cases:
+        seen = {kind: outcome(transport, name, body) for kind, transport in both.items()}
+        assert seen["lean"] == seen["boto3"], (name, body)
+    kinds = [outcome(both["lean"], n, b)[0] for n, b in cases]
+    assert kinds == ["answer", "answer", "answer", "service error", "service error"]
+
+
+def test_throttling_is_retried_and_counted_the_same(local, deploy):
+    name = deploy("behaviours.echo")
+    local.set_faults(name, throttle_rate=1.0)
+    try:
+        failures = {}
+        for kind in ("boto3", "lean"):
+            invoker = _invoker(local, name, kind, infra_retries=2)
+            with pytest.raises(LambdaFunctionError) as info:
+                invoker.call({"op": "ping"}, task_keys=["k"])
+            failures[kind] = (info.value.error_type, info.value.attempts, invoker.stats.throttles,
+                              invoker.stats.infra_retries)  # fmt: skip
+    finally:
+        local.set_faults(name)
+    assert failures["lean"] == failures["boto3"] == ("TooManyRequestsException", 3, 3, 2)
+
+
+def test_unreachable_endpoint_is_retried_then_named(local):
+    closed = socket.socket()
+    closed.bind(("127.0.0.1", 0))
+    port = closed.getsockname()[1]
+    closed.close()  # nothing listens there now
+    errors = {}
+    for kind in ("boto3", "lean"):
+        invoker = _invoker(
+            local, "f", kind, infra_retries=1, endpoint_url=f"http://127.0.0.1:{port}"
+        )
+        with pytest.raises(LambdaFunctionError) as info:
+            invoker.call({"op": "ping"}, task_keys=["k"])
+        errors[kind] = (info.value.error_type, info.value.attempts)
+    assert errors["lean"] == errors["boto3"] == ("EndpointConnectionError", 2)
+
+
+def test_read_timeout_is_a_connection_failure_for_both(local):
+    """An endpoint that accepts and never answers: both transports give up after the read
+    timeout with the same kind of failure, which the invoker retries."""
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(16)
+    accepted = []
+    stop = threading.Event()
+
+    def accept():
+        silent.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                accepted.append(silent.accept()[0])
+            except TimeoutError:
+                pass
+
+    threading.Thread(target=accept, daemon=True).start()
+    url = f"http://127.0.0.1:{silent.getsockname()[1]}"
+    try:
+        session = boto3.session.Session(**_session_kwargs(local))
+        client = session.client("lambda", endpoint_url=url, config=Config(
+            retries={"total_max_attempts": 1}, read_timeout=0.5, connect_timeout=5))  # fmt: skip
+        lean = LeanTransport(client, session.get_credentials(), 2, 5, 0.5)
+        kinds = {}
+        for kind, transport in (("boto3", Boto3Transport(client)), ("lean", lean)):
+            with pytest.raises(ConnectionFailure) as info:
+                transport.invoke("f", b"{}")
+            kinds[kind] = info.value.kind
+    finally:
+        stop.set()
+        for conn in accepted:
+            conn.close()
+        silent.close()
+    assert kinds == {"boto3": "ReadTimeoutError", "lean": "ReadTimeoutError"}
+
+
+def test_connections_are_kept_alive(local, deploy):
+    name = deploy("behaviours.echo")
+    lean = transports(local)["lean"]
+    lean.invoke(name, b"{}")
+    (first,) = lean._idle
+    for _ in range(5):
+        lean.invoke(name, b"{}")
+    assert lean._idle == [first]  # the same connection served every call
+
+
+def test_endpoint_and_region_resolve_as_boto3_does(local, deploy, monkeypatch):
+    """``AWS_ENDPOINT_URL_LAMBDA`` and ``AWS_REGION``, with nothing passed explicitly."""
+    name = deploy("behaviours.echo")
+    for variable in ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_DEFAULT_REGION"):
+        monkeypatch.delenv(variable, raising=False)
+    monkeypatch.setenv("AWS_ENDPOINT_URL_LAMBDA", local.endpoint_url)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", local.credentials["AWS_ACCESS_KEY_ID"])
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", local.credentials["AWS_SECRET_ACCESS_KEY"])
+    monkeypatch.setenv("AWS_REGION", local.region)
+    aws = Aws()
+    invoker = Invoker(name, lambda cfg: aws.client("lambda", cfg), 2, 10, store=None,
+                      credentials=aws.session.get_credentials(), infra_retries=0)  # fmt: skip
+    assert isinstance(invoker.transport, LeanTransport)
+    assert invoker.transport.endpoint_url == local.endpoint_url
+    assert outcome(invoker.transport, name, b'{"a": 1}')[0] == "answer"
+    # Another region holds no such function, for either transport.
+    monkeypatch.setenv("AWS_REGION", "eu-west-1")
+    elsewhere = Aws()
+    both = {
+        "lean": LeanTransport(elsewhere.client("lambda", CLIENT_CONFIG),
+                              elsewhere.session.get_credentials(), 2, 5, 10),
+        "boto3": Boto3Transport(elsewhere.client("lambda", CLIENT_CONFIG)),
+    }  # fmt: skip
+    seen = {kind: outcome(transport, name, b"{}") for kind, transport in both.items()}
+    assert seen["lean"] == seen["boto3"]
+    assert seen["lean"][:2] == ("service error", "ResourceNotFoundException")
+
+
+def test_credentials_are_refreshed_as_boto3_refreshes_them(local, deploy):
+    """Expired credentials are refreshed before signing: the call is signed with the new ones
+    (the local Lambda checks signatures, so stale ones would be refused)."""
+    name = deploy("behaviours.echo")
+    refreshed = []
+
+    def refresh():
+        refreshed.append(1)
+        expiry = datetime.datetime.now(datetime.UTC) + datetime.timedelta(hours=1)
+        return {"access_key": local.credentials["AWS_ACCESS_KEY_ID"],
+                "secret_key": local.credentials["AWS_SECRET_ACCESS_KEY"],
+                "token": None, "expiry_time": expiry.isoformat()}  # fmt: skip
+
+    expired = datetime.datetime.now(datetime.UTC) - datetime.timedelta(hours=1)
+    credentials = RefreshableCredentials.create_from_metadata(
+        {"access_key": "AKIDEXPIRED", "secret_key": "stale", "token": None,
+         "expiry_time": expired.isoformat()}, refresh, "test",
+    )  # fmt: skip
+    client = boto3.session.Session(region_name=local.region).client(
+        "lambda", endpoint_url=local.endpoint_url, config=CLIENT_CONFIG,
+        aws_access_key_id="unused", aws_secret_access_key="unused",
+    )  # fmt: skip
+    lean = LeanTransport(client, credentials, 2, 5, 30)
+    assert outcome(lean, name, b"{}")[0] == "answer"
+    assert refreshed == [1]
+    outcome(lean, name, b"{}")
+    assert refreshed == [1]  # still valid: not refreshed again
+
+
+def test_wrong_secret_is_refused_by_both(local, deploy):
+    name = deploy("behaviours.echo")
+    session = boto3.session.Session(
+        aws_access_key_id=local.credentials["AWS_ACCESS_KEY_ID"],
+        aws_secret_access_key="not-the-secret", region_name=local.region,
+    )  # fmt: skip
+    seen = {kind: outcome(t, name, b"{}") for kind, t in transports(local, session).items()}
+    assert seen["lean"] == seen["boto3"]
+    assert seen["lean"][0] == "service error" and seen["lean"][3] == 403
+
+
+def test_a_proxy_sends_invocations_through_boto3(local, monkeypatch):
+    monkeypatch.setenv("HTTP_PROXY", "http://proxy.invalid:3128")
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    invoker = _invoker(local, "f", "lean", endpoint_url="http://lambda.example.invalid")
+    assert isinstance(invoker.transport, Boto3Transport)
+
+
+def test_unknown_invoke_client_is_refused(local):
+    with pytest.raises(ValueError, match="lambda.invoke-client is 'curl': use one of lean, boto3"):
+        _invoker(local, "f", "curl")
+
+
+def _invoker(local, name: str, kind: str, infra_retries: int = 3, endpoint_url=None) -> Invoker:
+    session = boto3.session.Session(**_session_kwargs(local))
+    url = endpoint_url or local.endpoint_url
+    return Invoker(
+        name, lambda cfg: session.client("lambda", endpoint_url=url, config=cfg), 2, 10,
+        store=None, infra_retries=infra_retries, retry_backoff=0.01,
+        credentials=session.get_credentials(), invoke_client=kind,
+    )  # fmt: skip
