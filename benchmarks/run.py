@@ -205,6 +205,7 @@ def describe(row: dict) -> str:
                        ("invocations_per_second", "inv/s"),
                        ("client_cpu_ms_per_invocation", "ms client CPU/inv"),
                        ("scheduler_us_per_task", "µs scheduler/task"),
+                       ("prepare_us_per_task", "µs of it preparing the graph"),
                        ("client_busy", "client busy"),
                        ("lambda_busy", "local Lambda busy")):  # fmt: skip
         if key in row:

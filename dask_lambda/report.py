@@ -41,8 +41,10 @@ class ComputeReport:
     throttles: int = 0
     cold_starts: int = 0
     wall_time: float = 0.0
-    # CPU seconds of the client's scheduling loop (planning and bookkeeping, not invocations)
+    # CPU seconds of the client's scheduling thread (planning and bookkeeping, not invocations),
+    # of which preparing the graph: dask's conversion and ordering, and the initial state
     scheduler_cpu_seconds: float = 0.0
+    prepare_cpu_seconds: float = 0.0
     bytes_inline: int = 0
     bytes_spilled: int = 0
     bytes_to_client: int = 0

@@ -332,6 +332,7 @@ class Compute:
             # memory leaves room for their pickled copies, inputs and the runtime itself.
             memory_bytes=backend.memory_mb * 2**20 / 4,
         )
+        self.report.prepare_cpu_seconds = time.thread_time() - self._cpu_started
 
     def run(self, callbacks=None) -> Any:
         """Run the compute with dask's ``callbacks``; return the requested values."""

@@ -72,6 +72,7 @@ class _KeepAliveHandler(MotoRequestHandler):
     would pay a new TCP connection per call here and not on AWS. A request with a
     ``Content-Length`` body is read whole, answered with a ``Content-Length`` response, and the
     connection stays open; anything else (a chunked upload) is left to werkzeug, which closes.
+    ``Expect: 100-continue`` was answered already, by ``http.server``'s request parsing.
     """
 
     protocol_version = "HTTP/1.1"
@@ -86,8 +87,6 @@ class _KeepAliveHandler(MotoRequestHandler):
     def run_wsgi(self) -> None:
         if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
             return super().run_wsgi()
-        if self.headers.get("Expect", "").lower().strip() == "100-continue":
-            self.wfile.write(b"HTTP/1.1 100 Continue\r\n\r\n")
         self.environ = environ = self.make_environ()
         length = int(self.headers.get("Content-Length") or 0)
         environ["wsgi.input"] = io.BytesIO(self.rfile.read(length))
@@ -112,12 +111,16 @@ class _KeepAliveHandler(MotoRequestHandler):
         body = b"".join(chunks)
         code, _, reason = status.partition(" ")
         self.send_response(int(code), reason)
+        head = environ["REQUEST_METHOD"] == "HEAD"  # its Content-Length is the object's size
         for name, value in headers:
-            if name.lower() not in ("content-length", "connection", "transfer-encoding"):
+            if name.lower() in ("connection", "transfer-encoding"):
+                continue
+            if name.lower() != "content-length" or head:
                 self.send_header(name, value)
-        self.send_header("Content-Length", str(len(body)))
+        if not head:
+            self.send_header("Content-Length", str(len(body)))
         self.end_headers()
-        if environ["REQUEST_METHOD"] != "HEAD":
+        if not head:
             self.wfile.write(body)
         self.wfile.flush()
 
