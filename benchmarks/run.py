@@ -204,6 +204,7 @@ def describe(row: dict) -> str:
                        ("efficiency", "of ideal"), ("calls_per_second", "calls/s"),
                        ("invocations_per_second", "inv/s"),
                        ("client_cpu_ms_per_invocation", "ms client CPU/inv"),
+                       ("lambda_cpu_ms_per_invocation", "ms local Lambda CPU/inv"),
                        ("scheduler_us_per_task", "µs scheduler/task"),
                        ("prepare_us_per_task", "µs of it preparing the graph"),
                        ("client_busy", "client busy"),

@@ -143,6 +143,7 @@ def simulate(
         "client_cpu_ms_per_invocation": client_cpu / report.invocations * 1000,
         "scheduler_us_per_task": report.scheduler_cpu_seconds / report.tasks * 1e6,
         "prepare_us_per_task": report.prepare_cpu_seconds / report.tasks * 1e6,
+        "lambda_cpu_ms_per_invocation": server_cpu / report.invocations * 1000,
         "client_busy": client_cpu / seconds,
         "lambda_busy": server_cpu / seconds,
         "note": f"first (cold) run {cold:.2f} s",
