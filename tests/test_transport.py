@@ -227,7 +227,36 @@ def test_wrong_secret_is_refused_by_both(local, deploy):
     )  # fmt: skip
     seen = {kind: outcome(t, name, b"{}") for kind, t in transports(local, session).items()}
     assert seen["lean"] == seen["boto3"]
-    assert seen["lean"][0] == "service error" and seen["lean"][3] == 403
+    assert seen["lean"][0:2] == ("service error", "InvalidSignatureException")
+    assert seen["lean"][3] == 403
+
+
+def test_invoke_needs_lambda_invoke_function_for_both(local, deploy):
+    """IAM decides who may invoke, on the local Lambda as on AWS: a user granted S3 only is
+    refused, through either invoker, and one granted ``lambda:InvokeFunction`` on the function
+    is let through."""
+    name = deploy("behaviours.echo")
+    arn = local.client("lambda").get_function(FunctionName=name)["Configuration"]["FunctionArn"]
+    iam = local.client("iam")
+    seen = {}
+    for grant, action in (("s3-only", "s3:GetObject"), ("invoker", "lambda:InvokeFunction")):
+        user = f"{grant}-{name}"
+        iam.create_user(UserName=user)
+        policy = {"Version": "2012-10-17", "Statement": [
+            {"Effect": "Allow", "Action": action, "Resource": arn if "lambda" in action else "*"}
+        ]}  # fmt: skip
+        iam.put_user_policy(UserName=user, PolicyName="p", PolicyDocument=json.dumps(policy))
+        key = iam.create_access_key(UserName=user)["AccessKey"]
+        session = boto3.session.Session(
+            aws_access_key_id=key["AccessKeyId"], aws_secret_access_key=key["SecretAccessKey"],
+            region_name=local.region,
+        )  # fmt: skip
+        seen[grant] = {
+            kind: outcome(t, name, b"{}") for kind, t in transports(local, session).items()
+        }
+    assert seen["s3-only"]["lean"] == seen["s3-only"]["boto3"]
+    assert seen["s3-only"]["lean"][0:2] == ("service error", "AccessDeniedException")
+    assert seen["invoker"]["lean"][0] == seen["invoker"]["boto3"][0] == "answer"
 
 
 def test_a_proxy_sends_invocations_through_boto3(local, monkeypatch):

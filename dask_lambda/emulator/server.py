@@ -65,6 +65,14 @@ def function_name_from(identifier: str) -> str:
     return parts[0]
 
 
+# moto's (IAM/STS-style) authorization error codes, as Lambda's API names them.
+LAMBDA_AUTH_ERRORS = {
+    "AccessDenied": "AccessDeniedException",
+    "SignatureDoesNotMatch": "InvalidSignatureException",
+    "InvalidClientTokenId": "UnrecognizedClientException",
+}
+
+
 class _KeepAliveHandler(MotoRequestHandler):
     """Keeps connections alive between requests, as AWS's endpoints do.
 
@@ -291,7 +299,8 @@ class LocalLambdaServer:
         arn = f"arn:aws:lambda:{region}:{iam.ACCOUNT_ID}:function:{name}"
         denied = iam.authorize(environ, payload, "InvokeFunction", arn)  # signature, then IAM
         if denied is not None:
-            return error_response(403, *denied)
+            code, message = denied
+            return error_response(403, LAMBDA_AUTH_ERRORS.get(code, code), message)
         spec_or_error = self._spec(region, name)
         if not isinstance(spec_or_error, FunctionSpec):
             return spec_or_error
