@@ -280,3 +280,129 @@ def _invoker(local, name: str, kind: str, infra_retries: int = 3, endpoint_url=N
         store=None, infra_retries=infra_retries, retry_backoff=0.01,
         credentials=session.get_credentials(), invoke_client=kind,
     )  # fmt: skip
+
+
+class _ScriptedEndpoint:
+    """A raw HTTP endpoint answering each request with the next of ``answers`` (bytes), over
+    TLS with ``certificate`` if given; counts the connections it accepted."""
+
+    def __init__(self, answers: list[bytes], certificate: tuple[str, str] | None = None):
+        import ssl
+
+        self.answers, self.connections = list(answers), 0
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.context = None
+        if certificate is not None:
+            self.context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            self.context.load_cert_chain(*certificate)
+        scheme = "https" if certificate else "http"
+        self.url = f"{scheme}://localhost:{self.listener.getsockname()[1]}"
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return
+            self.connections += 1
+            threading.Thread(target=self._answer, args=(conn,), daemon=True).start()
+
+    def _answer(self, conn) -> None:
+        try:
+            if self.context is not None:
+                conn = self.context.wrap_socket(conn, server_side=True)
+            reader = conn.makefile("rb")
+            while self.answers:
+                head = b""
+                while not head.endswith(b"\r\n\r\n"):
+                    line = reader.readline()
+                    if not line:
+                        return
+                    head += line
+                length = int(re.search(rb"Content-Length: (\d+)", head)[1])
+                reader.read(length)
+                conn.sendall(self.answers.pop(0))
+        except OSError:
+            pass
+        finally:
+            conn.close()
+
+    def close(self) -> None:
+        self.listener.close()
+
+
+def _lean_to(url: str, local) -> LeanTransport:
+    session = boto3.session.Session(**_session_kwargs(local))
+    client = session.client("lambda", endpoint_url=url, config=CLIENT_CONFIG)
+    return LeanTransport(client, session.get_credentials(), 2, 5, 10)
+
+
+def test_lean_reads_interim_chunked_and_closing_answers(local):
+    """What an HTTP/1.1 server may send besides Content-Length answers: 1xx first, a chunked
+    body, ``Connection: close`` (then a new connection is used), a cut-off answer."""
+    body = json.dumps({"ok": True}).encode()
+    chunked = (
+        b"HTTP/1.1 100 Continue\r\n\r\n"
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nX-Amz-Function-Error: Unhandled\r\n"
+        b"x-amzn-RequestId: r-1\r\nConnection: close\r\n\r\n"
+        + f"{len(body[:5]):x}\r\n".encode() + body[:5] + b"\r\n"
+        + f"{len(body[5:]):x};ext=1\r\n".encode() + body[5:] + b"\r\n0\r\n\r\n"
+    )  # fmt: skip
+    plain = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
+    cut = b'HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n{"partial'
+    endpoint = _ScriptedEndpoint([chunked, plain, cut])
+    try:
+        lean = _lean_to(endpoint.url, local)
+        first = lean.invoke("f", b"{}")
+        assert (first.payload, first.function_error, first.request_id) == (body, "Unhandled", "r-1")
+        assert lean.invoke("f", b"{}").payload == body
+        assert endpoint.connections == 2  # the first answer closed its connection
+        with pytest.raises(ConnectionFailure) as info:
+            lean.invoke("f", b"{}")
+        assert info.value.kind == "ConnectionClosedError" and "100 bytes" in str(info.value)
+    finally:
+        endpoint.close()
+
+
+def test_lean_verifies_tls_as_boto3_does(local, tmp_path, monkeypatch):
+    """HTTPS (AWS's endpoints): a certificate no trusted authority signed is refused; trusted
+    through ``AWS_CA_BUNDLE``, as boto3 trusts it, the answer comes back."""
+    certificate = _self_signed(tmp_path)
+    body = b'{"over": "tls"}'
+    answer = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
+    endpoint = _ScriptedEndpoint([answer], certificate)
+    try:
+        monkeypatch.delenv("AWS_CA_BUNDLE", raising=False)
+        with pytest.raises(ConnectionFailure, match="CERTIFICATE_VERIFY_FAILED"):
+            _lean_to(endpoint.url, local).invoke("f", b"{}")
+        monkeypatch.setenv("AWS_CA_BUNDLE", certificate[0])
+        assert _lean_to(endpoint.url, local).invoke("f", b"{}").payload == body
+    finally:
+        endpoint.close()
+
+
+def _self_signed(folder) -> tuple[str, str]:
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = datetime.datetime.now(datetime.UTC)
+    certificate = (
+        x509.CertificateBuilder().subject_name(name).issuer_name(name)
+        .public_key(key.public_key()).serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(hours=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )  # fmt: skip
+    cert_path, key_path = folder / "cert.pem", folder / "key.pem"
+    cert_path.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                           serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))  # fmt: skip
+    return str(cert_path), str(key_path)
