@@ -65,6 +65,7 @@ def function_name_from(identifier: str) -> str:
     return parts[0]
 
 
+LISTEN_BACKLOG = 4096
 # moto's (IAM/STS-style) authorization error codes, as Lambda's API names them.
 LAMBDA_AUTH_ERRORS = {
     "AccessDenied": "AccessDeniedException",
@@ -164,6 +165,9 @@ class LocalLambdaServer:
         self._server = make_server(
             "127.0.0.1", port, self._wsgi, threaded=True, request_handler=_KeepAliveHandler
         )
+        # werkzeug listens with a backlog of 128: a client opening a connection per concurrent
+        # invocation (thousands at once) would see SYNs dropped and retried a second later.
+        self._server.socket.listen(LISTEN_BACKLOG)
         self.endpoint_url = f"http://127.0.0.1:{self._server.server_port}"
         self.region = DEFAULT_REGION
         self.admin = iam.create_admin(self._unchecked_iam_call)
