@@ -195,7 +195,8 @@ class LeanTransport:
                                 headers=headers)  # fmt: skip
         self._signer(credentials, "lambda", self.region).add_auth(request)
         lines = [f"POST {path} HTTP/1.1"]
-        lines += [f"{name}: {value}" for name, value in request.headers.items()
+        lines += [f"{name}: {value.decode() if isinstance(value, bytes) else value}"
+                  for name, value in request.headers.items()
                   if name.lower() != "content-length"]  # fmt: skip
         lines.append(f"Content-Length: {len(body)}\r\n\r\n")
         return "\r\n".join(lines).encode("latin-1") + body
@@ -211,6 +212,7 @@ class LeanTransport:
             conn.close()
 
     def _connect(self) -> _Connection:
+        sock = None
         try:
             sock = socket.create_connection(self._address, timeout=self.connect_timeout)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -218,6 +220,8 @@ class LeanTransport:
             if self._context is not None:
                 sock = self._context.wrap_socket(sock, server_hostname=self._address[0])
         except OSError as e:
+            if sock is not None:
+                sock.close()
             raise ConnectionFailure(
                 "EndpointConnectionError",
                 f"Could not connect to the endpoint URL {self.endpoint_url!r}: {e}",
