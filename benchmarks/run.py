@@ -206,7 +206,7 @@ def describe(row: dict) -> str:
                        ("client_cpu_ms_per_invocation", "ms client CPU/inv"),
                        ("lambda_cpu_ms_per_invocation", "ms local Lambda CPU/inv"),
                        ("scheduler_us_per_task", "µs scheduler/task"),
-                       ("prepare_us_per_task", "µs of it preparing the graph"),
+                       ("dask_graph_us_per_task", "µs of it dask's graph work"),
                        ("client_busy", "client busy"),
                        ("lambda_busy", "local Lambda busy")):  # fmt: skip
         if key in row:

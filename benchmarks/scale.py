@@ -142,7 +142,7 @@ def simulate(
         "invocations_per_second": report.invocations / seconds,
         "client_cpu_ms_per_invocation": client_cpu / report.invocations * 1000,
         "scheduler_us_per_task": report.scheduler_cpu_seconds / report.tasks * 1e6,
-        "prepare_us_per_task": report.prepare_cpu_seconds / report.tasks * 1e6,
+        "dask_graph_us_per_task": report.dask_graph_cpu_seconds / report.tasks * 1e6,
         "lambda_cpu_ms_per_invocation": server_cpu / report.invocations * 1000,
         "client_busy": client_cpu / seconds,
         "lambda_busy": server_cpu / seconds,

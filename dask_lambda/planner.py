@@ -135,7 +135,13 @@ class _Tally:
 class GraphState:
     """Progress of one compute over ``dsk`` towards ``keys``; see the module docstring."""
 
-    def __init__(self, dsk: dict[object, GraphNode], keys: Iterable, done: Iterable = ()):
+    def __init__(
+        self,
+        dsk: dict[object, GraphNode],
+        keys: Iterable,
+        done: Iterable = (),
+        priority: dict | None = None,
+    ):
         self.dsk = dsk
         self.targets = set(keys)
         self.done_initially = set(done)
@@ -144,7 +150,8 @@ class GraphState:
         for key, deps in self.dependencies.items():
             for dep in deps:
                 self.dependents.setdefault(dep, set()).add(key)
-        self.priority = order(dsk) if dsk else {}
+        # dask.order's priorities (computed here unless the caller did)
+        self.priority = priority if priority is not None else (order(dsk) if dsk else {})
         self.state = {
             "ready": [],  # heap of (priority, key)
             "waiting": {},  # key -> number of unfinished dependencies

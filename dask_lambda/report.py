@@ -42,9 +42,10 @@ class ComputeReport:
     cold_starts: int = 0
     wall_time: float = 0.0
     # CPU seconds of the client's scheduling thread (planning and bookkeeping, not invocations),
-    # of which preparing the graph: dask's conversion and ordering, and the initial state
+    # of which dask's own graph work (__dask_graph__, convert_legacy_graph, order), which dask's
+    # schedulers pay too
     scheduler_cpu_seconds: float = 0.0
-    prepare_cpu_seconds: float = 0.0
+    dask_graph_cpu_seconds: float = 0.0
     bytes_inline: int = 0
     bytes_spilled: int = 0
     bytes_to_client: int = 0

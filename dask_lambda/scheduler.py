@@ -41,6 +41,7 @@ from dask._task_spec import DataNode, Task, TaskRef, convert_legacy_graph
 from dask.callbacks import local_callbacks, unpack_callbacks
 from dask.core import flatten
 from dask.local import nested_get
+from dask.order import order
 from dask.utils import ensure_dict
 
 from .backend import Backend
@@ -294,6 +295,7 @@ class Compute:
         if not isinstance(dsk, Mapping):
             dsk = dsk.__dask_graph__()
         dsk = convert_legacy_graph(ensure_dict(dsk))
+        dask_cpu = time.thread_time() - self._cpu_started  # dask's own graph work, and order's
         refuse_what_cannot_run_remotely(dsk)
         settings = backend.settings
         self.backend = backend
@@ -320,7 +322,10 @@ class Compute:
             elif (ref := persisted_ref(node)) is not None:  # data a persist left in the cloud
                 self.location[key] = ref.location
         graph = {k: n for k, n in dsk.items() if k not in self.location}
-        self.state = GraphState(graph, self.keys, done=self.location)
+        ordering = time.thread_time()
+        priority = order(graph) if graph else {}
+        dask_cpu += time.thread_time() - ordering
+        self.state = GraphState(graph, self.keys, done=self.location, priority=priority)
         self.graph = graph
         self.tier = self._memory_tiers(self.annotations, graph)
         self.profile = backend.profile
@@ -332,7 +337,7 @@ class Compute:
             # memory leaves room for their pickled copies, inputs and the runtime itself.
             memory_bytes=backend.memory_mb * 2**20 / 4,
         )
-        self.report.prepare_cpu_seconds = time.thread_time() - self._cpu_started
+        self.report.dask_graph_cpu_seconds = dask_cpu
 
     def run(self, callbacks=None) -> Any:
         """Run the compute with dask's ``callbacks``; return the requested values."""
