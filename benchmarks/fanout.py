@@ -63,7 +63,6 @@ def compare(groups: tuple[int, ...] = (10, 50)) -> dict:
 
     from benchmarks import scale, workloads
     from dask_lambda import LambdaCluster
-    from dask_lambda.batch import RESPONSE_BUDGET, pickle_spec
     from dask_lambda.build import package_zip
     from dask_lambda.deploy import ensure_function, ensure_role
     from dask_lambda.emulator import LocalLambda
@@ -92,7 +91,7 @@ def compare(groups: tuple[int, ...] = (10, 50)) -> dict:
                             MemorySize=1024)  # fmt: skip
         with LambdaCluster(function_name="simulation", max_concurrency=BATCHES) as cluster:
             invoker, signing_key = cluster.invoker, cluster.invoker.signing_key
-            requests = [_batch_request(i, pickle_spec, protocol, RESPONSE_BUDGET)
+            requests = [_batch_request(i)
                         for i in range(BATCHES)]  # fmt: skip
 
             def direct() -> None:
@@ -135,17 +134,20 @@ def compare(groups: tuple[int, ...] = (10, 50)) -> dict:
     return {"ways": results, "ideal_seconds": TASKS_PER_BATCH * TASK_SECONDS}
 
 
-def _batch_request(index: int, pickle_spec, protocol, response_budget: int) -> dict:
+def _batch_request(index: int) -> dict:
+    """The ``run`` request of batch ``index``: W5's tasks, ten of them."""
     from dask._task_spec import Task
 
     from benchmarks.workloads import nap
+    from dask_lambda.batch import RESPONSE_BUDGET, pickle_spec
+    from dask_lambda.function import protocol
 
     keys = [("nap", index, j) for j in range(TASKS_PER_BATCH)]
     tasks = [Task(key, nap, 1, TASK_SECONDS) for key in keys]
     spec = protocol.BatchSpec(f"fanout{index}", keys, tasks, keys, {})
     return protocol.run_request(pickle_spec(spec), bucket="simulation",
                                 prefix="dask-lambda/fanout", inline_limit=65536,
-                                response_limit=response_budget)  # fmt: skip
+                                response_limit=RESPONSE_BUDGET)  # fmt: skip
 
 
 if __name__ == "__main__":

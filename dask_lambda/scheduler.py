@@ -329,7 +329,6 @@ class Compute:
         self.graph = graph
         self.tier = self._memory_tiers(self.annotations, graph)
         self.profile = backend.profile
-        settings = backend.settings
         self.limits = Limits(
             target_seconds=settings.target_seconds,
             probe_tasks=settings.probe_tasks,

@@ -68,8 +68,6 @@ class ConnectionFailure(Exception):
 class Boto3Transport:
     """``Invoke`` through a boto3 Lambda client."""
 
-    name = "boto3"
-
     def __init__(self, client):
         self.client = client
 
@@ -113,8 +111,6 @@ class LeanTransport:
     connect_timeout, read_timeout
         Seconds to connect, and to wait for the answer (above the function's timeout).
     """
-
-    name = "lean"
 
     def __init__(
         self,
