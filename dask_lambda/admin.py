@@ -145,35 +145,68 @@ def log_events(
         time.sleep(poll_interval)
 
 
-_SPILL_NAME = (
-    r"(?:executor/)?(?:[0-9a-f]{16}/)?(?:payloads/)?[0-9a-f]{32}"  # results, literals, requests
+_SPILL_NAME = re.compile(
+    r"(?:[A-Za-z0-9_.-]{1,140}/)??"  # the function's folder (per-function spill prefixes)
+    r"(?:(?:executor/)?(?:(?P<id>[0-9a-f]{16})/)?(?:payloads/)?[0-9a-f]{32}"  # values, requests
     r"|deploy/[0-9a-f]{32}\.zip"  # zips staged for CreateFunction
+    r"|leases/(?P<lease>[0-9a-f]{8})\.json)"  # a client's lease (see .ownership)
 )
 
 
-def stale_objects(s3_client: Any, bucket: str, prefix: str, older_than: float) -> list[str]:
+@dataclass
+class CleanPlan:
+    """What ``dask-lambda clean`` found under a prefix.
+
+    Attributes
+    ----------
+    stale
+        Objects dask-lambda wrote, older than the cutoff, that no running client holds.
+    held
+        ``{object: lease}`` for objects a running client holds (spared, whatever their age).
+    """
+
+    stale: list[str]
+    held: dict[str, dict]
+
+
+def stale_objects(s3_client: Any, bucket: str, prefix: str, older_than: float) -> CleanPlan:
     """Objects dask-lambda wrote under ``prefix`` more than ``older_than`` seconds ago.
 
     An object counts as dask-lambda's only if its name has the shape dask-lambda gives its
     objects (a compute id and a digest under the prefix) *and* it carries the
     ``createdBy=dask-lambda`` tag every write sets (:mod:`.storage`): anything else under the
-    prefix — the user's own data — is never listed, so never deleted.
+    prefix — the user's own data — is never listed, so never deleted. An object under the id of
+    a client whose lease is live (:mod:`.ownership`) is held, not stale; an expired lease is
+    stale itself.
     """
     from .function.storage import S3Store
+    from .ownership import read_leases
 
     store = S3Store(bucket, s3_client)
     cutoff = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=older_than)
-    shape = re.compile(re.escape(prefix.strip("/")) + "/(?:" + _SPILL_NAME + ")")
-    candidates = []
+    root = re.escape(prefix.strip("/")) + "/"
+    candidates, lease_names = {}, []
     for page in s3_client.get_paginator("list_objects_v2").paginate(
         Bucket=bucket, Prefix=prefix.strip("/") + "/"
     ):
-        candidates += [
-            o["Key"]
-            for o in page.get("Contents", ())
-            if o["LastModified"] <= cutoff and shape.fullmatch(o["Key"])
-        ]
-    return [name for name in candidates if store.is_ours(name)]
+        for item in page.get("Contents", ()):
+            match = re.fullmatch(root + _SPILL_NAME.pattern, item["Key"])
+            if match is None:
+                continue
+            if match["lease"]:
+                lease_names.append(item["Key"])
+            candidates[item["Key"]] = (item["LastModified"], match["id"] or match["lease"])
+    leases = read_leases(store, lease_names)
+    live = {lease["token"]: lease for lease in leases.values() if lease["live"] and lease["token"]}
+    stale, held = [], {}
+    for name, (modified, owner_id) in candidates.items():
+        lease = live.get((owner_id or "")[:8])
+        if lease is not None:
+            if name not in leases:  # a live lease itself is neither held data nor stale
+                held[name] = lease
+        elif modified <= cutoff and store.is_ours(name):
+            stale.append(name)
+    return CleanPlan(stale, held)
 
 
 def tagged_roles(iam_client: Any) -> list[str]:

@@ -18,8 +18,9 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 from . import config
-from .function.storage import S3Store
+from .function.values import Store
 from .invoker import Invoker
+from .ownership import Ledger
 from .persist import Persisted
 from .planner import TaskProfile
 
@@ -85,7 +86,10 @@ class Backend:
     function_name, memory_mb, architecture, timeout
         The function as Lambda describes it.
     invoker, store, pool
-        Sends batches (:class:`~.invoker.Invoker`), holds spilled data (S3), runs invocations.
+        Sends batches (:class:`~.invoker.Invoker`), holds spilled data (a
+        :class:`~.function.values.Store`), runs invocations.
+    ledger
+        Who holds each stored object (:mod:`.ownership`): the only deleter of stored values.
     tiers
         ``{memory MB: invoker}`` of the function's memory tiers (:func:`~.deploy.tier_name`).
     settings, prefix
@@ -97,10 +101,11 @@ class Backend:
     architecture: str
     timeout: int
     invoker: Invoker
-    store: S3Store
+    store: Store
     pool: ThreadPoolExecutor
     settings: Settings
     prefix: str
+    ledger: Ledger
     late_cleanups: list[threading.Thread] = field(default_factory=list, compare=False)
     tiers: dict[int, Invoker] = field(default_factory=dict, compare=False)
     # What kinds of tasks were learned to cost, across this cluster's computes.
@@ -136,11 +141,12 @@ class Backend:
         return larger[0] if larger else None
 
     def clean_after(self, futures: list[Future], prefix: str) -> None:
-        """Once ``futures`` (invocations nobody waits for) end, delete ``prefix`` again."""
+        """Once ``futures`` (invocations nobody waits for) end, delete again what they wrote
+        under ``prefix`` — only what nothing holds (:meth:`.Ledger.sweep`)."""
 
         def clean() -> None:
             wait(futures, timeout=self.timeout + 120)
-            self.store.delete_prefix(prefix)
+            self.ledger.sweep(prefix)
 
         thread = threading.Thread(target=clean, daemon=True, name="dask-lambda-late-cleanup")
         thread.start()

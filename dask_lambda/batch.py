@@ -4,8 +4,9 @@ The single path the scheduler (:mod:`.scheduler`), the executor (:mod:`.executor
 the pool send work by. :func:`invoke` returns a :class:`BatchResponse` whose results are
 :class:`~.function.protocol.Result` tuples and whose errors are indexed by task; what to do with a
 task's error (raise it, retry, fail one future) is the caller's choice. :func:`fetch_value`
-downloads a value the function left in S3, checked against the size and SHA-256 the function
-reported (:class:`~.function.protocol.IntegrityError` otherwise), and unpickles it.
+downloads a value the function left in S3 through the data plane (:mod:`.function.values`):
+checked against the size and SHA-256 the function reported
+(:class:`~.function.protocol.IntegrityError` otherwise), then unpickled.
 """
 
 from __future__ import annotations
@@ -16,9 +17,10 @@ from typing import Any
 import cloudpickle
 
 from .backend import Backend
-from .function import protocol
+from .exceptions import DataReleasedError, ForeignDataError
+from .function import protocol, values
 from .function.protocol import BatchSpec, Inline, Result, Stored
-from .function.storage import S3Store
+from .function.values import Store
 from .invoker import InvokeStats
 
 RESPONSE_BUDGET = 4_000_000  # raw bytes of a response (6 MB after base64)
@@ -39,6 +41,8 @@ def pickle_spec(spec: BatchSpec) -> bytes:
     """The pickled batch, or a ``TypeError`` naming the first task and the fix."""
     try:
         return cloudpickle.dumps(spec, protocol=5)
+    except (DataReleasedError, ForeignDataError):
+        raise  # a persisted value that is gone or not this cluster's: its own message
     except Exception as e:
         raise TypeError(
             f"Could not serialize task {spec.keys[0]!r} for Lambda: {e}. Tasks must be"
@@ -91,9 +95,7 @@ def invoke(
     )
 
 
-def fetch_value(store: S3Store, where: Inline | Stored) -> tuple[Any, int]:
+def fetch_value(store: Store, where: Inline | Stored) -> tuple[Any, int]:
     """``(value, bytes downloaded)`` for an inline or stored result."""
-    if isinstance(where, Inline):
-        return cloudpickle.loads(where.data), 0
-    data = store.get(where.name, expected=where)
-    return cloudpickle.loads(data), len(data)
+    data = values.read(where, store)
+    return values.loads(data), len(data) if isinstance(where, Stored) else 0

@@ -12,6 +12,7 @@ import json
 import shlex
 import signal
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -154,8 +155,9 @@ def _deploy_options(defaults: bool):
                      help="Run only these functions (MODULE.* for a whole module). Repeatable."),
         click.option("--bucket", default=default("bucket"),
                      help="Spill bucket the function uses (also stages zips over 50 MB)."),
-        click.option("--prefix", default=config.setting("prefix"), show_default=True,
-                     help="S3 prefix of spilled data."),
+        click.option("--prefix", default=None,
+                     help="S3 prefix of spilled data (default: <lambda.prefix>/NAME, or the"
+                          " function's own on update)."),
         click.option("--expire-days", type=int, default=1, show_default=True,
                      help="Lifecycle rule: spill objects a killed client left expire after this."),
         click.option("--s3-read", multiple=True, metavar="S3URL",
@@ -201,6 +203,7 @@ def deploy(aws, name: str, print_policy: bool, **options: Any) -> None:
     """
     from .deploy import role_policy
 
+    options["prefix"] = options["prefix"] or config.function_prefix(name)
     if print_policy:
         if not options["bucket"]:
             raise click.ClickException("--print-policy needs --bucket (the spill bucket)")
@@ -241,8 +244,8 @@ def update(aws, name: str, **options: Any) -> None:
     if (options["s3_read"] or options["s3_write"]) and not options["role"]:
         options["create_role"] = True  # only ever changes a role dask-lambda created
     options["bucket"] = options["bucket"] or variables.get(contract.BUCKET)
-    if variables.get(contract.PREFIX) and options["prefix"] == config.setting("prefix"):
-        options["prefix"] = variables[contract.PREFIX]
+    if options["prefix"] is None:  # the function's own (older functions: the shared root)
+        options["prefix"] = variables.get(contract.PREFIX) or config.function_prefix(name)
     _deploy_or_update(aws, name, {**options, "adopt": False}, current_env=variables,
                       rebuild=rebuild)  # fmt: skip
 
@@ -556,7 +559,8 @@ def logs(aws, name: str, since: str, follow: bool, pattern: str | None) -> None:
     "--older-than",
     default="1h",
     show_default=True,
-    help="Only spill objects at least this old (running computes are younger).",
+    help="Only spill objects at least this old. Whatever a running client holds (persisted"
+    " values, futures, computes in flight) is spared at any age, until its lease expires.",
 )
 @click.option("--functions", is_flag=True, help="Also delete every function dask-lambda created.")
 @click.option("--roles", is_flag=True, help="Also delete every role dask-lambda created.")
@@ -567,7 +571,9 @@ def clean(aws, bucket, prefix, older_than, functions, roles, yes) -> None:  # fm
 
     Only objects dask-lambda wrote are deleted: names of the shape it gives its objects, carrying
     the createdBy=dask-lambda object tag it sets on every write. Your own objects under the same
-    bucket or prefix are never listed or touched.
+    bucket or prefix are never listed or touched. What a running client holds (its lease is
+    fresh) is spared and listed, whatever its age; a dead client's data is cleanable once its
+    lease expired (lambda.lease.ttl).
     """
     from .admin import (
         delete_function,
@@ -582,7 +588,13 @@ def clean(aws, bucket, prefix, older_than, functions, roles, yes) -> None:  # fm
     plan: list[tuple[str, Any]] = []
     if bucket:
         s3 = aws.client("s3")
-        names = stale_objects(s3, bucket, prefix, parse_since(older_than))
+        found = stale_objects(s3, bucket, prefix, parse_since(older_than))
+        names = found.stale
+        for lease, spared in _by_lease(found.held):
+            refreshed = time.time() - float(lease["refreshed"])
+            click.echo(f"  spared: {len(spared)} objects held by a running client ({lease['owner']}"
+                       f" on {lease['host']}, pid {lease['pid']}, lease refreshed"
+                       f" {refreshed:.0f} s ago)")  # fmt: skip
         if names:
             shown = "".join(f"\n    s3://{bucket}/{n}" for n in names[:CLEAN_LISTED])
             hidden = len(names) - CLEAN_LISTED
@@ -612,6 +624,13 @@ def clean(aws, bucket, prefix, older_than, functions, roles, yes) -> None:  # fm
     for description, action in plan:
         action()
         click.echo(f"Deleted {description}")
+
+
+def _by_lease(held: dict[str, dict]) -> list[tuple[dict, list[str]]]:
+    groups: dict[str, tuple[dict, list[str]]] = {}
+    for name, lease in held.items():
+        groups.setdefault(lease["token"], (lease, []))[1].append(name)
+    return list(groups.values())
 
 
 if __name__ == "__main__":

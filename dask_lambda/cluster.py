@@ -28,6 +28,7 @@ from .function import contract
 from .function.protocol import version_mismatches, versions
 from .function.storage import S3Store
 from .invoker import Invoker
+from .ownership import Ledger
 from .report import ComputeReport
 from .scheduler import Compute
 
@@ -92,7 +93,9 @@ class LambdaCluster:
         S3 bucket for spilled payloads and results. If unset: created for the local Lambda, or
         read from the function's ``DASK_LAMBDA_BUCKET`` environment variable.
     prefix
-        S3 prefix; each compute writes under ``<prefix>/<compute id>/`` and deletes it at the end.
+        The function's S3 spill prefix; by default the one it was deployed with, else
+        ``<lambda.prefix>/<function name>``. Each compute writes under ``<prefix>/<compute id>/``
+        and deletes what it wrote at the end, but for what a persist or a future holds.
     region, endpoint_url
         Where the function and bucket are (boto3's chain if unset).
     memory, timeout
@@ -164,7 +167,7 @@ class LambdaCluster:
         self.function_name = config.setting("function-name", function_name)
         self.bucket = config.setting("bucket", bucket)
         self._explicit_prefix = prefix
-        self.prefix = config.setting("prefix", prefix).strip("/")
+        self.prefix = (prefix or "").strip("/")  # known once the function is
         self.region = config.setting("region", region)
         self.endpoint_url = config.setting("endpoint-url", endpoint_url)
         self.memory = int(config.setting("memory", memory))
@@ -209,8 +212,8 @@ class LambdaCluster:
             env = (function.get("Environment") or {}).get("Variables", {})
             if self.bucket is None:
                 self.bucket = env.get(contract.BUCKET)
-            if self._explicit_prefix is None and env.get(contract.PREFIX):
-                self.prefix = env[contract.PREFIX].strip("/")  # what its role may write
+            if self._explicit_prefix is None:  # what its role may write
+                self.prefix = env.get(contract.PREFIX) or config.function_prefix(self.function_name)
             signing_key = self._signing_key(env)
             if not self.bucket:
                 raise ValueError(
@@ -221,6 +224,11 @@ class LambdaCluster:
                 self.bucket, client=self._client("s3"), kms_key_id=self.settings.kms_key_id
             )
             self._check_bucket(store)
+            ledger = resources["ledger"] = Ledger(
+                store, self.prefix, f"cluster {self.function_name!r}",
+                lease_ttl=float(config.setting("lease.ttl")),
+                lease_refresh=float(config.setting("lease.refresh")),
+            ).start()  # fmt: skip
             timeout = int(function.get("Timeout") or self.timeout)
 
             def invoker_of(name: str) -> Invoker:  # the function's, or one memory tier's
@@ -253,6 +261,7 @@ class LambdaCluster:
                 pool=pool,
                 settings=self.settings,
                 prefix=self.prefix,
+                ledger=ledger,
                 tiers=tiers,
             )
             if self._check_versions:
@@ -303,6 +312,8 @@ class LambdaCluster:
         self.function_name = "dask-lambda-" + code_digest(
             built.zip_bytes + " ".join(built.pinned).encode()
         )
+        if self._explicit_prefix is None:
+            self.prefix = config.function_prefix(self.function_name)
         self.bucket = self.bucket or LOCAL_BUCKET
         s3 = self._client("s3")
         s3.create_bucket(Bucket=self.bucket)
@@ -452,7 +463,7 @@ class LambdaCluster:
             return
         if self.status is Status.running:
             self.backend.join_cleanups()
-            self.backend.persisted.release_all()
+            self.backend.ledger.close(f"closing cluster {self.function_name!r}")
         self.status = Status.closed
         with _active_lock:
             _active[:] = [ref for ref in _active if ref() not in (None, self)]
@@ -492,12 +503,21 @@ class LambdaCluster:
         """
         from .persist import persist_collections
 
+        def run(expr, keys, **options):
+            if self.status is not Status.running:
+                raise RuntimeError(f"LambdaCluster is {self.status.value}; create a new one")
+            compute = Compute(
+                self.backend, expr, keys, **_compute_options({**options, "persist": True})
+            )
+            try:
+                return compute.run(options.get("callbacks")), compute.kept
+            finally:
+                self.last_report = compute.report
+
         single = not isinstance(collections, (list, tuple))
         wanted = [collections] if single else list(collections)
-        rebuilt = persist_collections(
-            lambda expr, keys, **kw: self.get(expr, keys, persist=True, **kw),
-            self.backend.store, self.backend.persisted, wanted, optimize_graph, **kwargs,
-        )  # fmt: skip
+        rebuilt = persist_collections(run, self.backend.persisted, wanted, optimize_graph,
+                                      **kwargs)  # fmt: skip
         if self.last_report is not None:  # the persist's own report: what it now holds
             self.last_report.bytes_persisted_held = self.persisted_bytes
         return rebuilt[0] if single else rebuilt
@@ -615,6 +635,9 @@ def _release(resources: dict, name: str | None) -> None:
         pool.shutdown(wait=True, cancel_futures=True)
     for invoker in resources.get("invokers", ()):
         invoker.close()
+    ledger = resources.get("ledger")
+    if ledger is not None:  # what it still holds, and its lease
+        ledger.close(f"closing {ledger.owner}" if name is None else "a cluster never closed")
     local = resources.get("local")
     if local is not None:
         local.close()

@@ -22,3 +22,11 @@ with _DEFAULTS.open() as _f:
 def setting(name: str, override_with: Any = None) -> Any:
     """The ``lambda.<name>`` setting, or ``override_with`` if it is not None (as dask.config)."""
     return dask.config.get(f"lambda.{name}", override_with=override_with)
+
+
+def function_prefix(function_name: str) -> str:
+    """The default spill prefix of a function: ``<lambda.prefix>/<function name>``, so functions
+    sharing a bucket never share objects (each role grants only its own prefix)."""
+    if function_name.startswith("arn:"):  # arn:aws:lambda:region:account:function:name[:version]
+        function_name = function_name.split(":")[6]
+    return f"{str(setting('prefix')).strip('/')}/{function_name}"

@@ -18,7 +18,7 @@ from typing import Any
 from .build import DIRECT_UPLOAD_LIMIT, code_sha256
 from .function.contract import HANDLER, dependencies_reference, key_parameter_name
 from .function.protocol import versions
-from .function.storage import MARKER_TAG
+from .function.storage import MARKER_TAG, SCRATCH_TAG, WRITE_TAGGING
 
 CREATED_BY = {"createdBy": "dask-lambda"}
 TRUST_POLICY = {
@@ -230,8 +230,11 @@ def ensure_expiry(s3: Any, bucket: str, prefix: str, days: int) -> None:
     """A lifecycle rule that deletes spill objects under ``prefix`` after ``days`` days.
 
     Computes delete their objects themselves; the rule catches what a killed client left. It
-    applies only to objects tagged ``createdBy=dask-lambda`` (every object dask-lambda writes),
-    so the user's own objects under the same prefix never expire. Other rules are kept.
+    applies only to objects tagged ``createdBy=dask-lambda`` and ``dask-lambda-lifetime=scratch``
+    (every object dask-lambda writes, until a client holds it for longer than a compute: see
+    :mod:`.ownership`), so the user's own objects under the same prefix never expire, and neither
+    do persisted values, futures and scattered values a running client holds. Other rules are
+    kept.
     """
     rule_id = f"dask-lambda-expire-{prefix.strip('/')}"[:255]
     try:
@@ -241,12 +244,16 @@ def ensure_expiry(s3: Any, bucket: str, prefix: str, days: int) -> None:
             raise
         rules = []
     rules = [rule for rule in rules if rule.get("ID") != rule_id]
-    key, value = MARKER_TAG
     rules.append(
         {
             "ID": rule_id,
             "Filter": {  # only what dask-lambda wrote: never the user's data under the prefix
-                "And": {"Prefix": prefix.strip("/") + "/", "Tags": [{"Key": key, "Value": value}]}
+                "And": {
+                    "Prefix": prefix.strip("/") + "/",
+                    "Tags": [
+                        {"Key": key, "Value": value} for key, value in (MARKER_TAG, SCRATCH_TAG)
+                    ],
+                }
             },
             "Status": "Enabled",
             "Expiration": {"Days": int(days)},
@@ -406,9 +413,7 @@ class _code_location:
     def __enter__(self) -> dict[str, Any]:
         if len(self.code) <= DIRECT_UPLOAD_LIMIT:
             return {"ZipFile": self.code}
-        self.s3.put_object(
-            Bucket=self.bucket, Key=self.key, Body=self.code, Tagging="=".join(MARKER_TAG)
-        )
+        self.s3.put_object(Bucket=self.bucket, Key=self.key, Body=self.code, Tagging=WRITE_TAGGING)
         return {"S3Bucket": self.bucket, "S3Key": self.key}
 
     def __exit__(self, *exc: object) -> None:

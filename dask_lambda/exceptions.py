@@ -59,6 +59,16 @@ class VersionWarning(UserWarning):
     """A library (numpy, pandas, ...) differs by a minor version between client and function."""
 
 
+class DataReleasedError(RuntimeError):
+    """A persisted collection or future whose stored values were deleted (unpersist, its cluster
+    or executor closed)."""
+
+
+class ForeignDataError(ValueError):
+    """A persisted collection or future that belongs to another cluster (another bucket,
+    function or ledger): refused before anything runs."""
+
+
 class NoActiveClusterError(RuntimeError):
     """``scheduler="lambda"`` was asked for with no LambdaCluster running."""
 

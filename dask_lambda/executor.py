@@ -6,14 +6,17 @@ invocation), so a burst of ``submit`` or ``map`` calls costs a few invocations, 
 while a lone call is sent at once. Each call is one task of the same protocol the scheduler uses.
 
 Results stay where the function left them (inline bytes, or an S3 object for a large one) until
-someone asks: :class:`LambdaFuture` downloads its value on the first ``result()``, and deletes
-the object when the future is garbage collected (or the executor shuts down). A future passed as
-an argument to ``submit`` (also inside lists, tuples and dicts) travels by reference: the call
-waits for it and reads the value in Lambda, so it never crosses the client. :meth:`scatter`
-uploads data once for many calls; :meth:`gather` downloads many results in parallel. The
-executor counts the bytes it moves (:attr:`LambdaExecutor.bytes_to_client`, ``bytes_from_client``).
-The executor is also a Dask get function, so ``scheduler=executor`` runs graphs with data kept
-remote.
+someone asks: :class:`LambdaFuture` downloads its value on the first ``result()``. Each future
+holds its object with a claim of the cluster's ledger (:mod:`.ownership`), so the object goes
+when the future is garbage collected and nothing else (a queued call reading it) holds it, or
+when the cluster closes. A future passed as an argument to ``submit`` (also inside lists, tuples
+and dicts) travels by reference: the call waits for it, holds it until the call has finished,
+and reads the value in Lambda, so it never crosses the client. Keys are unique per process, so
+futures of several executors on one cluster mix freely; one of another cluster is refused.
+:meth:`scatter` uploads data once for many calls; :meth:`gather` downloads many results in
+parallel. The executor counts the bytes it moves (:attr:`LambdaExecutor.bytes_to_client`,
+``bytes_from_client``). The executor is also a Dask get function, so ``scheduler=executor`` runs
+graphs with data kept remote.
 """
 
 from __future__ import annotations
@@ -22,21 +25,27 @@ import itertools
 import math
 import queue
 import threading
-import uuid
 import weakref
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from typing import Any
 
-import cloudpickle
 from dask._task_spec import Task, TaskRef, parse_input
 
 from . import batch as batches
 from .cluster import LambdaCluster
-from .exceptions import LambdaFunctionError, deployment_hint, rebuild_exception
+from .exceptions import (
+    DataReleasedError,
+    ForeignDataError,
+    LambdaFunctionError,
+    deployment_hint,
+    rebuild_exception,
+)
+from .function import values
 from .function.calls import run_chunk
 from .function.protocol import BatchSpec, Inline, Stored
 from .function.storage import object_name
+from .ownership import Claim, Ledger, new_key
 
 
 class _Remote:
@@ -52,26 +61,32 @@ class LambdaFuture(Future):
     """A :class:`concurrent.futures.Future` whose value stays remote until ``result()``.
 
     Passed to :meth:`LambdaExecutor.submit` it is read in Lambda, by reference. Its S3 object
-    (if the value was large) is deleted when the future is garbage collected.
+    (if the value was large) is held by the future (:mod:`.ownership`) and deleted once the
+    future is garbage collected and nothing else holds it.
     """
 
     def __init__(self, executor: LambdaExecutor, key):
         super().__init__()
         self.key = key
+        self.ledger: Ledger = executor._backend.ledger
         self._executor = weakref.ref(executor)
         self._fetch_lock = threading.Lock()
         self._location: Inline | Stored | None = None
+        self._claim: Claim | None = None
 
     @property
     def location(self) -> Inline | Stored | None:
         """Where the value is, once the call succeeded (None while it runs or if it failed)."""
+        if self._claim is not None and not self._claim.alive:
+            raise DataReleasedError(
+                f"The value of future {self.key!r} was released by {self._claim.why_released()}"
+            )
         return self._location
 
-    def _hold(self, location: Inline | Stored, store) -> None:
-        """Succeed with the value at ``location``; its S3 object goes with this future."""
+    def _hold(self, location: Inline | Stored) -> None:
+        """Succeed with the value at ``location``, held by this future."""
         self._location = location
-        if isinstance(location, Stored):
-            weakref.finalize(self, _delete_quietly, store, location.name)
+        self._claim = self.ledger.claim([location], lasting=True)
         self.set_result(_Remote(location))
 
     def result(self, timeout: float | None = None) -> Any:
@@ -80,21 +95,16 @@ class LambdaFuture(Future):
             return value
         with self._fetch_lock:
             if isinstance(self._result, _Remote):
+                value, downloaded = batches.fetch_value(self.ledger.store, self.location)
                 executor = self._executor()
-                if executor is None:
-                    raise RuntimeError("the LambdaExecutor of this future is gone")
-                self._result = executor._download(self._result.location)
+                if executor is not None:
+                    executor._count(to_client=downloaded)
+                self._result = value
             return self._result
 
 
-def _delete_quietly(store, name: str) -> None:
-    try:
-        store.delete([name])
-    except Exception:  # the endpoint is gone: the executor's prefix was deleted or expires
-        pass
-
-
 _STOP = object()
+_WAKE = object()  # a call waiting for its arguments was settled without being queued
 
 
 class LambdaExecutor(Executor):
@@ -127,9 +137,11 @@ class LambdaExecutor(Executor):
         self._slots = threading.Condition()
         self._in_flight = 0
         self._shutdown = False
+        self._cancelling = False
+        self._waiting = 0  # calls waiting for their arguments to finish
         self._lock = threading.Lock()
-        self._counter = itertools.count()
-        self._id = uuid.uuid4().hex[:16]
+        self._ledger = self._backend.ledger
+        self._id = self._ledger.new_id()
         self._bytes_lock = threading.Lock()
         self.bytes_to_client = 0  # results downloaded
         self.bytes_from_client = 0  # requests, scattered data and spilled requests uploaded
@@ -147,9 +159,11 @@ class LambdaExecutor(Executor):
         reference: the call runs once they have succeeded, and fails with their error if one
         failed.
         """
-        key = ("call", next(self._counter))
+        key = new_key("call")
         needed: dict = {}
         args, kwargs = _by_reference((args, kwargs), needed)
+        for dependency in needed.values():  # before anything is queued
+            self._check_ours(dependency)
         if needed:  # references inside containers become graph nodes that resolve them
             args = tuple(parse_input(a) for a in args)
             kwargs = {k: parse_input(v) for k, v in kwargs.items()}
@@ -160,8 +174,10 @@ class LambdaExecutor(Executor):
             if self._shutdown:
                 raise RuntimeError("cannot schedule new futures after shutdown")
             future = LambdaFuture(self, key if key is not None else task.key)
+            if needed:
+                self._waiting += 1  # shutdown(wait=True) waits for it too
         if not needed:
-            self._queue.put((future, task, {}))
+            self._queue.put((future, task, {}, None))
             return future
         waiting = [len(needed)]
         lock = threading.Lock()
@@ -171,17 +187,14 @@ class LambdaExecutor(Executor):
                 waiting[0] -= 1
                 if waiting[0]:
                     return
-            failed = next((f for f in needed.values() if f.cancelled() or f.exception()), None)
-            if failed is not None:
-                if future.set_running_or_notify_cancel():
-                    future.set_exception(
-                        failed.exception() if not failed.cancelled() else RuntimeError(
-                            f"an argument of this call ({failed.key!r}) was cancelled"
-                        )
-                    )  # fmt: skip
-                return
-            inputs = {dep: f.location for dep, f in needed.items()}
-            self._queue.put((future, task, inputs))
+            try:
+                item = self._queued_when_ready(future, task, needed)
+            except BaseException as e:
+                future.set_exception(e)
+                item = _WAKE
+            with self._lock:  # both at once, as the dispatcher sees them (see _done)
+                self._queue.put(item)
+                self._waiting -= 1
 
         for dependency in needed.values():
             dependency.add_done_callback(ready)
@@ -194,19 +207,28 @@ class LambdaExecutor(Executor):
             return {k: self.scatter(v) for k, v in data.items()}
         if isinstance(data, (list, tuple)):
             return type(data)(self.scatter(v) for v in data)
-        key = ("scatter", next(self._counter))
-        pickled = cloudpickle.dumps(data, protocol=5)
+        key = new_key("scatter")
+        pickled = values.dumps(data)
         self._count(from_client=len(pickled))
         future = LambdaFuture(self, key)
         future.set_running_or_notify_cancel()
         settings = self._backend.settings
-        if len(pickled) <= settings.inline_limit:
-            location: Inline | Stored = Inline(pickled)
-        else:
-            store = self._backend.store
-            location = store.put(object_name(self._prefix, self._id, key), pickled)
-        future._hold(location, self._backend.store)
+        location = values.place(pickled, object_name(self._prefix, self._id, key),
+                                self._backend.store, settings.inline_limit,
+                                settings.max_object_bytes, "The scattered value")  # fmt: skip
+        future._hold(location)
         return future
+
+    def _check_ours(self, future: LambdaFuture) -> None:
+        """Refuse a released future, then one of another cluster (its objects are that
+        cluster's)."""
+        future.location  # noqa: B018 - raises if released
+        if future.ledger is not self._ledger:
+            raise ForeignDataError(
+                f"Future {future.key!r} belongs to {future.ledger.owner}, not to"
+                f" {self._ledger.owner}: pass its value (future.result()) or use an executor on"
+                " that cluster."
+            )
 
     def gather(self, futures: Any) -> Any:
         """The values of ``futures`` (a future, or lists, tuples and dicts of them, nested),
@@ -217,11 +239,6 @@ class LambdaExecutor(Executor):
             with ThreadPoolExecutor(min(16, len(found))) as pool:
                 list(pool.map(lambda f: f.exception() or f.result(), found))
         return _replace_futures(futures)
-
-    def _download(self, location: Inline | Stored) -> Any:
-        value, downloaded = batches.fetch_value(self._backend.store, location)
-        self._count(to_client=downloaded)
-        return value
 
     def _count(self, to_client: int = 0, from_client: int = 0) -> None:
         with self._bytes_lock:
@@ -245,6 +262,30 @@ class LambdaExecutor(Executor):
         results = _results_in_order(futures, timeout)
         return itertools.chain.from_iterable(results)
 
+    def _queued_when_ready(self, future: LambdaFuture, task: Task, needed: dict):
+        """What to queue for a call whose arguments have all finished: the call, holding them
+        until it has finished, or :data:`_WAKE` if it failed (or was cancelled) without running."""
+        failed = next((f for f in needed.values() if f.cancelled() or f.exception()), None)
+        if self._cancelling:
+            future.cancel()
+            return _WAKE
+        if failed is not None:
+            if future.set_running_or_notify_cancel():
+                future.set_exception(
+                    failed.exception() if not failed.cancelled() else RuntimeError(
+                        f"an argument of this call ({failed.key!r}) was cancelled"
+                    )
+                )  # fmt: skip
+            return _WAKE
+        try:
+            inputs = {dep: f.location for dep, f in needed.items()}
+        except DataReleasedError as e:
+            if future.set_running_or_notify_cancel():
+                future.set_exception(e)
+            return _WAKE
+        # Held until the call has finished, whatever happens to the futures meanwhile.
+        return (future, task, inputs, self._ledger.claim(inputs.values()))
+
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """Stop accepting calls; with ``wait``, block until queued and running calls are done."""
         with self._lock:
@@ -253,6 +294,7 @@ class LambdaExecutor(Executor):
             else:
                 already, self._shutdown = False, True
                 if cancel_futures:
+                    self._cancelling = True
                     self._cancel_queued()
                 self._queue.put(_STOP)
         if wait and not already:
@@ -264,8 +306,10 @@ class LambdaExecutor(Executor):
                 item = self._queue.get_nowait()
             except queue.Empty:
                 return
-            if item is not _STOP:
+            if item is not _STOP and item is not _WAKE:
                 item[0].cancel()
+                if item[3] is not None:
+                    item[3].release("a cancelled call")
 
     @property
     def max_workers(self) -> int:
@@ -283,11 +327,12 @@ class LambdaExecutor(Executor):
     def _dispatch(self) -> None:
         stopping = False
         pending: list = []
-        while not (stopping and not pending):
+        while not (stopping and not pending and self._done()):
             if not pending:
                 item = self._queue.get()
                 if item is _STOP:
                     stopping = True
+                if item is _STOP or item is _WAKE:
                     continue
                 pending.append(item)
             with self._slots:
@@ -300,11 +345,11 @@ class LambdaExecutor(Executor):
                     break
                 if item is _STOP:
                     stopping = True
-                else:
+                elif item is not _WAKE:
                     pending.append(item)
             size = min(self._backend.settings.max_tasks, math.ceil(len(pending) / free))
             batch, pending = pending[:size], pending[size:]
-            batch = [(f, t, i) for f, t, i in batch if f.set_running_or_notify_cancel()]
+            batch = _running(batch)
             if batch:
                 with self._slots:
                     self._in_flight += 1
@@ -312,25 +357,33 @@ class LambdaExecutor(Executor):
             batch = item = None  # the futures' lifetime is their holders', not this loop's
         with self._slots:
             self._slots.wait_for(lambda: self._in_flight == 0)
-        try:
-            self._backend.store.delete_prefix(f"{self._prefix}/{self._id}")
+        try:  # what no future holds any more; held results stay readable after shutdown
+            self._ledger.sweep(f"{self._prefix}/{self._id}")
         finally:
             if self._owns_cluster:
                 self.cluster.close()
 
-    def _run(self, batch: list[tuple[LambdaFuture, Task, dict]]) -> None:
+    def _done(self) -> bool:
+        """Nothing queued, and no call still waiting for its arguments (after shutdown)."""
+        with self._lock:
+            return not self._waiting and self._queue.empty()
+
+    def _run(self, batch: list[tuple[LambdaFuture, Task, dict, Claim | None]]) -> None:
         try:
             self._invoke(batch)
         except BaseException as e:  # infrastructure failure: every call of the batch fails
-            for future, _, _ in batch:
+            for future, *_ in batch:
                 if not future.done():
                     future.set_exception(e)
         finally:
+            for *_, claim in batch:
+                if claim is not None:
+                    claim.release("the end of the call")
             with self._slots:
                 self._in_flight -= 1
                 self._slots.notify_all()
 
-    def _invoke(self, batch: list[tuple[LambdaFuture, Task, dict]]) -> None:
+    def _invoke(self, batch: list[tuple[LambdaFuture, Task, dict, Claim | None]]) -> None:
         try:
             spec_bytes = self._spec_bytes(batch)
         except Exception:
@@ -338,7 +391,7 @@ class LambdaExecutor(Executor):
             if not batch:
                 return
             spec_bytes = self._spec_bytes(batch)
-        keys = [task.key for _, task, _ in batch]
+        keys = [call[1].key for call in batch]
         stats = batches.InvokeStats()
         try:
             payloads = f"{self._prefix}/{self._id}"
@@ -349,10 +402,10 @@ class LambdaExecutor(Executor):
             self._count(to_client=stats.response_bytes, from_client=stats.request_bytes)
         self._deliver(batch, response)
 
-    def _spec_bytes(self, batch: list[tuple[LambdaFuture, Task, dict]]) -> bytes:
-        keys = [task.key for _, task, _ in batch]
-        inputs = {k: where for _, _, needed in batch for k, where in needed.items()}
-        tasks = [task for _, task, _ in batch]
+    def _spec_bytes(self, batch: list[tuple[LambdaFuture, Task, dict, Claim | None]]) -> bytes:
+        keys = [call[1].key for call in batch]
+        inputs = {k: where for call in batch for k, where in call[2].items()}
+        tasks = [call[1] for call in batch]
         return batches.pickle_spec(BatchSpec(self._id, keys, tasks, keys, inputs))
 
     def _fail_unpicklable(self, batch: list) -> list:
@@ -370,18 +423,17 @@ class LambdaExecutor(Executor):
     def _deliver(self, batch: list, response: batches.BatchResponse) -> None:
         if response.fatal is not None:
             error = self._rebuilt(response.fatal)
-            for future, _, _ in batch:
+            for future, *_ in batch:
                 future.set_exception(error)
             return
-        store = self._backend.store
-        for index, ((future, _, _), result) in enumerate(zip(batch, response.results, strict=True)):
+        for index, ((future, *_), result) in enumerate(zip(batch, response.results, strict=True)):
             if index in response.errors:
                 future.set_exception(self._rebuilt(response.errors[index]))
             elif result.status != "ok":
                 name = self._backend.function_name
                 future.set_exception(LambdaFunctionError(name, "MissingResult", result.status))
             else:
-                future._hold(result.location(), store)
+                future._hold(result.location())
 
     def _rebuilt(self, error: dict) -> BaseException:
         """The call's exception, with what to deploy or grant when it shows that is missing."""
@@ -393,6 +445,17 @@ class LambdaExecutor(Executor):
 
     def __repr__(self) -> str:
         return f"<LambdaExecutor max_workers={self._max_workers} on {self.cluster!r}>"
+
+
+def _running(batch: list) -> list:
+    """The calls of ``batch`` not cancelled, now running; a cancelled one's hold is given up."""
+    running = []
+    for future, task, inputs, claim in batch:
+        if future.set_running_or_notify_cancel():
+            running.append((future, task, inputs, claim))
+        elif claim is not None:
+            claim.release("a cancelled call")
+    return running
 
 
 def _by_reference(value: Any, needed: dict) -> Any:

@@ -4,15 +4,17 @@ A persist runs the graph like a compute (:class:`~.scheduler.Compute` with ``per
 downloads nothing: each requested key's value stays where the function left it (an S3 object, or
 the few inline bytes of a small one), and the collection is rebuilt (dask's
 ``__dask_postpersist__``) with one task per key, ``load_persisted(ref)``. The lambda scheduler
-recognises those tasks and hands the :class:`PersistedRef`'s location straight to the batches
-that need it, so later computes read the data in Lambda and it never crosses the client. Any
-other scheduler simply runs ``load_persisted``, which downloads the value (checked), so a
-persisted collection gives the right answer everywhere.
+recognises those tasks (:func:`persisted_refs`, also inside tasks dask's optimisation fused) and
+hands the :class:`PersistedRef`'s location straight to the batches that need it, so later
+computes read the data in Lambda and it never crosses the client. Any other scheduler simply runs
+``load_persisted``, which downloads the value through the data plane (checked), so a persisted
+collection gives the right answer everywhere.
 
-Lifetime: every ref of one persist shares a :class:`PersistedData`, which deletes the objects
-when it is garbage collected (the collection and everything built on it are gone), when
-``cluster.unpersist(...)`` releases it, or when the cluster closes. A killed client's objects
-expire with the spill prefix's lifecycle rule.
+Lifetime: every ref of one persist shares a :class:`PersistedData`, which holds its objects with
+one :class:`~.ownership.Claim` of the cluster's ledger. The claim is released when the collection
+and everything built on it are garbage collected, or by ``cluster.unpersist(...)``; the objects
+are deleted once nothing else holds them (a second persist of the same data, a compute reading
+them) — or when the cluster closes. A ref used afterwards says which of these released it.
 """
 
 from __future__ import annotations
@@ -23,39 +25,35 @@ from typing import Any
 
 from dask._task_spec import DataNode, Task
 
+from .exceptions import DataReleasedError, ForeignDataError
+from .function import values
 from .function.calls import PersistedValue, load_persisted
 from .function.protocol import Inline, Stored
-from .function.storage import S3Store
+from .ownership import Claim, Ledger
 
 
 class PersistedData:
-    """The S3 objects of one persist; deleted once, when released or garbage collected."""
+    """The stored values of one persist, held by one claim of the cluster's ledger."""
 
-    def __init__(self, store: S3Store, locations: dict[Any, Inline | Stored]):
-        self.store = store
+    def __init__(self, claim: Claim, locations: dict[Any, Inline | Stored]):
+        self.claim = claim
         self.locations = locations
-        names = [where.name for where in locations.values() if isinstance(where, Stored)]
         self.nbytes = sum(
             where.nbytes if isinstance(where, Stored) else len(where.data)
             for where in locations.values()
         )
-        self._finalizer = weakref.finalize(self, _delete, store, names)
+
+    @property
+    def ledger(self) -> Ledger:
+        return self.claim.ledger
 
     @property
     def alive(self) -> bool:
-        return self._finalizer.alive
+        return self.claim.alive
 
-    def release(self) -> None:
-        """Delete the objects now (idempotent)."""
-        self._finalizer()
-
-
-def _delete(store: S3Store, names: list[str]) -> None:
-    if names:
-        try:
-            store.delete(names)
-        except Exception:  # the endpoint is gone: the prefix's lifecycle rule expires them
-            pass
+    def release(self, reason: str = "unpersist") -> None:
+        """Give up this persist's hold now (idempotent)."""
+        self.claim.release(reason)
 
 
 class PersistedRef:
@@ -69,23 +67,29 @@ class PersistedRef:
     @property
     def location(self) -> Inline | Stored:
         if not self.data.alive:
-            raise RuntimeError(
-                f"The persisted value of {self.key!r} was released (unpersist or cluster"
-                " closed): persist the collection again"
+            raise DataReleasedError(
+                f"The persisted value of {self.key!r} was released by"
+                f" {self.data.claim.why_released()}: persist the collection again"
             )
         return self.data.locations[self.key]
+
+    def check_owner(self, ledger: Ledger) -> None:
+        """Refuse a released value, then one persisted on another cluster (its objects are not
+        this one's)."""
+        self.location  # noqa: B018 - raises if released
+        if self.data.ledger is not ledger:
+            raise ForeignDataError(
+                f"The persisted value of {self.key!r} belongs to {self.data.ledger.owner}"
+                f" (bucket {self.data.ledger.store.bucket!r}), not to {ledger.owner}: compute"
+                " it on that cluster, or persist the collection again on this one."
+            )
 
     def __reduce__(self):  # into a task for Lambda (fused by dask's optimisation): a reference
         return PersistedValue, (self.key, self.location)
 
     def load(self) -> Any:
         """Download the value (checked): for schedulers other than the cluster's."""
-        import cloudpickle
-
-        where = self.location
-        if isinstance(where, Inline):
-            return cloudpickle.loads(where.data)
-        return cloudpickle.loads(self.data.store.get(where.name, expected=where))
+        return values.load(self.location, self.data.ledger.store)
 
     def __repr__(self) -> str:
         return f"<PersistedRef {self.key!r}>"
@@ -101,8 +105,29 @@ def persisted_ref(node) -> PersistedRef | None:
     return None
 
 
+def persisted_refs(dsk: dict) -> list[PersistedRef]:
+    """Every :class:`PersistedRef` a graph reads: its own ``load_persisted`` nodes and those
+    inside tasks (fused subgraphs, nested tasks)."""
+    found: dict[int, PersistedRef] = {}
+    stack = list(dsk.values())
+    while stack:
+        node = stack.pop()
+        if isinstance(node, PersistedRef):
+            found.setdefault(id(node), node)
+        elif isinstance(node, DataNode):
+            stack.append(node.value)
+        elif isinstance(node, Task):
+            stack.extend(node.args)
+            stack.extend(node.kwargs.values())
+        elif isinstance(node, dict):
+            stack.extend(node.values())
+        elif isinstance(node, (list, tuple)):
+            stack.extend(node)
+    return list(found.values())
+
+
 class Persisted:
-    """What a cluster persisted and still holds (to release on close)."""
+    """What a cluster persisted and still holds (for :attr:`persisted_bytes`)."""
 
     def __init__(self) -> None:
         self._data: weakref.WeakSet[PersistedData] = weakref.WeakSet()
@@ -114,20 +139,23 @@ class Persisted:
 
     @property
     def nbytes(self) -> int:
+        """Bytes held, each object counted once however many persists hold it."""
         with self._lock:
-            return sum(data.nbytes for data in self._data if data.alive)
-
-    def release_all(self) -> None:
-        with self._lock:
-            held = list(self._data)
+            held = [data for data in self._data if data.alive]
+        seen: dict[Any, int] = {}
         for data in held:
-            data.release()
+            for where in data.locations.values():
+                if isinstance(where, Stored):
+                    seen[where.name] = where.nbytes
+                else:
+                    seen[id(where)] = len(where.data)
+        return sum(seen.values())
 
 
-def persist_collections(get, store: S3Store, held: Persisted, collections: list,
-                        optimize_graph: bool = True, **kwargs) -> list:  # fmt: skip
-    """Persist ``collections`` with ``get(expr, keys, **kwargs) -> [location per key]``; return
-    them rebuilt on :class:`PersistedRef` tasks (as ``dask.persist`` does with its results)."""
+def persist_collections(run, held: Persisted, collections: list, optimize_graph: bool = True,
+                        **kwargs) -> list:  # fmt: skip
+    """Persist ``collections`` with ``run(expr, keys, **kwargs) -> ([location per key], claim)``;
+    return them rebuilt on :class:`PersistedRef` tasks (as ``dask.persist`` does)."""
     from dask._expr import CompositeExpr, _ExprSequence
     from dask.base import _rebuild_composite_collection, collections_to_expr
     from dask.core import flatten
@@ -153,10 +181,10 @@ def persist_collections(get, store: S3Store, held: Persisted, collections: list,
         else:
             rebuild, state = collection.__dask_postpersist__()
             rebuilds.append((rebuild, flat, state))
-    locations = dict(zip(keys, get(expr, keys, **kwargs), strict=True))
-    data = PersistedData(store, locations)
+    found, claim = run(expr, keys, **kwargs)
+    data = PersistedData(claim, dict(zip(keys, found, strict=True)))
     held.add(data)
-    tasks = {key: Task(key, load_persisted, PersistedRef(key, data)) for key in locations}
+    tasks = {key: Task(key, load_persisted, PersistedRef(key, data)) for key in data.locations}
     rebuilt = []
     for rebuild, flat, state in rebuilds:
         if state is None:
@@ -173,9 +201,8 @@ def release_collections(collections: list) -> int:
 
     released = set()
     graph = collections_to_expr(collections, optimize_graph=False).__dask_graph__()
-    for node in dict(graph).values():
-        ref = persisted_ref(node)
-        if ref is not None and ref.data.alive and id(ref.data) not in released:
+    for ref in persisted_refs(dict(graph)):
+        if ref.data.alive and id(ref.data) not in released:
             released.add(id(ref.data))
-            ref.data.release()
+            ref.data.release("unpersist")
     return len(released)

@@ -19,8 +19,11 @@ The loop (:class:`Compute`):
 3. When an invocation returns, its outputs' locations are recorded, its tasks are finished, ready
    aliases are resolved on the client, and data nobody needs any more is dropped.
 4. On the first task error the loop stops dispatching, waits for invocations still running (so
-   nothing writes after the cleanup), deletes the compute's S3 prefix and re-raises the error with
-   its original type and remote traceback. The prefix is deleted after success too.
+   nothing writes after the cleanup), deletes what the compute wrote and re-raises the error with
+   its original type and remote traceback. What it wrote is deleted after success too, except
+   what something holds (:mod:`.ownership`): a persist's values, persisted values it read.
+
+Values move only through the data plane (:mod:`.function.values`: place, read, load).
 """
 
 from __future__ import annotations
@@ -30,12 +33,10 @@ import functools
 import queue
 import statistics
 import time
-import uuid
 from collections.abc import Mapping
 from concurrent.futures import Future, wait
 from typing import Any, NamedTuple
 
-import cloudpickle
 import numpy as np
 from dask._task_spec import DataNode, Task, TaskRef, convert_legacy_graph
 from dask.callbacks import local_callbacks, unpack_callbacks
@@ -47,10 +48,12 @@ from dask.utils import ensure_dict
 from .backend import Backend
 from .batch import BatchResponse, fetch_value, invoke, pickle_spec
 from .exceptions import LambdaFunctionError, raise_fatal, raise_task_error
+from .function import values
 from .function.protocol import BatchSpec, Inline, Result, Stored
 from .function.storage import object_name
 from .invoker import InvokeStats, SplitBatch, failure_kind
-from .persist import persisted_ref
+from .ownership import Claim
+from .persist import persisted_ref, persisted_refs
 from .planner import GraphState, Limits
 from .report import ComputeReport
 
@@ -96,8 +99,8 @@ def task_annotations(collection) -> dict:
     if hasattr(collection, "__dask_annotations__"):
         by_name = collection.__dask_annotations__() or {}
     found: dict = {}
-    for name, values in by_name.items():
-        for key, value in values.items():
+    for name, per_key in by_name.items():
+        for key, value in per_key.items():
             found.setdefault(key, {})[name] = value
     for layer in getattr(collection, "layers", {}).values():
         for key in layer.get_output_keys() if getattr(layer, "annotations", None) else ():
@@ -305,8 +308,10 @@ class Compute:
         self.task_retries = int(settings.task_retries if retries is None else retries)
         self.escalate_memory = settings.escalate_memory
         self.speculation = bool(settings.speculation if speculation is None else speculation)
-        self.id = uuid.uuid4().hex[:16]
+        self.ledger = backend.ledger
+        self.id = self.ledger.new_id()
         self.prefix = backend.prefix
+        self.kept: Claim | None = None  # a persist's values, once it has them
         self.stats = InvokeStats()
         self.report = ComputeReport(
             compute_id=self.id,
@@ -315,6 +320,10 @@ class Compute:
             architecture=backend.architecture,
         )
         cache = dict(cache or {})
+        reads = persisted_refs(dsk)  # this cluster's, not released: refused before anything runs
+        for ref in reads:
+            ref.check_owner(self.ledger)
+        self.reading = self.ledger.claim(ref.location for ref in reads)  # held while it runs
         self.location: dict[Any, Location] = {k: Value(v) for k, v in cache.items()}
         for key, node in dsk.items():
             if isinstance(node, DataNode) and key not in cache:
@@ -466,8 +475,8 @@ class Compute:
         """``{key: memory tier}`` for tasks annotated ``resources={"memory": MB}`` beyond the
         function's own memory; ``ValueError`` before anything runs when no tier fits."""
         tiers = {}
-        for key, values in annotations.items():
-            memory = (values.get("resources") or {}).get("memory")
+        for key, named in annotations.items():
+            memory = (named.get("resources") or {}).get("memory")
             if memory is not None and key in graph:
                 tier = self.backend.tier_for(float(memory))
                 if tier is not None:
@@ -548,22 +557,15 @@ class Compute:
 
     def _serialize_value(self, key, value) -> Inline | Stored:
         try:
-            data = cloudpickle.dumps(value, protocol=5)
+            data = values.dumps(value)
         except Exception as e:
             raise TypeError(f"Could not serialize the graph literal {key!r}: {e}") from e
         self.report.bytes_from_client += len(data)
-        largest = self.backend.settings.max_object_bytes
-        if len(data) > largest:
-            raise ValueError(
-                f"The graph literal {key!r} is {len(data)} bytes pickled, over the largest object"
-                f" dask-lambda may store ({largest} bytes, lambda.spill.max-object-bytes). Load"
-                " it inside a task (e.g. from S3) in chunks, or raise the limit."
-            )
-        where: Inline | Stored
-        if len(data) <= self.backend.settings.inline_limit:
-            where = Inline(data)
-        else:
-            where = self.backend.store.put(object_name(self.prefix, self.id, key), data)
+        settings = self.backend.settings
+        where = values.place(data, object_name(self.prefix, self.id, key), self.backend.store,
+                             settings.inline_limit, settings.max_object_bytes,
+                             f"The graph literal {key!r}")  # fmt: skip
+        if isinstance(where, Stored):
             self.report.bytes_spilled += len(data)
         self.location[key] = where
         return where
@@ -591,21 +593,21 @@ class Compute:
             if isinstance(where, Value):
                 where = self._serialize_value(key, where.value)
             found[key] = where
-        self.kept = {where.name for where in found.values() if isinstance(where, Stored)}
+        self.kept = self.ledger.claim(found.values(), lasting=True)
         return found
 
     def _cleanup(self, failed: bool, started: float) -> None:
-        store = self.backend.store
         compute_prefix = f"{self.prefix.rstrip('/')}/{self.id}"
-        kept = set() if failed else getattr(self, "kept", set())
+        if failed and self.kept is not None:
+            self.kept.release("a failed persist")
+            self.kept = None
         try:
-            if kept:  # a persist: everything but the persisted values
-                store.delete([n for n in store.list(compute_prefix + "/") if n not in kept])
-            else:
-                store.delete_prefix(compute_prefix)
-            left = len(store.list(compute_prefix + "/")) - len(kept)
-            self.report.s3_objects_left = left
+            held = self.ledger.sweep(compute_prefix)  # all it wrote but what something holds
+            self.report.s3_objects_left = (
+                len(self.backend.store.list(compute_prefix + "/")) - held
+            )
         finally:
+            self.reading.release("the end of the compute")
             stats = self.stats
             self.report.invocations = stats.invocations
             self.report.infra_retries = stats.infra_retries

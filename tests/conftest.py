@@ -55,6 +55,17 @@ def handler_zip(module: str = "behaviours") -> bytes:
     return zip_files({f"{module}.py": (HANDLERS / f"{module}.py").read_text()})
 
 
+def evil_pickle(marker: str) -> bytes:
+    """A pickle that, if ever unpickled, creates ``marker`` (an attack's proof)."""
+    import pickle
+
+    class Evil:
+        def __reduce__(self):
+            return exec, (f"open({marker!r}, 'w').write('pwned')",)
+
+    return pickle.dumps(Evil(), protocol=4)
+
+
 def unique(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:8]}"
 
@@ -137,8 +148,9 @@ def cluster():
 
 
 def spill_objects(cluster) -> list[str]:
-    """Objects left under the cluster's prefix (every compute must delete its own)."""
-    return cluster.store.list(cluster.prefix + "/")
+    """Objects left under the cluster's prefix (every compute must delete its own), but for
+    the running client's lease (dask_lambda.ownership)."""
+    return [n for n in cluster.store.list(cluster.prefix + "/") if "/leases/" not in n]
 
 
 @pytest.fixture(scope="session")

@@ -131,8 +131,9 @@ def test_include_with_deps_on_s3_runs_and_a_tampered_archive_is_refused(local, a
     attacker = zip_files({"tblib/__init__.py": "__version__ = 'owned'\n"})
     local.client("s3").put_object(Bucket=reference["bucket"], Key=reference["key"], Body=attacker)
     cli("update", name, "--memory", "1024")  # new execution environments: cold starts
-    with pytest.raises(LambdaFunctionError, match="not the dependency archive"):
+    with pytest.raises(LambdaFunctionError, match="not the dependency archive") as refused:
         LambdaCluster(function_name=name, check_versions=False).ping()
+    assert "it was not downloaded" in str(refused.value)  # its size gave it away first
 
 
 def _module_file(name: str) -> str:

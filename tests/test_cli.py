@@ -33,7 +33,7 @@ def test_deploy_and_compute_with_code_that_only_the_zip_has(local, aws_env, buck
     role = config["Role"].rsplit("/", 1)[-1]
     policy = local.client("iam").get_role_policy(RoleName=role, PolicyName="dask-lambda")
     statements = policy["PolicyDocument"]["Statement"]
-    assert statements[0]["Resource"] == f"arn:aws:s3:::{bucket}/dask-lambda/*"
+    assert statements[0]["Resource"] == f"arn:aws:s3:::{bucket}/dask-lambda/{name}/*"  # its own
 
     with pytest.raises(ModuleNotFoundError):
         importlib.import_module("only_in_zip")  # not on this side: it exists only in the zip
@@ -266,11 +266,13 @@ def test_deploy_sets_an_expiry_rule_on_the_spill_prefix(local, aws_env, bucket):
     other = {"ID": "keep-me", "Filter": {"Prefix": "logs/"}, "Status": "Enabled",
              "Expiration": {"Days": 30}}  # fmt: skip
     s3.put_bucket_lifecycle_configuration(Bucket=bucket, LifecycleConfiguration={"Rules": [other]})
-    cli("deploy", unique("expiring"), "--no-dependencies", "--create-role", "--bucket", bucket,
+    name = unique("expiring")
+    cli("deploy", name, "--no-dependencies", "--create-role", "--bucket", bucket,
         "--expire-days", "2")  # fmt: skip
     rules = {r["ID"]: r for r in s3.get_bucket_lifecycle_configuration(Bucket=bucket)["Rules"]}
-    assert rules["dask-lambda-expire-dask-lambda"]["Expiration"]["Days"] == 2
-    assert rules["dask-lambda-expire-dask-lambda"]["Filter"]["And"]["Prefix"] == "dask-lambda/"
+    rule = rules[f"dask-lambda-expire-dask-lambda/{name}"]
+    assert rule["Expiration"]["Days"] == 2
+    assert rule["Filter"]["And"]["Prefix"] == f"dask-lambda/{name}/"
     assert "keep-me" in rules
 
 

@@ -10,7 +10,7 @@ import dask.array as da
 import dask.bag as db
 import numpy as np
 import pytest
-from conftest import cli, unique
+from conftest import cli, spill_objects, unique
 
 from dask_lambda import LambdaCluster
 
@@ -22,7 +22,7 @@ def plain():
 
 
 def _objects(cluster) -> list[str]:
-    return cluster.store.list(cluster.prefix + "/")
+    return spill_objects(cluster)
 
 
 def test_a_persisted_array_stays_remote_for_later_computes(plain):

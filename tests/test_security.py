@@ -21,7 +21,7 @@ from pathlib import Path
 import dask
 import pytest
 import tasks
-from conftest import cli, spill_objects, unique
+from conftest import cli, evil_pickle, spill_objects, unique
 
 from dask_lambda import LambdaCluster, LambdaExecutor, LambdaFunctionError
 from dask_lambda.function import protocol
@@ -42,14 +42,6 @@ def _global_pickle(module: str, name: str, then: list[tuple[str, ...]]) -> bytes
     return out + pickle.STOP
 
 
-def _evil(marker: str) -> bytes:
-    """A pickle that, if ever unpickled, creates ``marker`` (the attack's proof)."""
-
-    class Evil:
-        def __reduce__(self):
-            return exec, (f"open({marker!r}, 'w').write('pwned')",)
-
-    return pickle.dumps(Evil(), protocol=4)
 
 
 def _run_payload(cluster: LambdaCluster, spec: bytes) -> dict:
@@ -118,6 +110,8 @@ def _overwrite_when_written(store, prefix: str, payload_for, done: threading.Eve
         deadline = time.monotonic() + 60
         while not swapped and time.monotonic() < deadline and not done.is_set():
             for name in store.list(prefix + "/"):
+                if "/leases/" in name:  # the client's lease is no value to swap
+                    continue
                 size = store.client.head_object(Bucket=store.bucket, Key=name)["ContentLength"]
                 store.client.put_object(Bucket=store.bucket, Key=name, Body=payload_for(size))
                 swapped.append(name)
@@ -131,7 +125,7 @@ def test_swapped_intermediate_is_refused_inside_the_function(cluster, tmp_path):
     marker = str(tmp_path / "pwned-in-function")
 
     def same_size(size):  # the digest, not the size, must catch this one
-        evil = _evil(marker)
+        evil = evil_pickle(marker)
         return evil + b"\0" * (size - len(evil))
 
     # Every runtime warm first: a cold one (unpacking the session's dependencies) running the
@@ -156,7 +150,8 @@ def test_swapped_final_result_is_refused_on_the_client(cluster, tmp_path):
     slow = dask.delayed(tasks.slow)(1, 3)  # the attacker's window
     done = threading.Event()
     with LambdaCluster(inline_limit=0) as small:  # every result goes through S3
-        swapped = _overwrite_when_written(small.store, small.prefix, lambda _: _evil(marker), done)
+        attack = evil_pickle(marker)
+        swapped = _overwrite_when_written(small.store, small.prefix, lambda _: attack, done)
         with pytest.raises(IntegrityError) as info:
             dask.compute(fast, slow, scheduler=small)
         done.set()
@@ -173,7 +168,7 @@ def test_swapped_input_named_by_a_signed_batch_is_refused(cluster, tmp_path):
     marker = str(tmp_path / "pwned-input")
     name = f"{cluster.prefix}/{'e' * 16}/{'f' * 32}"
     stored = cluster.store.put(name, cloudpickle.dumps(list(range(100))))
-    evil = _evil(marker)
+    evil = evil_pickle(marker)
     cluster.store.client.put_object(
         Bucket=cluster.bucket, Key=name, Body=evil + b"\0" * (stored.nbytes - len(evil))
     )
@@ -350,7 +345,8 @@ def test_expiry_rule_spares_the_users_objects(local, aws_env, bucket, user_modul
     rules = local.client("s3").get_bucket_lifecycle_configuration(Bucket=bucket)["Rules"]
     (rule,) = rules
     assert rule["Filter"]["And"]["Prefix"] == "data/"
-    assert rule["Filter"]["And"]["Tags"] == [{"Key": "createdBy", "Value": "dask-lambda"}]
+    assert rule["Filter"]["And"]["Tags"] == [{"Key": "createdBy", "Value": "dask-lambda"},
+                                             {"Key": "dask-lambda-lifetime", "Value": "scratch"}]
 
 
 # -- 8. deploy never takes over what it did not create -------------------------------------------
@@ -445,7 +441,8 @@ def test_runtime_survives_random_and_mutated_events(cluster, tmp_path):
 
     marker = str(tmp_path / "pwned-by-mutation")
     key = cluster.invoker.signing_key
-    valid = protocol.envelope(protocol.encode_payload(_run_payload(cluster, _evil(marker))), key)
+    attack = evil_pickle(marker)
+    valid = protocol.envelope(protocol.encode_payload(_run_payload(cluster, attack)), key)
     json_values = st.recursive(
         st.none() | st.booleans() | st.integers() | st.text(max_size=20),
         lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner,

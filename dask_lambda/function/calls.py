@@ -14,8 +14,9 @@ current: dict[str, Any] = {"store": None}
 
 
 class PersistedValue:
-    """A value a client's ``cluster.persist`` left in S3, named inside a task: read (size and
-    SHA-256 checked, like any input) when the task runs."""
+    """A value a client's ``cluster.persist`` left in S3, named inside a task: read and
+    unpickled by the data plane (:func:`.values.load`: size and SHA-256 checked, allowlisted,
+    like any input) when the task runs."""
 
     __slots__ = ("key", "location")
 
@@ -26,19 +27,9 @@ class PersistedValue:
         return PersistedValue, (self.key, self.location)
 
     def load(self) -> Any:
-        import cloudpickle
+        from . import values
 
-        from .protocol import Inline
-
-        if isinstance(self.location, Inline):
-            return cloudpickle.loads(self.location.data)
-        store = current["store"]
-        if store is None:
-            raise RuntimeError(
-                f"The persisted value of {self.key!r} can be read only by a dask-lambda function"
-                " (or the client that persisted it)"
-            )
-        return cloudpickle.loads(store.get(self.location.name, expected=self.location))
+        return values.load(self.location, current["store"])
 
 
 def load_persisted(ref) -> Any:

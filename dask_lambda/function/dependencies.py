@@ -60,7 +60,15 @@ def _unpack(ref: dict, root: Path) -> dict[str, float]:
     steps = {}
     try:
         started = time.perf_counter()
-        boto3.client("s3").download_file(ref["bucket"], ref["key"], str(archive))
+        s3 = boto3.client("s3")
+        length = s3.head_object(Bucket=ref["bucket"], Key=ref["key"])["ContentLength"]
+        if length != int(ref["size"]):  # refused before a byte of a swapped archive is read
+            raise DependencyError(
+                f"s3://{ref['bucket']}/{ref['key']} is not the dependency archive this function"
+                f" was deployed with ({length} bytes, expected {ref['size']}): it was not"
+                " downloaded. Redeploy the function (dask-lambda update NAME --deps-on-s3)."
+            )
+        s3.download_file(ref["bucket"], ref["key"], str(archive))
         steps["download_seconds"] = time.perf_counter() - started
         digest = hashlib.sha256()
         with open(archive, "rb") as f:

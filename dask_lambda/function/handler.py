@@ -30,9 +30,7 @@ from collections import Counter
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
-import cloudpickle
-
-from . import allowlist, calls, contract, dependencies, protocol
+from . import calls, contract, dependencies, protocol, values
 from .errors import RESERVED, ErrorBudget, error_info
 from .storage import S3Store, object_name
 
@@ -106,11 +104,12 @@ def _fetch_payload(ref: dict) -> bytes:
 
 
 def _read_checked(store: S3Store, expected: protocol.Stored, what: str) -> bytes:
-    """The object's bytes, checked; a tampered object stays an ``IntegrityError``, any other
-    failure to read is transient (the client retries the batch)."""
+    """The object's bytes, checked (:func:`.values.read`); a tampered object stays an
+    ``IntegrityError`` and a missing one a ``MissingDataError``, any other failure to read is
+    transient (the client retries the batch)."""
     try:
-        return store.get(expected.name, expected=expected)
-    except protocol.IntegrityError:
+        return values.read(expected, store)
+    except (protocol.IntegrityError, protocol.MissingDataError):
         raise
     except Exception as e:
         raise protocol.TransientError(f"Could not read {what} {expected.name}: {e}") from e
@@ -131,15 +130,6 @@ def _signing_key() -> bytes:
     return _state["key"]
 
 
-def _loads(data: bytes) -> Any:
-    """Unpickle; through the allowlist when the function has one (see :mod:`.allowlist`)."""
-    if "allowed" not in _state:
-        _state["allowed"] = allowlist.parse(os.environ.get(contract.ALLOWED))
-    if _state["allowed"]:
-        return allowlist.loads(data, _state["allowed"])
-    return cloudpickle.loads(data)
-
-
 def _io_pool() -> ThreadPoolExecutor:
     if _state["pool"] is None:
         _state["pool"] = ThreadPoolExecutor(16, thread_name_prefix="dask-lambda-io")
@@ -156,10 +146,10 @@ def _size(sizeof, value) -> int:
 def _run(payload: dict, started: float) -> dict:
     stats = {"s3_bytes_read": 0, "s3_bytes_written": 0, "inline_bytes": 0}
     try:
-        spec: protocol.BatchSpec = _loads(payload["spec"])
+        spec: protocol.BatchSpec = values.loads(payload["spec"])
         store = S3Store(payload["store"]["bucket"], kms_key_id=payload["store"].get("kms_key_id"))
         calls.current["store"] = store
-        values = _load_inputs(spec, store, stats)
+        known, missing = _load_inputs(spec, store, stats)
     except protocol.TransientError:
         raise
     except Exception as e:
@@ -174,20 +164,25 @@ def _run(payload: dict, started: float) -> dict:
     budget = {
         "inline": payload["inline_limit"],
         "response": payload["response_limit"] - RESERVED,
-        "largest": payload.get("max_object_bytes") or float("inf"),
+        "largest": payload.get("max_object_bytes"),
     }
     failed: set = set()
     errors, timings = ErrorBudget(), []
     for index, (key, node) in enumerate(zip(spec.keys, spec.tasks, strict=True)):
-        if failed.intersection(node.dependencies):
+        gone = [missing[dep] for dep in node.dependencies if dep in missing]
+        if gone or failed.intersection(node.dependencies):
             failed.add(key)
             timings.append(None)
+            if gone:  # an input that is no longer stored: this task's error, not the batch's
+                errors.add(index, gone[0])
+                if key in output_index:
+                    results[output_index[key]] = ["error", None, None, 0, None]
             continue
         began = time.perf_counter()
         nbytes = 0
         try:
-            value = node(values)
-            values[key] = value
+            value = node(known)
+            known[key] = value
             nbytes = _size(sizeof, value)
             if key in output_index:
                 name = object_name(prefix, spec.compute_id, key)
@@ -196,7 +191,7 @@ def _run(payload: dict, started: float) -> dict:
             if isinstance(e, KeyboardInterrupt) and _state.get("interrupted"):
                 raise  # the runtime itself is being interrupted, not this task
             failed.add(key)
-            values.pop(key, None)
+            known.pop(key, None)
             errors.add(index, e)
             if key in output_index:
                 results[output_index[key]] = ["error", None, None, 0, None]
@@ -204,9 +199,9 @@ def _run(payload: dict, started: float) -> dict:
         for dep in node.dependencies:
             remaining_uses[dep] -= 1
             if remaining_uses[dep] <= 0:
-                values.pop(dep, None)
+                known.pop(dep, None)
         if not remaining_uses.get(key):
-            values.pop(key, None)
+            known.pop(key, None)
     for entry, upload in uploads:
         try:
             stored = upload.result()
@@ -217,32 +212,34 @@ def _run(payload: dict, started: float) -> dict:
     return {"results": results, "errors": errors.entries, "timings": timings, "stats": stats}
 
 
-def _load_inputs(spec: protocol.BatchSpec, store: S3Store, stats: dict) -> dict:
-    """The batch's inputs: inline ones unpickled, stored ones fetched and checked first."""
-    values: dict = {}
-    remote = []
-    for key, ref in spec.inputs.items():
-        if isinstance(ref, protocol.Inline):
-            values[key] = _loads(ref.data)
-        else:
-            remote.append((key, ref))
+def _load_inputs(spec: protocol.BatchSpec, store: S3Store, stats: dict) -> tuple[dict, dict]:
+    """``(values, missing)``: the batch's inputs, read and checked (:mod:`.values`), and the
+    ``MissingDataError`` of each stored input that is gone (only the tasks needing it fail)."""
 
-    fetched = _io_pool().map(lambda item: _read_checked(store, item[1], "an input"), remote)
-    for (key, ref), data in zip(remote, fetched, strict=True):
-        values[key] = _loads(data)
-        stats["s3_bytes_read"] += ref.nbytes
-    return values
+    def fetch(item):
+        try:
+            return _read_checked(store, item[1], "an input")
+        except protocol.MissingDataError as e:
+            return e
+
+    inputs, missing = {}, {}
+    remote = [(key, ref) for key, ref in spec.inputs.items() if isinstance(ref, protocol.Stored)]
+    fetched = dict(zip([key for key, _ in remote], _io_pool().map(fetch, remote), strict=True))
+    for key, ref in spec.inputs.items():
+        data = fetched[key] if key in fetched else values.read(ref, store)
+        if isinstance(data, protocol.MissingDataError):
+            missing[key] = data
+            continue
+        inputs[key] = values.loads(data)
+        stats["s3_bytes_read"] += len(data) if key in fetched else 0
+    return inputs, missing
 
 
 def _output(value, name: str, store: S3Store, budget: dict, uploads: list, stats: dict) -> list:
-    data = cloudpickle.dumps(value, protocol=5)
-    if len(data) > budget["largest"]:
-        raise ValueError(
-            f"This task's result is {len(data)} bytes pickled, over the largest object dask-lambda"
-            f" may store ({budget['largest']} bytes, lambda.spill.max-object-bytes). Split it into"
-            " smaller chunks, or raise the limit (within the function's memory and /tmp)."
-        )
-    if len(data) <= budget["inline"] and len(data) <= budget["response"]:
+    data = values.dumps(value)
+    stored = values.placement(len(data), min(budget["inline"], budget["response"]),
+                              budget["largest"], "This task's result")  # fmt: skip
+    if not stored:
         budget["response"] -= len(data)
         stats["inline_bytes"] += len(data)
         return ["ok", "inline", data, len(data), None]

@@ -101,6 +101,13 @@ class IntegrityError(RuntimeError):
     """An object read back from S3 is not the one dask-lambda wrote (size or SHA-256 differ)."""
 
 
+class MissingDataError(LookupError):
+    """A stored value is gone (deleted, expired, or never written): not retried as transient.
+
+    Only the tasks that need it fail; the message names the object and what usually removed it.
+    """
+
+
 class Inline(NamedTuple):
     """A pickled value carried inside the request itself."""
 

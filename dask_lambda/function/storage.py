@@ -1,4 +1,6 @@
-"""The S3 spill store, used on both sides: payloads, task results and literals too big to inline.
+"""The S3 implementation of the data plane's :class:`~.values.Store`, used on both sides.
+
+It holds payloads, task results and literals too big to inline.
 
 Everything one compute writes lives under ``<prefix>/<compute id>/``; :meth:`S3Store.delete_prefix`
 removes it when the compute ends. Every object it writes carries the object tag
@@ -18,10 +20,14 @@ import io
 import threading
 from typing import Any
 
-from .protocol import IntegrityError, Stored, check_integrity, digest
+from .protocol import IntegrityError, MissingDataError, Stored, check_integrity, digest
 
 MULTIPART_THRESHOLD = 16 * 1024 * 1024
 MARKER_TAG = ("createdBy", "dask-lambda")
+# Every object is written as scratch (the expiry rule's filter); one a client holds for longer (a
+# persisted value, a future, a scattered value) loses this tag while it is held (ownership).
+SCRATCH_TAG = ("dask-lambda-lifetime", "scratch")
+WRITE_TAGGING = "&".join("=".join(tag) for tag in (MARKER_TAG, SCRATCH_TAG))
 _clients: dict[str, Any] = {}
 _clients_lock = threading.Lock()
 
@@ -87,7 +93,7 @@ class S3Store:
             if self.kms_key_id
             else {"ServerSideEncryption": "AES256"}
         )
-        extra["Tagging"] = "=".join(MARKER_TAG)
+        extra["Tagging"] = WRITE_TAGGING
         if len(data) >= MULTIPART_THRESHOLD:
             self.client.upload_fileobj(
                 io.BytesIO(data), self.bucket, name, ExtraArgs=extra, Config=self.transfer_config
@@ -100,8 +106,21 @@ class S3Store:
         """Read an object; ``size`` (if known) picks the transfer manager for big ones.
 
         With ``expected``, an object whose size differs is refused before its body is read, and
-        one whose SHA-256 differs after (:class:`~.protocol.IntegrityError`).
+        one whose SHA-256 differs after (:class:`~.protocol.IntegrityError`). A missing object is
+        a :class:`~.protocol.MissingDataError`.
         """
+        try:
+            return self._get(name, size, expected)
+        except Exception as e:
+            if _missing(e):
+                raise MissingDataError(
+                    f"The stored value s3://{self.bucket}/{name} is gone: it was deleted (by"
+                    " unpersist, a closed cluster or executor, `dask-lambda clean`, the bucket's"
+                    " expiry rule) or never written. Compute it again."
+                ) from None
+            raise
+
+    def _get(self, name: str, size: int | None, expected: Stored | None) -> bytes:
         size = expected.nbytes if expected is not None else size
         if size is not None and size >= MULTIPART_THRESHOLD:
             if expected is not None:
@@ -127,6 +146,13 @@ class S3Store:
                 f"The S3 object {name!r} has {length} bytes where dask-lambda wrote"
                 f" {expected.nbytes}: something else wrote to the spill prefix. It was not read."
             )
+
+    def tag(self, name: str, tags: dict[str, str]) -> None:
+        """Replace the object's tags with ``tags``."""
+        self.client.put_object_tagging(
+            Bucket=self.bucket, Key=name,
+            Tagging={"TagSet": [{"Key": k, "Value": v} for k, v in tags.items()]},
+        )  # fmt: skip
 
     def is_ours(self, name: str) -> bool:
         """True if ``name`` carries the tag every object dask-lambda writes has."""
@@ -154,3 +180,12 @@ class S3Store:
         names = self.list(prefix.rstrip("/") + "/")
         self.delete(names)
         return len(names)
+
+
+def _missing(error: Exception) -> bool:
+    """True for S3's answer about an object that does not exist (GET: NoSuchKey, HEAD: 404)."""
+    response = getattr(error, "response", None)
+    if not isinstance(response, dict):
+        return False
+    code = str(response.get("Error", {}).get("Code", ""))
+    return code in ("NoSuchKey", "404", "NotFound")
