@@ -355,7 +355,7 @@ class _Handle:
         self.released = False
 
 
-@settings(max_examples=30, deadline=None, phases=[Phase.generate],
+@settings(max_examples=20, deadline=None, phases=[Phase.generate],
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(ops=OPS)  # fmt: skip
 def test_random_lifetimes_give_pythons_answers_and_leave_nothing(first, second, ops):
