@@ -161,9 +161,16 @@ class LocalLambda:
         import urllib.error
         import urllib.request
 
+        from .iam import Credentials, signed_headers
+
         self._require_running()
         data = None if body is None else json.dumps(body).encode()
-        request = urllib.request.Request(f"{self.endpoint_url}/_dask_lambda/{route}", data=data)
+        url = f"{self.endpoint_url}/_dask_lambda/{route}"
+        admin = Credentials(self.credentials["AWS_ACCESS_KEY_ID"],
+                            self.credentials["AWS_SECRET_ACCESS_KEY"])  # fmt: skip
+        method = "GET" if data is None else "POST"
+        headers = signed_headers(admin, "lambda", self.region, method, url, data or b"")
+        request = urllib.request.Request(url, data=data, headers=headers, method=method)
         try:
             with urllib.request.urlopen(request, timeout=30) as response:
                 return json.loads(response.read())

@@ -212,3 +212,30 @@ def authorize(
     except RESTError as e:
         return e.error_type, e.message
     return None
+
+
+def is_admin(environ: dict[str, Any], body: bytes, admin: Credentials) -> bool:
+    """True if the request carries a valid SigV4 signature made with the admin's own key (the
+    local Lambda's internal routes and moto's ``/moto-api`` answer nobody else)."""
+    from moto.core.exceptions import _RESTError as RESTError
+    from moto.iam.access_control import IAMRequest
+
+    authorization = environ.get("HTTP_AUTHORIZATION", "")
+    if f"Credential={admin.access_key_id}/" not in authorization:
+        return False
+    headers = {
+        key[5:].replace("_", "-").title(): value
+        for key, value in environ.items()
+        if key.startswith("HTTP_")
+    }
+    if "Content-Type" not in headers and environ.get("CONTENT_TYPE"):
+        headers["Content-Type"] = environ["CONTENT_TYPE"]
+    path = environ.get("RAW_URI", "").split("?", 1)[0] or environ.get("PATH_INFO", "/")
+    if environ.get("QUERY_STRING"):
+        path += "?" + environ["QUERY_STRING"]
+    try:
+        IAMRequest(account_id=ACCOUNT_ID, method=environ["REQUEST_METHOD"], path=path, data={},
+                   body=body, headers=headers, action="").check_signature()  # fmt: skip
+    except RESTError:
+        return False
+    return True

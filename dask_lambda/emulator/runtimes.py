@@ -273,9 +273,34 @@ class Runtime:
 
     def post_init_error(self, body: bytes, error_type: str | None) -> None:
         with self._cond:
+            if self.initialized:  # past its init: not an init error (a forged one)
+                return
             inv = self._next or self.current
         if inv is not None:
             inv.finish(body, "Unhandled")
+
+    def owns_peer(self, peer_port: int, server_port: int) -> bool:
+        """True if the loopback TCP connection from ``peer_port`` to ``server_port`` belongs to
+        this runtime's processes (the process and its children)."""
+        inodes = _socket_inodes(peer_port, server_port)
+        if not inodes:
+            return False
+        try:
+            import psutil
+
+            root = psutil.Process(self.proc.pid)
+            pids = [root.pid, *(child.pid for child in root.children(recursive=True))]
+        except Exception:  # gone
+            return False
+        for pid in pids:
+            try:
+                for fd in os.listdir(f"/proc/{pid}/fd"):
+                    target = os.readlink(f"/proc/{pid}/fd/{fd}")
+                    if target.startswith("socket:[") and target[8:-1] in inodes:
+                        return True
+            except OSError:
+                continue
+        return False
 
     # -- called by the front door ---------------------------------------------------------------
     def assign(self, inv: Invocation) -> None:
@@ -374,6 +399,24 @@ class Runtime:
         self.api.close()
         if self.proc.stdout:
             self.proc.stdout.close()
+
+
+def _socket_inodes(local_port: int, remote_port: int) -> set[str]:
+    """Inodes of the TCP sockets from ``local_port`` to ``remote_port`` (``/proc/net/tcp*``)."""
+    found = set()
+    wanted = (f"{local_port:04X}", f"{remote_port:04X}")
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(table) as f:
+                next(f)
+                for line in f:
+                    fields = line.split()
+                    ports = (fields[1].rsplit(":", 1)[1], fields[2].rsplit(":", 1)[1])
+                    if ports == wanted:
+                        found.add(fields[9])
+        except OSError:
+            continue
+    return found
 
 
 def exit_message(code: int, kill_reason: str | None, inv: Invocation, spec: FunctionSpec) -> str:

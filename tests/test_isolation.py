@@ -1,0 +1,95 @@
+"""The local Lambda's internal endpoints, tried from inside a task as an attacker would (issue 23).
+
+A task holds only its role's credentials. It must not be able to switch IAM off or read the
+admin's key through moto's unauthenticated ``/moto-api``, read the local Lambda's own state, or
+fail another runtime's invocation by posting to that runtime's Runtime API.
+"""
+
+from __future__ import annotations
+
+import dask
+import tasks
+
+from dask_lambda import LambdaExecutor
+
+
+def _internal_routes() -> dict[str, object]:
+    """What a task gets from the routes that are not AWS APIs, unsigned, as an attacker asks."""
+    import os
+    import urllib.error
+    import urllib.request
+
+    endpoint = os.environ["AWS_ENDPOINT_URL"]
+    answers: dict[str, object] = {}
+    for method, path in [("POST", "/moto-api/reset-auth"), ("GET", "/moto-api/data.json"),
+                         ("POST", "/moto-api/reset"), ("GET", "/_dask_lambda/stats"),
+                         ("POST", "/_dask_lambda/faults")]:  # fmt: skip
+        data = b"{}" if method == "POST" else None
+        request = urllib.request.Request(endpoint + path, data=data, method=method,
+                                         headers={"Content-Type": "text/plain"})  # fmt: skip
+        try:
+            with urllib.request.urlopen(request, timeout=10) as response:
+                answers[path] = response.read()[:200]
+        except urllib.error.HTTPError as e:
+            answers[path] = e.code
+    return answers
+
+
+def _write_outside_my_prefix(bucket: str) -> str:
+    import boto3
+
+    try:
+        boto3.client("s3").put_object(Bucket=bucket, Key="not-mine/x", Body=b"x")
+        return "written"
+    except Exception as e:
+        return e.response["Error"]["Code"]
+
+
+def test_a_task_cannot_switch_iam_off_or_read_the_admins_key(cluster):
+    answers = dask.delayed(_internal_routes)().compute(scheduler=cluster)
+    assert answers == {path: 403 for path in answers}, answers
+    # IAM still holds afterwards: the task's role may write only its own prefix
+    outside = dask.delayed(_write_outside_my_prefix)(cluster.bucket).compute(scheduler=cluster)
+    assert outside == "AccessDenied"
+    assert isinstance(cluster.local.stats()["pids"], list)  # the admin still may
+
+
+def _forge_init_errors() -> list[int]:
+    """Post ``/runtime/init/error`` to every other listener on 127.0.0.1 (Runtime API ports are
+    found in /proc/net/tcp, as an attacker would): the statuses that accepted it."""
+    import http.client
+    import os
+
+    own = int(os.environ["AWS_LAMBDA_RUNTIME_API"].rsplit(":", 1)[1])
+    endpoint = int(os.environ["AWS_ENDPOINT_URL"].rsplit(":", 1)[1])
+    ports = set()
+    with open("/proc/net/tcp") as table:
+        next(table)
+        for line in table:
+            fields = line.split()
+            address, port = fields[1].split(":")
+            if fields[3] == "0A" and address == "0100007F":  # LISTEN on 127.0.0.1
+                ports.add(int(port, 16))
+    accepted = []
+    body = b'{"errorMessage": "forged", "errorType": "Forged"}'
+    for port in sorted(ports - {own, endpoint}):
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+        try:
+            connection.request("POST", "/2018-06-01/runtime/init/error", body=body)
+            status = connection.getresponse().status
+            if status == 202:
+                accepted.append(port)
+        except Exception:  # refused, closed unread, not HTTP
+            pass
+        finally:
+            connection.close()
+    return accepted
+
+
+def test_a_task_cannot_fail_another_runtimes_invocation(cluster):
+    with LambdaExecutor(cluster=cluster, max_workers=2) as ex:
+        ex.submit(tasks.noop).result(timeout=120)  # one warm runtime; the next call starts another
+        victim = ex.submit(tasks.slow, 42, 4)
+        attacker = ex.submit(_forge_init_errors)
+        assert attacker.result(timeout=120) == []
+        assert victim.result(timeout=120) == 42
