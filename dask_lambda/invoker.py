@@ -149,8 +149,13 @@ class Invoker:
         signing_key: bytes | None = None,
         credentials=None,
         invoke_client: str | None = None,
+        throttle_retries: int | None = None,
+        throttle_backoff: float | None = None,
     ):
         self.function_name = function_name
+        self.max_concurrency = max_concurrency
+        self.throttle_retries = int(settings.setting("throttle-retries", throttle_retries))
+        self.throttle_backoff = float(settings.setting("throttle-backoff", throttle_backoff))
         self.signing_key = signing_key
         self.signature_ttl = function_timeout + 900
         self.store = store
@@ -245,13 +250,21 @@ class Invoker:
         split: bool = False,
         confirm_memory: bool = True,
     ) -> dict[str, Any]:
-        attempt = 0
+        attempt = throttled = 0
         previous_kind = None
         while True:
             attempt += 1
             try:
                 return self._call_once(body, task_keys, attempt, stats)
             except _Retryable as e:
+                if e.error.error_type == "TooManyRequestsException":  # a budget of its own
+                    throttled += 1
+                    if throttled > self.throttle_retries:
+                        raise self._throttled(e.error, attempt) from None
+                    stats.add(infra_retries=1)
+                    delay = self.throttle_backoff * (2 ** (throttled - 1))
+                    time.sleep(random.uniform(0, min(delay, 30.0)))
+                    continue
                 if split and e.error.error_type.startswith(RUNTIME_FAILURES):
                     raise SplitBatch(e.error) from None
                 kind = failure_kind(e.error)
@@ -318,6 +331,21 @@ class Invoker:
             }
         )
         return decoded
+
+    def _throttled(self, error: LambdaFunctionError, attempts: int) -> LambdaFunctionError:
+        """Throttling outlasted its retries: say which limits to change."""
+        name = self.function_name
+        advice = (
+            f"Lambda throttled every attempt ({attempts}): more invocations run at once than"
+            f" the function's concurrency allows. Lower max_concurrency (now"
+            f" {self.max_concurrency}: LambdaCluster(max_concurrency=...) or"
+            f" lambda.max-concurrency), raise the function's reserved concurrency (aws lambda"
+            f" put-function-concurrency --function-name {name} --reserved-concurrent-executions"
+            " N) or the account's concurrency quota, or allow more retries"
+            " (lambda.throttle-retries)"
+        )
+        return LambdaFunctionError(name, error.error_type, f"{error.error_message}. {advice}",
+                                   error.task_keys, error.request_id, attempts)  # fmt: skip
 
     def _repeated(
         self, error: LambdaFunctionError, kind: str, attempts: int

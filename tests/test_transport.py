@@ -89,9 +89,11 @@ def test_throttling_is_retried_and_counted_the_same(local, deploy):
     try:
         failures = {}
         for kind in ("boto3", "lean"):
-            invoker = _invoker(local, name, kind, infra_retries=2)
+            invoker = _invoker(local, name, kind, infra_retries=0, throttle_retries=2)
             with pytest.raises(LambdaFunctionError) as info:
                 invoker.call({"op": "ping"}, task_keys=["k"])
+            assert "Lower max_concurrency (now 2" in str(info.value)
+            assert "put-function-concurrency" in str(info.value)
             failures[kind] = (info.value.error_type, info.value.attempts, invoker.stats.throttles,
                               invoker.stats.infra_retries)  # fmt: skip
     finally:
@@ -272,19 +274,22 @@ def test_unknown_invoke_client_is_refused(local):
         _invoker(local, "f", "curl")
 
 
-def _invoker(local, name: str, kind: str, infra_retries: int = 3, endpoint_url=None) -> Invoker:
+def _invoker(local, name: str, kind: str, infra_retries: int = 3, endpoint_url=None,
+             throttle_retries: int = 3) -> Invoker:  # fmt: skip
     session = boto3.session.Session(**_session_kwargs(local))
     url = endpoint_url or local.endpoint_url
     return Invoker(
         name, lambda cfg: session.client("lambda", endpoint_url=url, config=cfg), 2, 10,
         store=None, infra_retries=infra_retries, retry_backoff=0.01,
         credentials=session.get_credentials(), invoke_client=kind,
+        throttle_retries=throttle_retries, throttle_backoff=0.01,
     )  # fmt: skip
 
 
 class _ScriptedEndpoint:
-    """A raw HTTP endpoint answering each request with the next of ``answers`` (bytes), over
-    TLS with ``certificate`` if given; counts the connections it accepted."""
+    """A raw HTTP endpoint answering each request with the next of ``answers`` (bytes, or a
+    callable that writes to the connection itself), over TLS with ``certificate`` if given;
+    counts the connections it accepted."""
 
     def __init__(self, answers: list[bytes], certificate: tuple[str, str] | None = None):
         import ssl
@@ -322,7 +327,11 @@ class _ScriptedEndpoint:
                     head += line
                 length = int(re.search(rb"Content-Length: (\d+)", head)[1])
                 reader.read(length)
-                conn.sendall(self.answers.pop(0))
+                answer = self.answers.pop(0)
+                if callable(answer):
+                    answer(conn)
+                else:
+                    conn.sendall(answer)
         except OSError:
             pass
         finally:
@@ -332,10 +341,53 @@ class _ScriptedEndpoint:
         self.listener.close()
 
 
-def _lean_to(url: str, local) -> LeanTransport:
+def _lean_to(url: str, local, read_timeout: float = 10) -> LeanTransport:
     session = boto3.session.Session(**_session_kwargs(local))
     client = session.client("lambda", endpoint_url=url, config=CLIENT_CONFIG)
-    return LeanTransport(client, session.get_credentials(), 2, 5, 10)
+    return LeanTransport(client, session.get_credentials(), 2, 5, read_timeout)
+
+
+def _endless_chunks(conn) -> None:
+    conn.sendall(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+    chunk = b"%x\r\n%s\r\n" % (1 << 20, b"x" * (1 << 20))
+    for _ in range(1000):  # a GB, if anyone read it all
+        conn.sendall(chunk)
+
+
+def _trickle(conn) -> None:
+    """A whole answer, one byte every 0.2 s (20 s for the body): each read is quick."""
+    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n")
+    for _ in range(100):
+        conn.sendall(b"x")
+        threading.Event().wait(0.2)
+
+
+@pytest.mark.parametrize(
+    ("answer", "kind", "says"),
+    [
+        (_endless_chunks, "ConnectionClosedError", "ran past"),
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 1000000000000000\r\n\r\n", "ConnectionClosedError",
+         "announced 1000000000000000 bytes"),
+        (b"HTTP/1.1 200 OK\r\nContent-Length: lots\r\n\r\n{}", "ConnectionClosedError",
+         "not a number"),
+        (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", "ConnectionClosedError",
+         "not a chunk size"),
+        (_trickle, "ReadTimeoutError", "Read timeout"),
+    ],
+    ids=["endless-chunked", "huge-length", "length-not-a-number", "chunk-size-not-hex",
+         "trickle"],
+)  # fmt: skip
+def test_lean_refuses_hostile_answers(local, answer, kind, says):
+    """An endpoint that is not Lambda: an answer past Lambda's response limit, a malformed one,
+    or one that never completes within the read timeout ends as a ConnectionFailure (which the
+    invoker retries, then names), never a huge allocation or a bare ValueError."""
+    endpoint = _ScriptedEndpoint([answer])
+    try:
+        with pytest.raises(ConnectionFailure) as info:
+            _lean_to(endpoint.url, local, read_timeout=2).invoke("f", b"{}")
+        assert info.value.kind == kind and says in str(info.value)
+    finally:
+        endpoint.close()
 
 
 def test_lean_reads_interim_chunked_and_closing_answers(local):
