@@ -79,3 +79,46 @@ class Aws:
     @property
     def region_name(self) -> str | None:
         return self.session.region_name
+
+
+def is_loopback(url: str | None) -> bool:
+    """True for an endpoint on this machine (``127.0.0.0/8``, ``::1``, ``localhost``): a local
+    Lambda (``dask-lambda local``, the embedded one), never AWS."""
+    import ipaddress
+    import urllib.parse
+
+    if not url:
+        return False
+    host = urllib.parse.urlsplit(url).hostname or ""
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def lambda_endpoint(endpoint_url: str | None) -> str | None:
+    """The endpoint boto3 sends Lambda calls to, given ``endpoint_url`` or the environment."""
+    return (
+        endpoint_url
+        or os.environ.get("AWS_ENDPOINT_URL_LAMBDA")
+        or os.environ.get("AWS_ENDPOINT_URL")
+    )
+
+
+def signed_post(session: Any, url: str, body: bytes, region: str | None) -> bytes:
+    """POST ``body`` to ``url`` signed (SigV4, service ``lambda``) with the session's
+    credentials; the answer's body (``OSError`` / ``urllib.error.HTTPError`` on failure)."""
+    import urllib.request
+
+    from botocore.auth import SigV4Auth
+    from botocore.awsrequest import AWSRequest
+
+    request = AWSRequest(method="POST", url=url, data=body)
+    SigV4Auth(session.get_credentials().get_frozen_credentials(), "lambda",
+              region or "us-east-1").add_auth(request)  # fmt: skip
+    sent = urllib.request.Request(url, data=body, headers=dict(request.headers.items()),
+                                  method="POST")  # fmt: skip
+    with urllib.request.urlopen(sent, timeout=10) as response:
+        return response.read()

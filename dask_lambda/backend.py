@@ -112,6 +112,8 @@ class Backend:
     profile: TaskProfile = field(default_factory=TaskProfile, compare=False)
     # What the cluster's persisted collections hold in S3.
     persisted: Persisted = field(default_factory=Persisted, compare=False)
+    # The function runs on a local Lambda (costs in reports are what AWS would bill).
+    local_endpoint: bool = False
 
     def invoker_for(self, memory_mb: int | None) -> Invoker:
         """The invoker of the memory tier ``memory_mb`` (None: the function itself)."""

@@ -21,7 +21,7 @@ from typing import Any
 import dask
 
 from . import config
-from .aws import Aws
+from .aws import Aws, is_loopback, lambda_endpoint, signed_post
 from .backend import Backend, settings_from_config
 from .exceptions import NoActiveClusterError, VersionMismatchError, VersionWarning
 from .function import contract
@@ -177,9 +177,14 @@ class LambdaCluster:
         self.local = None
         self.status = Status.created
         self.last_report: ComputeReport | None = None
+        # A loopback endpoint (`dask-lambda local`'s exports, endpoint_url=) is a local Lambda
+        # on this machine, whatever function it runs: sized and labelled as one.
+        self.on_local_lambda = self.function_name is None or is_loopback(
+            lambda_endpoint(self.endpoint_url)
+        )
         concurrency = config.setting("max-concurrency", max_concurrency)
         if concurrency is None:
-            concurrency = max(2, os.cpu_count() or 2) if self.function_name is None else 100
+            concurrency = max(2, os.cpu_count() or 2) if self.on_local_lambda else 100
         self.settings = settings_from_config(
             max_concurrency=concurrency, max_tasks=max_tasks, max_bytes=max_bytes,
             per_slot=per_slot, inline_limit=inline_limit,
@@ -263,6 +268,7 @@ class LambdaCluster:
                 prefix=self.prefix,
                 ledger=ledger,
                 tiers=tiers,
+                local_endpoint=self.on_local_lambda,
             )
             if self._check_versions:
                 self.check_versions()
@@ -464,6 +470,8 @@ class LambdaCluster:
         if self.status is Status.running:
             self.backend.join_cleanups()
             self.backend.ledger.close(f"closing cluster {self.function_name!r}")
+            if self.on_local_lambda and self.local is None:
+                self._reap_local_runtimes()
         self.status = Status.closed
         with _active_lock:
             _active[:] = [ref for ref in _active if ref() not in (None, self)]
@@ -471,6 +479,19 @@ class LambdaCluster:
         detached = self._finalizer.detach() if self._finalizer is not None else None
         if detached is not None:
             _release(detached[2][0], None)
+
+    def _reap_local_runtimes(self) -> None:
+        """Ask a local Lambda this cluster did not start (``dask-lambda local``) to stop the
+        idle runtimes of the function and its memory tiers, as closing the embedded one does.
+        Only its admin may; anyone else's request is refused, and that is no error here."""
+        import json
+
+        url = f"{lambda_endpoint(self.endpoint_url).rstrip('/')}/_dask_lambda/reap"
+        body = json.dumps({"function": self.function_name}).encode()
+        try:
+            signed_post(self.aws.session, url, body, self.aws.region_name)
+        except Exception:  # not the admin, or the local Lambda is gone: its idle timeout reaps
+            pass
 
     def __enter__(self) -> LambdaCluster:
         return self
@@ -589,7 +610,12 @@ class LambdaCluster:
         return remote
 
     def __repr__(self) -> str:
-        where = "embedded local Lambda" if self.local is not None else (self.region or "AWS")
+        if self.local is not None:
+            where = "embedded local Lambda"
+        elif self.on_local_lambda:
+            where = f"local Lambda at {lambda_endpoint(self.endpoint_url)}"
+        else:
+            where = self.region or "AWS"
         return (
             f"<LambdaCluster {self.function_name!r} on {where}, {self.status.value},"
             f" max_concurrency={self.settings.max_concurrency}>"

@@ -55,6 +55,7 @@ class ComputeReport:
     failed: bool = False
     memory_mb: int = 0
     architecture: str = "x86_64"
+    local: bool = False  # ran on a local Lambda: the cost is what AWS would bill
     invocation_records: list = field(default_factory=list, repr=False)
 
     @property
@@ -102,7 +103,9 @@ class ComputeReport:
             f" {self.wall_time:.2f} s;"
             f" {self.bytes_spilled / MiB:.1f} MiB spilled, {self.bytes_inline / MiB:.2f} MiB"
             f" inline, {self.bytes_through_client / MiB:.2f} MiB through the client;"
-            f" {self.billed_gb_seconds:.3f} GB-s billed, ~${self.cost_usd:.6f}"
+            + (f" {self.billed_gb_seconds:.3f} GB-s, ~${self.cost_usd:.6f} if run on AWS"
+               " (an estimate: this ran on a local Lambda)" if self.local else
+               f" {self.billed_gb_seconds:.3f} GB-s billed, ~${self.cost_usd:.6f}")
         )
 
     def to_dict(self) -> dict[str, Any]:

@@ -318,6 +318,7 @@ class Compute:
             tasks=len(dsk),
             memory_mb=backend.memory_mb,
             architecture=backend.architecture,
+            local=backend.local_endpoint,
         )
         cache = dict(cache or {})
         reads = persisted_refs(dsk)  # this cluster's, not released: refused before anything runs

@@ -1,4 +1,5 @@
-"""The local Lambda's internal endpoints, tried from inside a task as an attacker would (issue 23).
+"""The local Lambda's internal endpoints, tried from inside a task as an attacker would, and a
+local endpoint that is never taken for AWS (issue 23).
 
 A task holds only its role's credentials. It must not be able to switch IAM off or read the
 admin's key through moto's unauthenticated ``/moto-api``, read the local Lambda's own state, or
@@ -7,10 +8,13 @@ fail another runtime's invocation by posting to that runtime's Runtime API.
 
 from __future__ import annotations
 
+import os
+
 import dask
 import tasks
+from conftest import cli, unique, wait_until
 
-from dask_lambda import LambdaExecutor
+from dask_lambda import LambdaCluster, LambdaExecutor
 
 
 def _internal_routes() -> dict[str, object]:
@@ -93,3 +97,17 @@ def test_a_task_cannot_fail_another_runtimes_invocation(cluster):
         attacker = ex.submit(_forge_init_errors)
         assert attacker.result(timeout=120) == []
         assert victim.result(timeout=120) == 42
+
+
+def test_a_local_endpoint_is_not_taken_for_aws(local, aws_env, bucket):
+    """`dask-lambda local`'s exports set, a named function: the cluster knows it is local."""
+    name = unique("on-local")
+    cli("deploy", name, "--create-role", "--bucket", bucket)
+    with LambdaCluster(function_name=name) as cluster:
+        assert f"local Lambda at {local.endpoint_url}" in repr(cluster)
+        assert cluster.settings.max_concurrency == max(2, os.cpu_count() or 2)  # not AWS's 100
+        assert dask.compute(*[dask.delayed(tasks.inc)(i) for i in range(4)],
+                            scheduler=cluster) == (1, 2, 3, 4)  # fmt: skip
+        assert "if run on AWS (an estimate" in cluster.last_report.summary()
+        assert local.stats()["functions"].get(name, 0) >= 1
+    assert wait_until(lambda: local.stats()["functions"].get(name, 0) == 0)  # reaped on close

@@ -12,7 +12,12 @@ invocation times out or runs out of memory). The routes are the ones AWS documen
 ``POST /runtime/invocation/{id}/response`` and ``POST /runtime/invocation/{id}/error``
     The handler's result or error; answered 202.
 ``POST /runtime/init/error``
-    The handler could not be loaded; answered 202, after which the runtime exits.
+    The handler could not be loaded; answered 202, after which the runtime exits. Only heard
+    while the runtime initialises (before its first ``next``).
+
+Each listener answers only its own runtime: a connection whose other end is not a socket of the
+runtime's processes (:meth:`RuntimeEndpoint.owns_peer`, read from ``/proc``) is closed unread, so
+a task in one runtime cannot post results or errors to another's Runtime API.
 
 Sockets use ``TCP_NODELAY``: without it Nagle's algorithm and delayed ACKs add ~40-90 ms to every
 warm invocation.
@@ -37,6 +42,8 @@ class RuntimeEndpoint(Protocol):
 
     def post_init_error(self, body: bytes, error_type: str | None) -> None: ...
 
+    def owns_peer(self, peer_port: int, server_port: int) -> bool: ...
+
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
@@ -48,6 +55,12 @@ class _Handler(BaseHTTPRequestHandler):
 
     def log_message(self, format: str, *args: object) -> None:  # noqa: A002
         pass
+
+    def handle(self) -> None:
+        if not self.server.runtime.owns_peer(self.client_address[1], self.server.server_port):
+            self.close_connection = True  # another process: not this runtime's API
+            return
+        super().handle()
 
     def _reply(self, status: int, body: bytes = b"", headers: dict[str, str] | None = None) -> None:
         self.send_response(status)

@@ -666,6 +666,26 @@ class RuntimeManager:
                 "idle": sum(len(v) for v in self._idle.values()),
             }
 
+    def by_function(self) -> dict[str, int]:
+        """Runtimes (busy or idle) per function name."""
+        with self._lock:
+            return dict(collections.Counter(r.spec.name for r in self._all))
+
+    def reap_function(self, name: str) -> dict[str, int]:
+        """Stop the idle runtimes of function ``name`` and of its memory tiers (``name--*``):
+        what a client closing its cluster asks for. Busy ones finish their invocation first
+        and are reaped when idle."""
+        stopped: list = []
+        with self._lock:
+            for runtimes in self._idle.values():
+                for runtime in list(runtimes):
+                    if runtime.spec.name == name or runtime.spec.name.startswith(f"{name}--"):
+                        runtimes.remove(runtime)
+                        stopped.append(runtime)
+        for runtime in stopped:
+            runtime.kill("idle")
+        return {"stopped": len(stopped)}
+
     def pids(self) -> list[int]:
         with self._lock:
             return [r.pid for r in self._all if r.pid is not None]

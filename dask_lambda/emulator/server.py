@@ -9,7 +9,11 @@ the service named in their SigV4 ``Authorization`` header, as AWS's endpoints wo
 - ``lambda`` ``CreateFunction``, ``UpdateFunctionCode`` and ``PublishLayerVersion`` pass through
   moto, and their zips are recorded in the :class:`~dask_lambda.emulator.code_store.CodeStore` on
   the way; every other write to a function drops its cached spec;
-- everything else (S3, IAM, the rest of Lambda's API, ``/moto-api``) is moto's public server app.
+- everything else (S3, IAM, the rest of Lambda's API) is moto's public server app;
+- ``/_dask_lambda/*`` (the local Lambda's stats, fault injection, reaping a function's idle
+  runtimes) answers only requests signed with the admin's key, and moto's unauthenticated
+  ``/moto-api`` (reset, reset-auth, data.json with every secret) is not served at all: a task,
+  which holds only its role's credentials, can neither read the admin's key nor switch IAM off.
 
 A function's :class:`~dask_lambda.emulator.runtimes.FunctionSpec` is read through moto's own
 ``GetFunction`` and ``GetFunctionConcurrency`` and cached until the next write to that function.
@@ -46,7 +50,8 @@ from .invoke import InvokeService, Response, error_response
 from .logs import filter_log_events, logs_error
 from .runtimes import FunctionSpec, RuntimeManager
 
-ADMIN_PREFIX = "/_dask_lambda/"
+ADMIN_PREFIX = "/_dask_lambda/"  # the local Lambda's own routes: admin-signed requests only
+MOTO_API_PREFIX = "/moto-api"  # moto's unauthenticated reset/data routes: not served
 CODE_REQUEST_LIMIT = 69_905_067  # a 50 MB zip, base64-encoded, in a JSON request
 
 _CREDENTIAL = re.compile(r"Credential=[^/]+/\d+/(?P<region>[^/]+)/(?P<service>[^/]+)/aws4_request")
@@ -212,8 +217,21 @@ class LocalLambdaServer:
 
     # -- routing --------------------------------------------------------------------------------
     def _wsgi(self, environ: dict[str, Any], start_response: Any) -> Any:
-        if environ.get("PATH_INFO", "").startswith(ADMIN_PREFIX):
-            status, headers, body = self._admin(environ)
+        path = environ.get("PATH_INFO", "")
+        if path.startswith((ADMIN_PREFIX, MOTO_API_PREFIX)):
+            body = _read_body(environ)
+            if not iam.is_admin(environ, body, self.admin):  # a task must not switch IAM off
+                status, headers, body = error_response(
+                    403, "AccessDeniedException",
+                    f"{path.split('/')[1]} answers only requests signed with the local"
+                    " Lambda's admin key",
+                )  # fmt: skip
+            elif path.startswith(MOTO_API_PREFIX):
+                status, headers, body = error_response(
+                    404, "ResourceNotFoundException", "moto's /moto-api is not served here"
+                )
+            else:
+                status, headers, body = self._admin(environ, body)
             start_response(_status_line(status), list(headers.items()))
             return [body]
         match = _CREDENTIAL.search(environ.get("HTTP_AUTHORIZATION", ""))
@@ -236,19 +254,20 @@ class LocalLambdaServer:
             return [body]
         return self.moto(environ, start_response)
 
-    def _admin(self, environ: dict[str, Any]) -> Response:
+    def _admin(self, environ: dict[str, Any], body: bytes) -> Response:
         """Not an AWS API: the local Lambda's own state, for tests, benchmarks and the CLI."""
         route = environ["PATH_INFO"][len(ADMIN_PREFIX) :]
         if route == "stats":
             stats = {
                 **self.runtimes.stats(),
+                "functions": self.runtimes.by_function(),
                 **self.invoker.counts,
                 "pids": self.runtimes.pids(),
                 "faults": self.faults.describe(),
             }
             return 200, {"Content-Type": "application/json"}, json.dumps(stats).encode()
         if route == "faults" and environ["REQUEST_METHOD"] == "POST":
-            request = json.loads(_read_body(environ) or b"{}")
+            request = json.loads(body or b"{}")
             try:
                 self.faults.configure(request.pop("function", "*"), request)
             except ValueError as e:
@@ -258,6 +277,10 @@ class LocalLambdaServer:
                 {"Content-Type": "application/json"},
                 json.dumps(self.faults.describe()).encode(),
             )
+        if route == "reap" and environ["REQUEST_METHOD"] == "POST":
+            name = str(json.loads(body or b"{}").get("function", ""))
+            stopped = self.runtimes.reap_function(name)
+            return 200, {"Content-Type": "application/json"}, json.dumps(stopped).encode()
         return error_response(404, "ResourceNotFoundException", f"No admin route {route!r}")
 
     def _lambda(self, environ: dict[str, Any], region: str) -> Response | None:
