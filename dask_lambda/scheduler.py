@@ -150,6 +150,32 @@ def _subgraph_scope(task: Task, inner: dict, graph: Mapping) -> Mapping:
     return collections.ChainMap(inner, bound, graph)
 
 
+_CLIENT_PROTOCOLS = {"file", "local", "memory"}
+
+
+def _client_path(value: Any) -> str | None:
+    """The path, if ``value`` (an fsspec ``OpenFile``, or a dask IO function holding ``fs``)
+    reads or writes this machine's filesystem or this process's memory filesystem."""
+    fs = getattr(value, "fs", None)
+    if fs is None or not type(fs).__module__.startswith("fsspec"):
+        return None
+    protocol = fs.protocol if isinstance(fs.protocol, (tuple, list)) else (fs.protocol,)
+    if not _CLIENT_PROTOCOLS.intersection(protocol):
+        return None
+    return str(getattr(value, "path", None) or "a local path")
+
+
+def _refuse_client_path(key, path: str) -> None:
+    raise ValueError(
+        f"Task {key!r} reads or writes {path!r} on this machine's filesystem, which tasks"
+        " running in Lambda cannot see: on AWS its writes would vanish into each invocation's"
+        " own /tmp and its reads find nothing. Use an s3:// URL instead (deploy s3fs with the"
+        " function: LambdaCluster(packages=['s3fs']) or dask-lambda deploy --include s3fs), or,"
+        " for a function that mounts the same storage at the same path (EFS), set"
+        " lambda.allow-local-paths: true."
+    )
+
+
 def refuse_what_cannot_run_remotely(dsk: Mapping) -> None:
     """Raise ``ValueError`` for a graph that only works inside one process, before anything runs.
 
@@ -159,7 +185,14 @@ def refuse_what_cannot_run_remotely(dsk: Mapping) -> None:
       task-based shuffle (see :class:`~.cluster.LambdaCluster`).
     - ``da.store`` into a numpy array or memmap of this process: each task would write into its
       own copy in Lambda and the target would silently stay as it was.
+    - Reading or writing this machine's files (fsspec local paths, which dask makes absolute
+      when the collection is built: ``to_textfiles('data/*.json')``, ``read_csv``,
+      ``to_parquet``, ...): in Lambda the paths name the function's own filesystem. Refused
+      unless ``lambda.allow-local-paths`` (a function that mounts shared storage there).
     """
+    from . import config
+
+    check_paths = not config.setting("allow-local-paths")
     kinds: dict[int, str | None] = {}  # per distinct function (the graph keeps them alive)
     for key, node in dsk.items():
         stack = [(node, dsk)]
@@ -170,6 +203,8 @@ def refuse_what_cannot_run_remotely(dsk: Mapping) -> None:
             kind = kinds.get(id(task.func), "?")
             if kind == "?":
                 kind = kinds[id(task.func)] = _kind(task.func)
+                if check_paths and (path := _client_path(task.func)) is not None:
+                    _refuse_client_path(key, path)
             if kind == "disk-shuffle":
                 raise ValueError(
                     f"Task {key!r} belongs to a shuffle through local disk (partd), which cannot"
@@ -187,6 +222,10 @@ def refuse_what_cannot_run_remotely(dsk: Mapping) -> None:
                     " assign here: target[...] = x.compute()."
                 )
             for arg in task.args:
+                if check_paths:
+                    value = arg.value if isinstance(arg, DataNode) else arg
+                    if (path := _client_path(value)) is not None:
+                        _refuse_client_path(key, path)
                 if isinstance(arg, Task):
                     stack.append((arg, graph))
                 elif isinstance(arg, dict):  # a fused subgraph: its inputs are the task's args

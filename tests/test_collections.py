@@ -58,8 +58,17 @@ def test_bag_frequencies_distinct(cluster, words):
     assert sorted(on_lambda) == sorted(expected)
 
 
-def test_bag_text_files_in_and_out(cluster, tmp_path):
-    """The embedded local Lambda shares this machine's disk; on AWS the paths would be s3://."""
+def test_bag_text_files_in_and_out_with_shared_storage(cluster, tmp_path):
+    """A function that mounts the client's storage at the same path (EFS; here, the local
+    Lambda sharing this machine's disk) reads and writes it with lambda.allow-local-paths."""
+    dask.config.set({"lambda.allow-local-paths": True})
+    try:
+        _text_files_in_and_out(cluster, tmp_path)
+    finally:
+        dask.config.set({"lambda.allow-local-paths": False})
+
+
+def _text_files_in_and_out(cluster, tmp_path):
     source = tmp_path / "in"
     source.mkdir()
     for i in range(4):

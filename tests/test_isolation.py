@@ -111,3 +111,41 @@ def test_a_local_endpoint_is_not_taken_for_aws(local, aws_env, bucket):
         assert "if run on AWS (an estimate" in cluster.last_report.summary()
         assert local.stats()["functions"].get(name, 0) >= 1
     assert wait_until(lambda: local.stats()["functions"].get(name, 0) == 0)  # reaped on close
+
+
+def test_a_compute_on_client_paths_fails_before_it_runs(cluster, tmp_path, monkeypatch):
+    """A public notebook's `b.to_textfiles('data/*.json')`: fsspec made the path absolute on the
+    client, so in Lambda it would name the function's own disk. Refused, naming the path."""
+    import dask.bag as db
+    import dask.dataframe as dd
+    import pandas as pd
+    import pytest
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "in.csv").write_text("a\n1\n2\n")
+    frame = dd.from_pandas(pd.DataFrame({"a": range(10)}), npartitions=2)
+    before = cluster.invoker.stats.invocations
+    attempts = {
+        "to_textfiles": lambda: db.from_sequence(range(10), npartitions=2).map(str)
+        .to_textfiles("data/*.json", scheduler=cluster),
+        "read_text": lambda: db.read_text("in.csv").count().compute(scheduler=cluster),
+        "read_csv": lambda: dd.read_csv("in.csv").a.sum().compute(scheduler=cluster),
+        "to_parquet": lambda: frame.to_parquet("out.parquet",
+                                               compute_kwargs={"scheduler": cluster}),
+        "memory": lambda: db.read_text("memory://x.txt").count().compute(scheduler=cluster),
+    }  # fmt: skip
+    for name, attempt in attempts.items():
+        with pytest.raises(ValueError, match="this machine's filesystem") as info:
+            attempt()
+        assert "s3://" in str(info.value) and "allow-local-paths" in str(info.value), name
+    assert str(tmp_path / "data") in _message(attempts["to_textfiles"])
+    assert cluster.invoker.stats.invocations == before  # nothing ran
+    assert not (tmp_path / "data").exists() or not any((tmp_path / "data").iterdir())
+
+
+def _message(attempt) -> str:
+    try:
+        attempt()
+    except ValueError as e:
+        return str(e)
+    return ""

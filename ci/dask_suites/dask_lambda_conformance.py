@@ -60,7 +60,9 @@ def _route(cluster) -> None:
         if name != "lambda":
             dask.base.named_schedulers[name] = get
     dask.get = dask.local.get_sync = dask.threaded.get = get
-    dask.config.set(scheduler=get)
+    # Dask's tests write and read their own tmpdir; the local Lambda that runs them shares this
+    # machine's filesystem, as a function mounting shared storage would (lambda.allow-local-paths).
+    dask.config.set({"scheduler": get, "lambda.allow-local-paths": True})
 
 
 def pytest_configure(config):
