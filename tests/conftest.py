@@ -86,6 +86,17 @@ def gone(pid: int) -> bool:
         return True
 
 
+@pytest.fixture(scope="session", autouse=True)
+def shared_test_folders(tmp_path_factory):
+    """The tests' own temporary folders, bound into every runtime's sandbox at their path (the
+    local Lambda's EFS stand-in, lambda.local.mounts): fault-injection helpers keep markers
+    there that every runtime and the test see. Nothing else of this machine is visible."""
+    import os
+
+    os.environ["DASK_LAMBDA__LOCAL__MOUNTS"] = json.dumps([str(tmp_path_factory.getbasetemp())])
+    yield
+
+
 @pytest.fixture(scope="session")
 def local():
     with LocalLambda() as server:

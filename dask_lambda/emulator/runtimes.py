@@ -43,6 +43,7 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from . import sandbox
 from .runtime_api import RuntimeAPIServer
 
 MiB = 1024 * 1024
@@ -110,6 +111,7 @@ class FunctionSpec:
     reserved_concurrency: int | None
     revision: str
     credentials: dict[str, str] = field(default_factory=dict)  # of the execution role
+    ephemeral_mb: int = 512  # /tmp
 
 
 @dataclass
@@ -195,11 +197,23 @@ class Runtime:
         self._log_lock = threading.Lock()
         self._partial = b""
         self.log_stream = f"{time.strftime('%Y/%m/%d')}/[$LATEST]{uuid.uuid4().hex}"
-        self.tmp = manager.tmp_dir(spec.name, self.id)
+        self.sandboxed = manager.sandbox
+        self._inner: list = []  # the processes inside a sandbox (psutil), once found
+        # Outside a sandbox, a folder of the server's stands in for the runtime's /tmp (deleted
+        # when it exits); inside one, /tmp is the sandbox's own tmpfs.
+        self.tmp = None if self.sandboxed else manager.tmp_dir(spec.name, self.id)
         self.api = RuntimeAPIServer(self)
+        # -S: no site-packages of this machine; the path is what Lambda's would be.
+        if self.sandboxed:
+            argv = sandbox.command(
+                [sandbox.interpreter(), "-S", "-u", sandbox.BOOTSTRAP, spec.handler],
+                spec.code_dir, spec.layer_dirs, manager.runtime_dir, _BOOTSTRAP,
+                spec.ephemeral_mb, manager.mounts,
+            )  # fmt: skip
+        else:
+            argv = [sys.executable, "-S", "-u", _BOOTSTRAP, spec.handler]
         self.proc = manager.spawner.popen(
-            # -S: no site-packages of this machine; the path is what Lambda's would be.
-            [sys.executable, "-S", "-u", _BOOTSTRAP, spec.handler],
+            argv,
             env=self._environment(),
             cwd=spec.code_dir,
             stdin=subprocess.DEVNULL,
@@ -213,6 +227,11 @@ class Runtime:
 
     def _environment(self) -> dict[str, str]:
         spec = self.spec
+        if self.sandboxed:  # the paths as the runtime sees them
+            code_dir, layers = sandbox.TASK_ROOT, sandbox.inside_paths(spec.layer_dirs)
+            runtime_dir = sandbox.RUNTIME_DIR
+        else:
+            code_dir, layers, runtime_dir = spec.code_dir, spec.layer_dirs, self.manager.runtime_dir
         env = {k: os.environ[k] for k in _INHERITED_ENV if k in os.environ}
         env.update(self.manager.service_env)
         env.update(spec.environment)
@@ -226,19 +245,18 @@ class Runtime:
                 "AWS_LAMBDA_LOG_GROUP_NAME": f"/aws/lambda/{spec.name}",
                 "AWS_LAMBDA_LOG_STREAM_NAME": self.log_stream,
                 "AWS_LAMBDA_INITIALIZATION_TYPE": "on-demand",
-                "LAMBDA_TASK_ROOT": spec.code_dir,
-                "LAMBDA_RUNTIME_DIR": self.manager.runtime_dir,
+                "LAMBDA_TASK_ROOT": code_dir,
+                "LAMBDA_RUNTIME_DIR": runtime_dir,
                 "_HANDLER": spec.handler,
-                "PYTHONPATH": os.pathsep.join(
-                    [spec.code_dir, *spec.layer_dirs, self.manager.runtime_dir]
-                ),
-                "TMPDIR": self.tmp,
+                "PYTHONPATH": os.pathsep.join([code_dir, *layers, runtime_dir]),
+                "TMPDIR": self.tmp or "/tmp",
                 "PYTHONUNBUFFERED": "1",
                 "PYTHONDONTWRITEBYTECODE": "1",
                 "TZ": ":UTC",
-                "_DASK_LAMBDA_PARENT_PID": str(os.getpid()),
             }
         )
+        if not self.sandboxed:  # in a sandbox, bwrap --die-with-parent ties it to the server
+            env["_DASK_LAMBDA_PARENT_PID"] = str(os.getpid())
         return env
 
     # -- called by the Runtime API server -------------------------------------------------------
@@ -334,11 +352,18 @@ class Runtime:
             pass
 
     def rss(self) -> int:
-        try:
-            with open(f"/proc/{self.proc.pid}/statm", "rb") as f:
-                return int(f.read().split()[1]) * _PAGE_SIZE
-        except (OSError, ValueError, IndexError):
-            return 0
+        """Resident bytes of the runtime (in a sandbox: of every process inside, as Lambda's
+        cgroup counts them)."""
+        if not self.sandboxed:
+            return _statm_rss(self.proc.pid)
+        if not self._inner:
+            try:
+                import psutil
+
+                self._inner = psutil.Process(self.proc.pid).children(recursive=True)
+            except Exception:
+                return 0
+        return sum(_statm_rss(process.pid) for process in self._inner)
 
     # -- logs -----------------------------------------------------------------------------------
     # The pipe is non-blocking and read by two parties (this reader thread, and drain_logs()
@@ -388,6 +413,8 @@ class Runtime:
     # -- exit -----------------------------------------------------------------------------------
     def _watch_exit(self) -> None:
         code = self.proc.wait()
+        if self.sandboxed and code > 128:  # bwrap passes a signal on as 128 + its number
+            code = -(code - 128)
         with self._cond:
             self._closing = True
             self._cond.notify_all()
@@ -399,6 +426,14 @@ class Runtime:
         self.api.close()
         if self.proc.stdout:
             self.proc.stdout.close()
+
+
+def _statm_rss(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/statm", "rb") as f:
+            return int(f.read().split()[1]) * _PAGE_SIZE
+    except (OSError, ValueError, IndexError):
+        return 0
 
 
 def _socket_inodes(local_port: int, remote_port: int) -> set[str]:
@@ -547,10 +582,25 @@ class RuntimeManager:
         memory_check_interval: float = 0.02,
         runtime_mode: str = "process",
         tmp_root: str | Path | None = None,
+        isolation: str | None = None,
+        mounts: tuple[str, ...] | None = None,
     ):
         if runtime_mode not in ("process", "thread"):
             raise ValueError(f"runtime_mode must be 'process' or 'thread', not {runtime_mode!r}")
         self.runtime_class = Runtime if runtime_mode == "process" else ThreadRuntime
+        from .. import config
+
+        isolation = isolation or str(config.setting("local.isolation"))
+        self.sandbox = runtime_mode == "process" and isolation != "none" and sandbox.available()
+        if runtime_mode == "process" and not self.sandbox:
+            if isolation == "sandbox":
+                raise RuntimeError(
+                    "lambda.local.isolation is 'sandbox' but bubblewrap cannot run here: install"
+                    " it (apt-get install bubblewrap) or set lambda.local.isolation: auto"
+                )
+            sandbox.warn_partial("bubblewrap not available" if isolation != "none"
+                                 else "lambda.local.isolation: none")  # fmt: skip
+        self.mounts = tuple(mounts if mounts is not None else config.setting("local.mounts") or ())
         self.service_env = service_env
         self.runtime_dir = str(managed_runtime()) if runtime_mode == "process" else ""
         self._own_tmp = tmp_root is None

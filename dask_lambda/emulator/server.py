@@ -452,6 +452,7 @@ class LocalLambdaServer:
                 json.dumps([config, reserved], sort_keys=True, default=str).encode()
             ),
             credentials=iam.assume_role(config["Role"], name, region).env(),
+            ephemeral_mb=int((config.get("EphemeralStorage") or {}).get("Size") or 512),
         )
         with self._specs_lock:
             self._specs[(region, name)] = spec

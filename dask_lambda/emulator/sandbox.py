@@ -1,0 +1,109 @@
+"""A sandbox per runtime process: what a Lambda execution environment sees, and nothing more.
+
+On Linux with bubblewrap (``bwrap``, Debian's ``bubblewrap``: what Flatpak uses; no daemon, no
+setuid needed as root or with user namespaces) every runtime of the local Lambda runs in a mount
+and PID namespace of its own:
+
+- read-only: the system's ``/usr`` (shared libraries; ``/bin``, ``/lib``, ``/lib64`` as links or
+  binds), a few files of ``/etc`` (name resolution, certificates), the interpreter's own folder
+  (at its path: the interpreter is linked to it), the managed-runtime stand-in at
+  ``/var/runtime``, the function's code at ``/var/task`` and its layers under ``/opt``;
+- writable: a private ``/tmp`` of the function's ephemeral-storage size, gone with the runtime;
+  and the host folders named in ``lambda.local.mounts`` (an EFS stand-in, bound at their path);
+- a fresh ``/proc`` of its own PID namespace: no process of the client, the server or another
+  runtime is visible or signalable;
+- the host's network, so it reaches the local endpoints (S3, SSM, Lambda) on 127.0.0.1.
+
+Nothing else of the client's filesystem — its home, working directory, ``/tmp`` — exists inside.
+Where bubblewrap is missing or namespaces are not allowed (macOS, a container without user
+namespaces), :func:`available` is False and the local Lambda says once, at start, that
+isolation is partial: runtimes then see the machine's filesystem and processes.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import shutil
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+TASK_ROOT = "/var/task"
+RUNTIME_DIR = "/var/runtime"
+BOOTSTRAP = "/var/rapid/bootstrap.py"
+_ETC = ("resolv.conf", "hosts", "nsswitch.conf", "host.conf", "ssl", "ca-certificates",
+        "localtime", "passwd", "group")  # fmt: skip
+
+
+@functools.cache
+def available() -> bool:
+    """Whether ``bwrap`` runs here with a private PID namespace (probed once per process)."""
+    bwrap = shutil.which("bwrap")
+    if bwrap is None:
+        return False
+    probe = [bwrap, "--ro-bind", "/", "/", "--proc", "/proc", "--unshare-pid", "--die-with-parent",
+             "true"]  # fmt: skip
+    try:
+        return subprocess.run(probe, capture_output=True, timeout=30).returncode == 0
+    except (OSError, subprocess.SubprocessError):
+        return False
+
+
+def warn_partial(reason: str) -> None:
+    warnings.warn(
+        f"The local Lambda runs its runtimes without a sandbox ({reason}): tasks can see this"
+        " machine's files and processes, which they could not on AWS. Install bubblewrap"
+        " (apt-get install bubblewrap) on Linux for a private filesystem and PID namespace per"
+        " runtime.",
+        RuntimeWarning,
+        stacklevel=3,
+    )
+
+
+def command(
+    argv: list[str],
+    code_dir: str,
+    layer_dirs: tuple[str, ...],
+    runtime_dir: str,
+    bootstrap: str,
+    tmp_mb: int,
+    mounts: tuple[str, ...] = (),
+) -> list[str]:
+    """``bwrap ... argv`` for a runtime; ``argv`` names paths as seen inside (see
+    :func:`inside_paths`)."""
+    args = [shutil.which("bwrap") or "bwrap", "--unshare-pid", "--unshare-ipc", "--unshare-uts",
+            "--hostname", "localhost", "--die-with-parent", "--proc", "/proc", "--dev", "/dev"]  # fmt: skip
+    args += ["--ro-bind", "/usr", "/usr"]
+    for name in ("bin", "sbin", "lib", "lib32", "lib64"):
+        path = Path("/") / name
+        if path.is_symlink():
+            args += ["--symlink", os.readlink(path), str(path)]
+        elif path.is_dir():
+            args += ["--ro-bind", str(path), str(path)]
+    for name in _ETC:
+        path = Path("/etc") / name
+        if path.exists():
+            args += ["--ro-bind", str(path), str(path)]
+    prefix = sys.base_prefix
+    args += ["--ro-bind", prefix, prefix]
+    args += ["--ro-bind", runtime_dir, RUNTIME_DIR, "--ro-bind", bootstrap, BOOTSTRAP]
+    args += ["--ro-bind", code_dir, TASK_ROOT]
+    for index, layer in enumerate(layer_dirs):
+        args += ["--ro-bind", layer, f"/opt/layer-{index}"]
+    args += ["--size", str(max(1, tmp_mb) * 1024 * 1024), "--tmpfs", "/tmp"]
+    for mount in mounts:
+        if os.path.isdir(mount):
+            args += ["--bind", mount, mount]
+    return [*args, "--chdir", TASK_ROOT, "--", *argv]
+
+
+def inside_paths(layer_dirs: tuple[str, ...]) -> tuple[str, ...]:
+    """Where the layers are inside the sandbox."""
+    return tuple(f"/opt/layer-{index}" for index in range(len(layer_dirs)))
+
+
+def interpreter() -> str:
+    """The interpreter the sandbox runs: this one, by its real path (inside the bound prefix)."""
+    return os.path.realpath(sys.executable)
