@@ -74,7 +74,8 @@ def command(
     """``bwrap ... argv`` for a runtime; ``argv`` names paths as seen inside (see
     :func:`inside_paths`)."""
     args = [shutil.which("bwrap") or "bwrap", "--unshare-pid", "--unshare-ipc", "--unshare-uts",
-            "--hostname", "localhost", "--die-with-parent", "--proc", "/proc", "--dev", "/dev"]  # fmt: skip
+            "--hostname", "localhost", "--die-with-parent", "--proc", "/proc", "--dev",
+            "/dev"]  # fmt: skip
     args += ["--ro-bind", "/usr", "/usr"]
     for name in ("bin", "sbin", "lib", "lib32", "lib64"):
         path = Path("/") / name
