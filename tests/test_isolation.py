@@ -149,3 +149,46 @@ def _message(attempt) -> str:
     except ValueError as e:
         return str(e)
     return ""
+
+
+def _what_a_task_sees(client_pid: int, client_cwd: str, client_secret_file: str) -> dict:
+    import os
+
+    try:
+        os.kill(client_pid, 0)
+        signalled = True
+    except OSError:
+        signalled = False
+    try:
+        with open(f"/proc/{client_pid}/environ", "rb") as f:
+            environ = f.read()
+    except OSError:
+        environ = None
+    return {
+        "root": sorted(os.listdir("/")),
+        "cwd": os.getcwd(),
+        "client_cwd": os.path.exists(client_cwd),
+        "client_tmp_file": os.path.exists(client_secret_file),
+        "pids": sorted(int(p) for p in os.listdir("/proc") if p.isdigit()),
+        "signalled": signalled,
+        "environ": environ,
+        "task_root_writable": os.access("/var/task", os.W_OK),
+        "tmp_writable": os.access("/tmp", os.W_OK),
+    }
+
+
+def test_a_task_sees_only_its_own_files_and_processes(cluster, monkeypatch):
+    """As on AWS: no client home, working directory or /tmp, no client process to read or
+    signal; its code read-only at /var/task, its own writable /tmp."""
+    import tempfile
+
+    monkeypatch.setenv("CLIENT_SECRET", "s3cr3t")
+    with tempfile.NamedTemporaryFile(dir="/tmp", prefix="client-") as secret:
+        seen = dask.delayed(_what_a_task_sees)(os.getpid(), os.getcwd(),
+                                               secret.name).compute(scheduler=cluster)  # fmt: skip
+    assert seen["cwd"] == "/var/task"
+    assert not seen["client_cwd"] and not seen["client_tmp_file"]
+    assert not {"home", "work"} & set(seen["root"])
+    assert os.getpid() not in seen["pids"] and max(seen["pids"]) < 10  # its own PID namespace
+    assert not seen["signalled"] and seen["environ"] is None
+    assert not seen["task_root_writable"] and seen["tmp_writable"]

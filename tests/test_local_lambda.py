@@ -41,7 +41,7 @@ def test_invoke_runs_deployed_code_and_reuses_warm_runtimes(local, deploy):
     assert "Init Duration" in base64.b64decode(first["LogResult"]).decode()  # a cold start
 
     second, again = invoke(local, name, {"x": 2}, LogType="Tail")
-    assert again["pid"] == body["pid"]  # the warm runtime was reused
+    assert again["runtime"] == body["runtime"]  # the warm runtime was reused
     assert "Init Duration" not in base64.b64decode(second["LogResult"]).decode()
 
 
@@ -49,6 +49,7 @@ def test_new_code_and_configuration_get_new_runtimes(local, deploy):
     name = deploy("behaviours.echo")
     _, before = invoke(local, name, {"env": ["COLOUR"]})
     assert before["env"] == {"COLOUR": None}
+    before_pid = host_pid(local, before)
 
     lam = local.client("lambda")
     lam.update_function_configuration(
@@ -56,8 +57,8 @@ def test_new_code_and_configuration_get_new_runtimes(local, deploy):
     )
     _, configured = invoke(local, name, {"env": ["COLOUR"]})
     assert configured["env"] == {"COLOUR": "red"}
-    assert configured["pid"] != before["pid"]
-    assert wait_until(lambda: gone(before["pid"]))  # the old revision's runtime is retired
+    assert configured["runtime"] != before["runtime"]
+    assert wait_until(lambda: gone(before_pid))  # the old revision's runtime is retired
 
     new_code = zip_files({"behaviours.py": "def echo(event, context):\n    return 'version 2'\n"})
     lam.update_function_code(FunctionName=name, ZipFile=new_code)
@@ -77,9 +78,10 @@ def test_idle_runtimes_are_reaped():
             Code={"ZipFile": handler_zip()},
         )
         _, body = invoke(server, "echo")
-        assert wait_until(lambda: gone(body["pid"]), timeout=10)
+        pid = host_pid(server, body)
+        assert wait_until(lambda: gone(pid), timeout=10)
         _, later = invoke(server, "echo")
-        assert later["pid"] != body["pid"]
+        assert later["runtime"] != body["runtime"]
 
 
 def test_request_over_6mb_is_rejected_with_413(local, deploy):
@@ -110,13 +112,14 @@ def test_response_over_6mb_is_a_function_error(local, deploy):
 def test_timeout_kills_the_runtime(local, deploy):
     name = deploy("behaviours.sleep", Timeout=1)
     _, warm = invoke(local, name, {"seconds": 0})
+    warm_pid = host_pid(local, warm)
     response, body = invoke(local, name, {"seconds": 30})
     assert response["FunctionError"] == "Unhandled"
     assert body["errorType"] == "Sandbox.Timedout"
     assert "Task timed out after 1.00 seconds" in body["errorMessage"]
-    assert wait_until(lambda: gone(warm["pid"]))
+    assert wait_until(lambda: gone(warm_pid))
     _, after = invoke(local, name, {"seconds": 0})  # the function still works, in a new runtime
-    assert after["pid"] != warm["pid"]
+    assert after["runtime"] != warm["runtime"]
 
 
 def test_memory_limit_is_enforced(local, deploy):
@@ -182,6 +185,12 @@ def test_reserved_concurrency_throttles_with_429(local, deploy):
         invoke(local, name, {"seconds": 0})
     lam.delete_function_concurrency(FunctionName=name)
     assert invoke(local, name, {"seconds": 0})[0]["StatusCode"] == 200
+
+
+def host_pid(server, body: dict) -> int:
+    """The process (as this machine sees it) of the runtime that answered ``body``: inside its
+    sandbox a runtime has a PID namespace of its own, so its os.getpid() names nothing here."""
+    return server.stats()["streams"][body["runtime"]]
 
 
 def _server_stats(local) -> dict:
@@ -319,7 +328,7 @@ def test_close_leaves_nothing_behind():
         Handler="behaviours.echo",
         Code={"ZipFile": handler_zip()},
     )
-    runtime_pid = invoke(server, "echo")[1]["pid"]
+    runtime_pid = host_pid(server, invoke(server, "echo")[1])
     server_pid, workdir, port = (
         server.pid,
         server.workdir,
@@ -345,7 +354,8 @@ def test_killed_owner_takes_the_server_and_runtimes_with_it():
         lam = server.client("lambda")
         lam.create_function(FunctionName="echo", Runtime="python3.11", Role=role["Role"]["Arn"],
                             Handler="behaviours.echo", Code={{"ZipFile": handler_zip()}})
-        pid = json.loads(lam.invoke(FunctionName="echo")["Payload"].read())["pid"]
+        body = json.loads(lam.invoke(FunctionName="echo")["Payload"].read())
+        pid = server.stats()["streams"][body["runtime"]]
         print(json.dumps([server.pid, pid, server.workdir]), flush=True)
         time.sleep(600)
         """

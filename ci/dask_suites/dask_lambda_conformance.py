@@ -67,8 +67,15 @@ def _route(cluster) -> None:
 
 def pytest_configure(config):
     if os.environ.get("DASK_LAMBDA_CONFORMANCE") == "routed":
+        import json
+        import tempfile
+
         from dask_lambda import LambdaCluster
 
+        # Dask's tests write and read temporary files and their working directory: shared with
+        # the runtimes (lambda.local.mounts, the local Lambda's EFS stand-in), as a function
+        # that mounts shared storage at the same path would see them.
+        os.environ["DASK_LAMBDA__LOCAL__MOUNTS"] = json.dumps([tempfile.gettempdir(), os.getcwd()])
         cluster = LambdaCluster(packages=_installed(TEST_PACKAGES))
         _routed["cluster"] = cluster
         _route(cluster)

@@ -736,6 +736,12 @@ class RuntimeManager:
             runtime.kill("idle")
         return {"stopped": len(stopped)}
 
+    def streams(self) -> dict[str, int]:
+        """``{log stream: process id}`` of every process runtime (a runtime's identity, as the
+        handler's ``context.log_stream_name`` knows it, and as this machine sees it)."""
+        with self._lock:
+            return {r.log_stream: r.pid for r in self._all if r.pid is not None}
+
     def pids(self) -> list[int]:
         with self._lock:
             return [r.pid for r in self._all if r.pid is not None]

@@ -263,6 +263,7 @@ class LocalLambdaServer:
                 "functions": self.runtimes.by_function(),
                 **self.invoker.counts,
                 "pids": self.runtimes.pids(),
+                "streams": self.runtimes.streams(),
                 "faults": self.faults.describe(),
             }
             return 200, {"Content-Type": "application/json"}, json.dumps(stats).encode()

@@ -9,6 +9,7 @@ def echo(event, context):
     return {
         "event": event,
         "pid": os.getpid(),
+        "runtime": context.log_stream_name,  # one per execution environment, as on AWS
         "memory": context.memory_limit_in_mb,
         "function": context.function_name,
         "remaining_ms": context.get_remaining_time_in_millis(),
@@ -18,7 +19,7 @@ def echo(event, context):
 
 def sleep(event, context):
     time.sleep(event["seconds"])
-    return {"pid": os.getpid()}
+    return {"pid": os.getpid(), "runtime": context.log_stream_name}
 
 
 def fail(event, context):
