@@ -110,6 +110,13 @@ def local(port: int, concurrency_limit: int, idle_timeout: float) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     click.echo(f"Embedded local Lambda listening on {server.endpoint_url}")
+    if server.runtimes.isolation_note:
+        click.echo(
+            f"Isolation is partial ({server.runtimes.isolation_note}): runtimes see this"
+            " machine's files and processes, which they could not on AWS. Install bubblewrap"
+            " (apt-get install bubblewrap) for a sandbox per runtime.",
+            err=True,
+        )
     click.echo("Point boto3 and dask-lambda at it with:")
     for name, value in server.service_env(server.admin).items():
         click.echo(f"export {name}={shlex.quote(value)}")

@@ -192,3 +192,14 @@ def test_a_task_sees_only_its_own_files_and_processes(cluster, monkeypatch):
     assert os.getpid() not in seen["pids"] and max(seen["pids"]) < 10  # its own PID namespace
     assert not seen["signalled"] and seen["environ"] is None
     assert not seen["task_root_writable"] and seen["tmp_writable"]
+
+
+def test_partial_isolation_is_said_at_start(monkeypatch):
+    """Without a sandbox (no bubblewrap, or switched off) the local Lambda says so, once."""
+    import pytest
+
+    from dask_lambda.emulator import LocalLambda
+
+    monkeypatch.setenv("DASK_LAMBDA__LOCAL__ISOLATION", "none")
+    with pytest.warns(RuntimeWarning, match="without a sandbox .*lambda.local.isolation: none"):
+        LocalLambda().start().close()

@@ -54,6 +54,7 @@ def serve(argv: list[str] | None = None) -> None:
             "pid": os.getpid(),
             "workdir": str(server.workdir),
             "credentials": server.admin.env(),
+            "partial_isolation": server.runtimes.isolation_note,
         }
         print(json.dumps(ready), flush=True)
         while not stop.wait(0.5):

@@ -110,6 +110,10 @@ class LocalLambda:
         self._proc, self.endpoint_url, self.pid = proc, ready["endpoint_url"], ready["pid"]
         self.workdir = ready["workdir"]
         self.credentials = ready["credentials"]
+        if ready.get("partial_isolation"):  # said here, once: the server's stderr is a file
+            from .sandbox import warn_partial
+
+            warn_partial(ready["partial_isolation"])
         return self
 
     def close(self) -> None:

@@ -590,16 +590,19 @@ class RuntimeManager:
         self.runtime_class = Runtime if runtime_mode == "process" else ThreadRuntime
         from .. import config
 
-        isolation = isolation or str(config.setting("local.isolation"))
+        if isolation is None:  # DASK_LAMBDA__LOCAL__ISOLATION=none reads as None
+            isolation = str(config.setting("local.isolation") or "none").lower()
         self.sandbox = runtime_mode == "process" and isolation != "none" and sandbox.available()
+        # Why isolation is partial (None: sandboxed); the server says it once, at start.
+        self.isolation_note: str | None = None
         if runtime_mode == "process" and not self.sandbox:
             if isolation == "sandbox":
                 raise RuntimeError(
                     "lambda.local.isolation is 'sandbox' but bubblewrap cannot run here: install"
                     " it (apt-get install bubblewrap) or set lambda.local.isolation: auto"
                 )
-            sandbox.warn_partial("bubblewrap not available" if isolation != "none"
-                                 else "lambda.local.isolation: none")  # fmt: skip
+            self.isolation_note = ("bubblewrap cannot run here" if isolation != "none"
+                                   else "lambda.local.isolation: none")  # fmt: skip
         self.mounts = tuple(mounts if mounts is not None else config.setting("local.mounts") or ())
         self.service_env = service_env
         self.runtime_dir = str(managed_runtime()) if runtime_mode == "process" else ""

@@ -58,7 +58,7 @@ def warn_partial(reason: str) -> None:
         " (apt-get install bubblewrap) on Linux for a private filesystem and PID namespace per"
         " runtime.",
         RuntimeWarning,
-        stacklevel=3,
+        stacklevel=4,
     )
 
 
