@@ -65,7 +65,8 @@ def main() -> int:
         print(f"  billed {report.billed_gb_seconds:.2f} GB-s, ~${report.cost_usd:.6f} on AWS")
         timeline = cluster.plot_timeline(OUTPUT / "timeline.png")
         print(f"  timeline of every invocation of this demo: {timeline.resolve()}")
-        leftover = cluster.store.list(cluster.prefix + "/")
+        lease = cluster.backend.ledger.lease_name  # the running client's own: not a value
+        leftover = [n for n in cluster.store.list(cluster.prefix + "/") if n != lease]
         print(f"  S3 objects left under the prefix: {len(leftover)}")
     print(f"Done in {time.perf_counter() - started:.1f} s; local Lambda shut down.")
     return 0
