@@ -21,7 +21,10 @@ def test_soak_with_ten_percent_faults():
     """>= 10,000 tasks while 10% of invocations crash, run out of memory, time out or are
     throttled, and 2% of S3 requests fail: exactly the right answer, nothing left behind."""
     partitions = SOAK_TASKS // 2
-    settings = {"max_tasks": 10, "infra_retries": 12, "retry_backoff": 0.01, "inline_limit": 0}
+    # A 30 s function timeout bounds how long a lost answer is waited for (timeout + 60 s)
+    # before it is retried, as a lost answer on AWS would be.
+    settings = {"max_tasks": 10, "infra_retries": 12, "retry_backoff": 0.01, "inline_limit": 0,
+                "timeout": 30}  # fmt: skip
     with LambdaCluster(**settings) as cluster:
         cluster.local.set_faults(
             crash_rate=0.04, oom_rate=0.02, timeout_rate=0.02, throttle_rate=0.02,
