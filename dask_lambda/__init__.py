@@ -19,6 +19,9 @@ __all__ = [
     "VersionMismatchError",
     "NoActiveClusterError",
     "IntegrityError",
+    "MissingDataError",
+    "DataReleasedError",
+    "ForeignDataError",
     "current_cluster",
     "__version__",
 ]
@@ -31,14 +34,23 @@ _LAZY = {
     "LambdaFunctionError": "exceptions",
     "VersionMismatchError": "exceptions",
     "NoActiveClusterError": "exceptions",
-    "IntegrityError": "protocol",
+    "IntegrityError": "function.protocol",
+    "MissingDataError": "function.protocol",
+    "DataReleasedError": "exceptions",
+    "ForeignDataError": "exceptions",
 }
 
 if TYPE_CHECKING:
     from .cluster import LambdaCluster, current_cluster
-    from .exceptions import LambdaFunctionError, NoActiveClusterError, VersionMismatchError
+    from .exceptions import (
+        DataReleasedError,
+        ForeignDataError,
+        LambdaFunctionError,
+        NoActiveClusterError,
+        VersionMismatchError,
+    )
     from .executor import LambdaExecutor
-    from .function.protocol import IntegrityError
+    from .function.protocol import IntegrityError, MissingDataError
     from .pool import LambdaPool
 
 

@@ -145,7 +145,7 @@ def log_events(
         time.sleep(poll_interval)
 
 
-_SPILL_NAME = re.compile(
+_SPILL_NAME = (
     r"(?:[A-Za-z0-9_.-]{1,140}/)??"  # the function's folder (per-function spill prefixes)
     r"(?:(?:executor/)?(?:(?P<id>[0-9a-f]{16})/)?(?:payloads/)?[0-9a-f]{32}"  # values, requests
     r"|deploy/[0-9a-f]{32}\.zip"  # zips staged for CreateFunction
@@ -184,13 +184,13 @@ def stale_objects(s3_client: Any, bucket: str, prefix: str, older_than: float) -
 
     store = S3Store(bucket, s3_client)
     cutoff = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=older_than)
-    root = re.escape(prefix.strip("/")) + "/"
+    shape = re.compile(re.escape(prefix.strip("/")) + "/" + _SPILL_NAME)
     candidates, lease_names = {}, []
     for page in s3_client.get_paginator("list_objects_v2").paginate(
         Bucket=bucket, Prefix=prefix.strip("/") + "/"
     ):
         for item in page.get("Contents", ()):
-            match = re.fullmatch(root + _SPILL_NAME.pattern, item["Key"])
+            match = shape.fullmatch(item["Key"])
             if match is None:
                 continue
             if match["lease"]:

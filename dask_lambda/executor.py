@@ -265,10 +265,10 @@ class LambdaExecutor(Executor):
     def _queued_when_ready(self, future: LambdaFuture, task: Task, needed: dict):
         """What to queue for a call whose arguments have all finished: the call, holding them
         until it has finished, or :data:`_WAKE` if it failed (or was cancelled) without running."""
-        failed = next((f for f in needed.values() if f.cancelled() or f.exception()), None)
         if self._cancelling:
             future.cancel()
             return _WAKE
+        failed = next((f for f in needed.values() if f.cancelled() or f.exception()), None)
         if failed is not None:
             if future.set_running_or_notify_cancel():
                 future.set_exception(

@@ -110,19 +110,17 @@ def persisted_refs(dsk: dict) -> list[PersistedRef]:
     inside tasks (fused subgraphs, nested tasks)."""
     found: dict[int, PersistedRef] = {}
     stack = list(dsk.values())
-    while stack:
+    while stack:  # tasks, nested tasks (containers are tasks too) and fused subgraphs: not data
         node = stack.pop()
-        if isinstance(node, PersistedRef):
-            found.setdefault(id(node), node)
-        elif isinstance(node, DataNode):
-            stack.append(node.value)
-        elif isinstance(node, Task):
-            stack.extend(node.args)
-            stack.extend(node.kwargs.values())
+        if isinstance(node, Task):
+            ref = persisted_ref(node)
+            if ref is not None:
+                found.setdefault(id(ref), ref)
+                continue
+            stack.extend(arg for arg in (*node.args, *node.kwargs.values())
+                         if isinstance(arg, (Task, dict)))  # fmt: skip
         elif isinstance(node, dict):
             stack.extend(node.values())
-        elif isinstance(node, (list, tuple)):
-            stack.extend(node)
     return list(found.values())
 
 

@@ -456,3 +456,11 @@ def test_closing_deletes_everything_and_says_so(local, aws_env, bucket):
     for held in (future, scattered):
         with pytest.raises(DataReleasedError, match=closing):
             held.result()
+
+
+def test_every_public_name_resolves():
+    import dask_lambda
+
+    assert all(getattr(dask_lambda, name) is not None for name in dask_lambda.__all__)
+    assert dask_lambda.MissingDataError is MissingDataError
+    assert dask_lambda.DataReleasedError is DataReleasedError

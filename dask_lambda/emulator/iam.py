@@ -171,6 +171,25 @@ def signed_headers(
     return dict(request.headers.items())
 
 
+def _iam_request(environ: dict[str, Any], body: bytes, action: str):
+    """moto's ``IAMRequest`` for a request this server answers itself: its headers and the path
+    as sent (still percent-encoded, as it was signed), not werkzeug's decoded one."""
+    from moto.iam.access_control import IAMRequest
+
+    headers = {
+        key[5:].replace("_", "-").title(): value
+        for key, value in environ.items()
+        if key.startswith("HTTP_")
+    }
+    if "Content-Type" not in headers and environ.get("CONTENT_TYPE"):
+        headers["Content-Type"] = environ["CONTENT_TYPE"]
+    path = environ.get("RAW_URI", "").split("?", 1)[0] or environ.get("PATH_INFO", "/")
+    if environ.get("QUERY_STRING"):
+        path += "?" + environ["QUERY_STRING"]
+    return IAMRequest(account_id=ACCOUNT_ID, method=environ["REQUEST_METHOD"], path=path,
+                      data={}, body=body, headers=headers, action=action)  # fmt: skip
+
+
 def authorize(
     environ: dict[str, Any], body: bytes, action: str, resource: str
 ) -> tuple[str, str] | None:
@@ -180,33 +199,13 @@ def authorize(
     """
     from moto import settings
     from moto.core.exceptions import _RESTError as RESTError
-    from moto.iam.access_control import IAMRequest
 
     if settings.INITIAL_NO_AUTH_ACTION_COUNT != 0:
         return None
-    headers = {
-        key[5:].replace("_", "-").title(): value
-        for key, value in environ.items()
-        if key.startswith("HTTP_")
-    }
-    if "Content-Type" not in headers and environ.get("CONTENT_TYPE"):
-        headers["Content-Type"] = environ["CONTENT_TYPE"]
-    if "Authorization" not in headers:
+    if "HTTP_AUTHORIZATION" not in environ:
         return "MissingAuthenticationToken", "Request is missing Authentication Token"
-    # The path as sent (still percent-encoded, as it was signed), not werkzeug's decoded one.
-    path = environ.get("RAW_URI", "").split("?", 1)[0] or environ.get("PATH_INFO", "/")
-    if environ.get("QUERY_STRING"):
-        path += "?" + environ["QUERY_STRING"]
     try:
-        request = IAMRequest(
-            account_id=ACCOUNT_ID,
-            method=environ["REQUEST_METHOD"],
-            path=path,
-            data={},
-            body=body,
-            headers=headers,
-            action=action,
-        )
+        request = _iam_request(environ, body, action)
         request.check_signature()
         request.check_action_permitted(resource)
     except RESTError as e:
@@ -218,24 +217,11 @@ def is_admin(environ: dict[str, Any], body: bytes, admin: Credentials) -> bool:
     """True if the request carries a valid SigV4 signature made with the admin's own key (the
     local Lambda's internal routes and moto's ``/moto-api`` answer nobody else)."""
     from moto.core.exceptions import _RESTError as RESTError
-    from moto.iam.access_control import IAMRequest
 
-    authorization = environ.get("HTTP_AUTHORIZATION", "")
-    if f"Credential={admin.access_key_id}/" not in authorization:
+    if f"Credential={admin.access_key_id}/" not in environ.get("HTTP_AUTHORIZATION", ""):
         return False
-    headers = {
-        key[5:].replace("_", "-").title(): value
-        for key, value in environ.items()
-        if key.startswith("HTTP_")
-    }
-    if "Content-Type" not in headers and environ.get("CONTENT_TYPE"):
-        headers["Content-Type"] = environ["CONTENT_TYPE"]
-    path = environ.get("RAW_URI", "").split("?", 1)[0] or environ.get("PATH_INFO", "/")
-    if environ.get("QUERY_STRING"):
-        path += "?" + environ["QUERY_STRING"]
     try:
-        IAMRequest(account_id=ACCOUNT_ID, method=environ["REQUEST_METHOD"], path=path, data={},
-                   body=body, headers=headers, action="").check_signature()  # fmt: skip
+        _iam_request(environ, body, "").check_signature()
     except RESTError:
         return False
     return True

@@ -76,7 +76,22 @@ def command(
     args = [shutil.which("bwrap") or "bwrap", "--unshare-pid", "--unshare-ipc", "--unshare-uts",
             "--hostname", "localhost", "--die-with-parent", "--proc", "/proc", "--dev",
             "/dev"]  # fmt: skip
-    args += ["--ro-bind", "/usr", "/usr"]
+    args += _system_binds()
+    args += ["--ro-bind", runtime_dir, RUNTIME_DIR, "--ro-bind", bootstrap, BOOTSTRAP]
+    args += ["--ro-bind", code_dir, TASK_ROOT]
+    for index, layer in enumerate(layer_dirs):
+        args += ["--ro-bind", layer, f"/opt/layer-{index}"]
+    args += ["--size", str(max(1, tmp_mb) * 1024 * 1024), "--tmpfs", "/tmp"]
+    for mount in mounts:
+        if os.path.isdir(mount):
+            args += ["--bind", mount, mount]
+    return [*args, "--chdir", TASK_ROOT, "--", *argv]
+
+
+@functools.cache
+def _system_binds() -> list[str]:
+    """What every sandbox shares read-only with this machine (read once per server)."""
+    args = ["--ro-bind", "/usr", "/usr"]
     for name in ("bin", "sbin", "lib", "lib32", "lib64"):
         path = Path("/") / name
         if path.is_symlink():
@@ -87,17 +102,7 @@ def command(
         path = Path("/etc") / name
         if path.exists():
             args += ["--ro-bind", str(path), str(path)]
-    prefix = sys.base_prefix
-    args += ["--ro-bind", prefix, prefix]
-    args += ["--ro-bind", runtime_dir, RUNTIME_DIR, "--ro-bind", bootstrap, BOOTSTRAP]
-    args += ["--ro-bind", code_dir, TASK_ROOT]
-    for index, layer in enumerate(layer_dirs):
-        args += ["--ro-bind", layer, f"/opt/layer-{index}"]
-    args += ["--size", str(max(1, tmp_mb) * 1024 * 1024), "--tmpfs", "/tmp"]
-    for mount in mounts:
-        if os.path.isdir(mount):
-            args += ["--bind", mount, mount]
-    return [*args, "--chdir", TASK_ROOT, "--", *argv]
+    return args + ["--ro-bind", sys.base_prefix, sys.base_prefix]
 
 
 def inside_paths(layer_dirs: tuple[str, ...]) -> tuple[str, ...]:
