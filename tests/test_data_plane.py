@@ -464,3 +464,20 @@ def test_every_public_name_resolves():
     assert all(getattr(dask_lambda, name) is not None for name in dask_lambda.__all__)
     assert dask_lambda.MissingDataError is MissingDataError
     assert dask_lambda.DataReleasedError is DataReleasedError
+
+
+def test_a_live_clients_lease_is_refreshed_and_goes_with_it(second):
+    """What `clean` relies on: a running ledger keeps its lease fresh; closing removes it."""
+    from dask_lambda.ownership import Ledger, read_leases
+
+    ledger = Ledger(second.store, f"{second.prefix}/lease-test", "cluster 'lease-test'",
+                    lease_ttl=30, lease_refresh=0.1).start()  # fmt: skip
+
+    def refreshed() -> float:
+        return read_leases(second.store, [ledger.lease_name])[ledger.lease_name]["refreshed"]
+
+    first_seen = refreshed()
+    assert read_leases(second.store, [ledger.lease_name])[ledger.lease_name]["live"]
+    assert wait_until(lambda: refreshed() > first_seen)
+    ledger.close("the test's end")
+    assert second.store.list(f"{second.prefix}/lease-test/") == []
