@@ -139,7 +139,7 @@ def _batch_request(index: int) -> dict:
     from dask._task_spec import Task
 
     from benchmarks.workloads import nap
-    from dask_lambda.batch import RESPONSE_BUDGET, pickle_spec
+    from dask_lambda.invocation import RESPONSE_BUDGET, pickle_spec
     from dask_lambda.function import protocol
 
     keys = [("nap", index, j) for j in range(TASKS_PER_BATCH)]

@@ -50,7 +50,7 @@ def _use_task_shuffle(clusters_running: bool) -> None:
     """While a cluster runs, collections default to the task-based shuffle (bag and dataframe).
 
     Dask's default is a shuffle through local disk, which cannot work on Lambda (see
-    :func:`.scheduler.refuse_what_cannot_run_remotely`), as ``distributed`` switches the default
+    :func:`.graph.refuse_what_cannot_run_remotely`), as ``distributed`` switches the default
     while a client runs. A method the user chose is never changed. Called with ``_active_lock``
     held.
     """

@@ -78,7 +78,10 @@ class RemoteTaskError(RuntimeError):
 
 
 def rebuild_exception(error: dict) -> BaseException:
-    """The exception a protocol error entry describes, with its remote traceback attached."""
+    """The exception a protocol error entry describes, with its remote traceback attached (an
+    entry of :mod:`.attempts` carries the client's own ``"failure"``)."""
+    if isinstance(error.get("failure"), BaseException):
+        return error["failure"]
     exc = None
     if error.get("exception") is not None:
         try:

@@ -32,7 +32,7 @@ from typing import Any
 
 from dask._task_spec import Task, TaskRef, parse_input
 
-from . import batch as batches
+from .attempts import BatchPolicy, run_batch
 from .cluster import LambdaCluster
 from .exceptions import (
     DataReleasedError,
@@ -43,8 +43,10 @@ from .exceptions import (
 )
 from .function import values
 from .function.calls import run_chunk
-from .function.protocol import BatchSpec, Inline, Stored
-from .function.storage import object_name
+from .function.protocol import BatchResponse, BatchSpec, Inline, Stored
+from .function.storage import compute_folder, object_name
+from .invocation import fetch_value, pickle_spec, send_batch
+from .invoker import InvokeStats
 from .ownership import Claim, Ledger, new_key
 
 
@@ -95,7 +97,7 @@ class LambdaFuture(Future):
             return value
         with self._fetch_lock:
             if isinstance(self._result, _Remote):
-                value, downloaded = batches.fetch_value(self.ledger.store, self.location)
+                value, downloaded = fetch_value(self.ledger.store, self.location)
                 executor = self._executor()
                 if executor is not None:
                     executor._count(to_client=downloaded)
@@ -116,6 +118,11 @@ class LambdaExecutor(Executor):
         The :class:`LambdaCluster` to use; by default the executor starts (and closes) its own.
     max_workers
         Invocations in flight at most; the cluster's ``max_concurrency`` by default.
+    retries
+        Times a call whose own code raised runs again (as distributed's ``submit(retries=)``);
+        ``lambda.task-retries`` by default. Failures of the infrastructure are retried, a crash
+        of a batch of calls split and a call out of memory escalated as for ``compute``
+        (:mod:`.attempts`).
     **cluster_kwargs
         Passed to :class:`LambdaCluster` when the executor starts its own.
 
@@ -127,7 +134,11 @@ class LambdaExecutor(Executor):
     """
 
     def __init__(
-        self, cluster: LambdaCluster | None = None, max_workers: int | None = None, **cluster_kwargs
+        self,
+        cluster: LambdaCluster | None = None,
+        max_workers: int | None = None,
+        retries: int | None = None,
+        **cluster_kwargs,
     ):
         self._owns_cluster = cluster is None
         self.cluster = cluster if cluster is not None else LambdaCluster(**cluster_kwargs)
@@ -146,6 +157,14 @@ class LambdaExecutor(Executor):
         self.bytes_to_client = 0  # results downloaded
         self.bytes_from_client = 0  # requests, scattered data and spilled requests uploaded
         self._prefix = f"{self._backend.prefix}/executor"
+        self._folder = compute_folder(self._prefix, self._id)
+        settings = self._backend.settings
+        budget = int(settings.task_retries if retries is None else retries)
+        self._policy = BatchPolicy(
+            retries_of=lambda key: budget,
+            next_tier=self._backend.next_tier if settings.escalate_memory else None,
+            isolate=True,
+        )
         self._dispatcher = threading.Thread(
             target=self._dispatch, daemon=True, name="dask-lambda-executor"
         )
@@ -358,7 +377,7 @@ class LambdaExecutor(Executor):
         with self._slots:
             self._slots.wait_for(lambda: self._in_flight == 0)
         try:  # what no future holds any more; held results stay readable after shutdown
-            self._ledger.sweep(f"{self._prefix}/{self._id}")
+            self._ledger.sweep(self._folder)
         finally:
             if self._owns_cluster:
                 self.cluster.close()
@@ -391,22 +410,28 @@ class LambdaExecutor(Executor):
             if not batch:
                 return
             spec_bytes = self._spec_bytes(batch)
-        keys = [call[1].key for call in batch]
-        stats = batches.InvokeStats()
+        whole = self._spec(batch)
+        stats = InvokeStats()
+
+        def send(spec: BatchSpec, tier: int | None, split: bool, confirm_memory: bool):
+            pickled = spec_bytes if spec is whole else pickle_spec(spec)
+            return send_batch(self._backend, pickled, spec.keys, self._folder, stats,
+                              prefix=self._prefix, split=split, memory_tier=tier,
+                              confirm_memory=confirm_memory)  # fmt: skip
+
         try:
-            payloads = f"{self._prefix}/{self._id}"
-            response = batches.invoke(
-                self._backend, spec_bytes, keys, payloads, stats, prefix=self._prefix
-            )
+            response = run_batch(whole, send, self._policy, stats)
         finally:
             self._count(to_client=stats.response_bytes, from_client=stats.request_bytes)
         self._deliver(batch, response)
 
-    def _spec_bytes(self, batch: list[tuple[LambdaFuture, Task, dict, Claim | None]]) -> bytes:
+    def _spec(self, batch: list[tuple[LambdaFuture, Task, dict, Claim | None]]) -> BatchSpec:
         keys = [call[1].key for call in batch]
         inputs = {k: where for call in batch for k, where in call[2].items()}
-        tasks = [call[1] for call in batch]
-        return batches.pickle_spec(BatchSpec(self._id, keys, tasks, keys, inputs))
+        return BatchSpec(self._id, keys, [call[1] for call in batch], keys, inputs)
+
+    def _spec_bytes(self, batch: list[tuple[LambdaFuture, Task, dict, Claim | None]]) -> bytes:
+        return pickle_spec(self._spec(batch))
 
     def _fail_unpicklable(self, batch: list) -> list:
         """Fail the calls that cannot be pickled (with pickle_spec's error); return the others."""
@@ -420,7 +445,7 @@ class LambdaExecutor(Executor):
                 picklable.append(call)
         return picklable
 
-    def _deliver(self, batch: list, response: batches.BatchResponse) -> None:
+    def _deliver(self, batch: list, response: BatchResponse) -> None:
         if response.fatal is not None:
             error = self._rebuilt(response.fatal)
             for future, *_ in batch:

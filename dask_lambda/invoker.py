@@ -2,10 +2,9 @@
 
 botocore's own invoke retries are off (``total_max_attempts=1``): a botocore retry after a read
 timeout would run the function again behind our back. ``read_timeout`` sits above the function's
-timeout. Our retry is bounded (``infra_retries``), with exponential backoff and full jitter, and
-only for failures of the infrastructure: throttling (429), Lambda service errors (5xx), connection
-errors, and invocations whose runtime crashed, ran out of memory or timed out. An exception raised
-by user code is part of a successful response and is never retried here.
+timeout. Whether and when to try again is :mod:`.attempts`' decision (the one attempt policy):
+bounded, with exponential backoff and full jitter, and only for failures of the infrastructure.
+An exception raised by user code is part of a successful response and is never retried here.
 
 A request whose envelope would exceed Lambda's 6 MB limit is stored in S3 first and the event
 carries a reference (see :mod:`.protocol`).
@@ -19,7 +18,6 @@ from __future__ import annotations
 
 import collections
 import json
-import random
 import threading
 import time
 import uuid
@@ -29,6 +27,13 @@ from typing import Any
 from botocore.config import Config
 
 from . import config as settings
+from .attempts import (
+    THROTTLED,
+    InvocationAttempts,
+    SplitBatch,
+    retryable_function_error,
+    retryable_service_error,
+)
 from .exceptions import LambdaFunctionError
 from .function import protocol
 from .function.storage import S3Store
@@ -36,31 +41,6 @@ from .transport import Boto3Transport, ConnectionFailure, LeanTransport, Service
 
 REQUEST_LIMIT = 6_291_456 - 4096
 RECORDS_KEPT = 200_000  # per-invocation records an invoker keeps (for timelines)
-RETRYABLE_CODES = {
-    "TooManyRequestsException",
-    "ServiceException",
-    "ResourceNotReadyException",
-    "EC2ThrottledException",
-    "EC2UnexpectedException",
-    "ENILimitReachedException",
-    "RequestTimeoutException",
-    "SlowDown",
-    "InternalError",
-}
-RETRYABLE_FUNCTION_ERRORS = (
-    "Runtime.ExitError",
-    "Sandbox.Timedout",
-    "Runtime.Unknown",
-    "TransientError",
-)
-# Failures of the runtime running a batch: with more than one task, the batch is split instead
-# of retried whole (see SplitBatch).
-RUNTIME_FAILURES = (
-    "Runtime.ExitError",
-    "Sandbox.Timedout",
-    "Runtime.Unknown",
-    "Runtime.OutOfMemory",
-)
 INVOKE_CLIENTS = ("lean", "boto3")
 
 
@@ -88,27 +68,6 @@ class InvokeStats:
         with self.lock:
             for name, value in counts.items():
                 setattr(self, name, getattr(self, name) + value)
-
-
-class SplitBatch(Exception):
-    """The runtime running a batch of several tasks crashed, ran out of memory or timed out.
-
-    Not retried whole: the caller re-runs it in halves, so tasks that did not cause the failure
-    keep their retry budget and a task that does is isolated in a batch of its own.
-    """
-
-    def __init__(self, error: LambdaFunctionError):
-        super().__init__(str(error))
-        self.error = error
-
-
-def failure_kind(error: LambdaFunctionError) -> str | None:
-    """``"memory"`` or ``"timeout"`` for the failures that repeat at the same settings."""
-    if error.error_type == "Sandbox.Timedout":
-        return "timeout"
-    if "OutOfMemory" in error.error_type or "Runtime.OutOfMemory" in (error.error_message or ""):
-        return "memory"
-    return None
 
 
 class Invoker:
@@ -250,36 +209,27 @@ class Invoker:
         split: bool = False,
         confirm_memory: bool = True,
     ) -> dict[str, Any]:
-        attempt = throttled = 0
-        previous_kind = None
+        attempts = InvocationAttempts(
+            self.infra_retries, self.retry_backoff, self.throttle_retries,
+            self.throttle_backoff, len(task_keys), split, confirm_memory,
+        )  # fmt: skip
         while True:
-            attempt += 1
+            attempt = attempts.start()
             try:
                 return self._call_once(body, task_keys, attempt, stats)
             except _Retryable as e:
-                if e.error.error_type == "TooManyRequestsException":  # a budget of its own
-                    throttled += 1
-                    if throttled > self.throttle_retries:
-                        raise self._throttled(e.error, attempt) from None
+                verdict = attempts.failed(e.error)
+                if verdict.action == "retry":
                     stats.add(infra_retries=1)
-                    delay = self.throttle_backoff * (2 ** (throttled - 1))
-                    time.sleep(random.uniform(0, min(delay, 30.0)))
-                    continue
-                if split and e.error.error_type.startswith(RUNTIME_FAILURES):
+                    time.sleep(verdict.delay)
+                elif verdict.action == "split":
                     raise SplitBatch(e.error) from None
-                kind = failure_kind(e.error)
-                if (
-                    len(task_keys) == 1
-                    and kind is not None
-                    and (kind == previous_kind or (kind == "memory" and not confirm_memory))
-                ):
-                    raise self._repeated(e.error, kind, attempt) from None
-                previous_kind = kind
-                if attempt > self.infra_retries:
+                elif verdict.action == "throttled":
+                    raise self._throttled(e.error, attempt) from None
+                elif verdict.action == "repeated":
+                    raise self._repeated(e.error, verdict.kind, attempt) from None
+                else:
                     raise e.final(attempt) from None
-                stats.add(infra_retries=1)
-                delay = self.retry_backoff * (2 ** (attempt - 1))
-                time.sleep(random.uniform(0, min(delay, 20.0)))
 
     def _call_once(self, body: bytes, task_keys: list, attempt: int, stats: _Counters) -> dict:
         started = time.time()
@@ -287,7 +237,7 @@ class Invoker:
             answer = self.transport.invoke(self.function_name, body)
         except ServiceError as e:
             message = e.message or str(e)
-            if e.code == "TooManyRequestsException":
+            if e.code == THROTTLED:
                 stats.add(throttles=1)
             if e.code == "ResourceNotFoundException":
                 message += (
@@ -295,7 +245,7 @@ class Invoker:
                     f" dask-lambda deploy {self.function_name}"
                 )
             error = LambdaFunctionError(self.function_name, e.code, message, task_keys)
-            if e.code in RETRYABLE_CODES or e.status >= 500:
+            if retryable_service_error(e.code, e.status):
                 raise _Retryable(error) from None
             raise error from None
         except ConnectionFailure as e:
@@ -395,7 +345,7 @@ class Invoker:
             task_keys,
             request_id=request_id,
         )
-        if error_type.startswith(RETRYABLE_FUNCTION_ERRORS):
+        if retryable_function_error(error_type):
             raise _Retryable(failure)
         raise failure
 

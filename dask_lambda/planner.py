@@ -92,20 +92,37 @@ class TaskProfile:
         return (self._seconds[kind] / count, self._bytes[kind] / count) if count else None
 
 
-@dataclass
-class Limits:
-    """How much predicted work one batch may hold (see the module docstring)."""
+def _no_inline_bytes(key) -> int:
+    return 0
 
-    target_seconds: float = math.inf  # predicted run time
-    probe_tasks: int = 0  # tasks of kinds not yet timed; 0: no cap
-    memory_bytes: float = math.inf  # predicted bytes of the values a batch makes
+
+@dataclass(frozen=True)
+class Limits:
+    """What bounds one batch, fixed for a compute (see the module docstring).
+
+    ``max_tasks``, ``max_bytes`` (of inline inputs, as ``input_bytes(key)`` counts them) and
+    ``per_slot`` always apply; with a ``profile`` (what tasks were learned to cost), so do the
+    predicted run time (``target_seconds``), the tasks of kinds not yet timed (``probe_tasks``,
+    0: no cap) and the predicted bytes of the values a batch makes (``memory_bytes``). With
+    ``group``, a batch holds only tasks of one group (e.g. one memory tier).
+    """
+
+    max_tasks: int = 1000
+    max_bytes: float = math.inf
+    per_slot: int = 1
+    target_seconds: float = math.inf
+    probe_tasks: int = 0
+    memory_bytes: float = math.inf
+    input_bytes: Callable[[object], int] = _no_inline_bytes
+    profile: TaskProfile | None = None
+    group: Callable[[object], object] | None = None
 
 
 class _Tally:
     """Predicted time and memory of a batch as it is filled."""
 
-    def __init__(self, profile: TaskProfile | None, limits: Limits):
-        self.profile, self.limits = profile, limits
+    def __init__(self, limits: Limits):
+        self.profile, self.limits = limits.profile, limits
         self.seconds = self.nbytes = 0.0
         self.untimed = 0
 
@@ -227,35 +244,23 @@ class GraphState:
 
     # -- planning -------------------------------------------------------------------------------
     def next_batch(
-        self,
-        free_slots: int,
-        max_tasks: int,
-        max_bytes: int,
-        input_bytes: Callable[[object], int],
-        per_slot: int = 1,
-        profile: TaskProfile | None = None,
-        limits: Limits | None = None,
-        group: Callable[[object], object] | None = None,
-        slots: int | None = None,
+        self, free_slots: int, limits: Limits = Limits(), slots: int | None = None
     ) -> Batch | None:
         """Take the next batch off the ready queue (see the module docstring), or None.
 
-        ``limits`` (with ``profile``, what tasks were learned to cost) caps the batch by
-        predicted time and memory; ``max_tasks``, ``max_bytes`` and ``per_slot`` always apply.
-        With ``group``, a batch holds only tasks of one group (e.g. one memory tier). ``slots``
-        (default ``free_slots``) is what ready work is spread over: the free slots and those
-        about to free up (running probes), so the first probe to return does not take
-        everything left into one batch that would run it serially.
+        ``limits`` bounds it. ``slots`` (default ``free_slots``) is what ready work is spread
+        over: the free slots and those about to free up (running probes), so the first probe
+        to return does not take everything left into one batch that would run it serially.
         """
         ready = self.state["ready"]
         if not ready or free_slots <= 0:
             return None
-        limits = limits or Limits()
+        max_tasks, per_slot, group = limits.max_tasks, limits.per_slot, limits.group
         size = min(max_tasks, max(1, math.ceil(len(ready) / ((slots or free_slots) * per_slot))))
         # Slots this wave of ready work leaves idle: then fan-outs are not fused, so their
         # branches run in parallel (in later batches) instead of one after another here.
         spare_slots = free_slots * per_slot - math.ceil(len(ready) / size)
-        tally = _Tally(profile, limits)
+        tally = _Tally(limits)
         members: set = set()
         inputs: set = set()
         used_bytes = 0
@@ -268,8 +273,8 @@ class GraphState:
                 others.append(heapq.heappop(ready))
                 continue
             new_inputs = self.dependencies[key] - inputs
-            extra = sum(input_bytes(dep) for dep in new_inputs)
-            if roots and used_bytes + extra > max_bytes:
+            extra = sum(limits.input_bytes(dep) for dep in new_inputs)
+            if roots and used_bytes + extra > limits.max_bytes:
                 break
             if not tally.take(key, force=not roots):
                 break

@@ -18,6 +18,11 @@ from typing import Any
 from . import config
 
 MiB = 1024 * 1024
+# Counted by the invoker per compute, copied as they are.
+_INVOCATION_COUNTERS = (
+    "invocations", "infra_retries", "splits", "escalations", "task_retries", "throttles",
+    "cold_starts",
+)  # fmt: skip
 
 
 @dataclass
@@ -57,6 +62,15 @@ class ComputeReport:
     architecture: str = "x86_64"
     local: bool = False  # ran on a local Lambda: the cost is what AWS would bill
     invocation_records: list = field(default_factory=list, repr=False)
+
+    def count_invocations(self, stats) -> None:
+        """Add the counters of the compute's invocations (an :class:`~.invoker.InvokeStats`)."""
+        for name in _INVOCATION_COUNTERS:
+            setattr(self, name, getattr(stats, name))
+        self.bytes_to_client += stats.response_bytes
+        self.bytes_from_client += stats.request_bytes
+        self.bytes_spilled += stats.spilled_request_bytes
+        self.invocation_records = list(stats.records)
 
     @property
     def tasks_per_invocation(self) -> float:

@@ -7,7 +7,7 @@ import operator
 import pytest
 from dask._task_spec import Alias, Task, TaskRef
 
-from dask_lambda.planner import GraphState
+from dask_lambda.planner import GraphState, Limits, TaskProfile
 
 
 def inc(x):
@@ -28,7 +28,7 @@ def roots(n: int) -> dict:
 def test_a_wave_of_ready_tasks_is_spread_over_the_free_slots():
     state = GraphState(roots(10), [f"r{i}" for i in range(10)])
     sizes = []
-    while (batch := state.next_batch(4 - len(sizes), 1000, 10**9, lambda k: 0)) is not None:
+    while (batch := state.next_batch(4 - len(sizes), Limits())) is not None:
         sizes.append(len(batch.keys))
     assert sizes == [3, 3, 2, 2]  # ceil(ready / free slots), recomputed per batch
     assert state.state["running"] == {f"r{i}" for i in range(10)}
@@ -36,14 +36,14 @@ def test_a_wave_of_ready_tasks_is_spread_over_the_free_slots():
 
 def test_max_tasks_caps_a_batch_and_no_slot_means_no_batch():
     state = GraphState(roots(10), [f"r{i}" for i in range(10)])
-    assert state.next_batch(0, 1000, 10**9, lambda k: 0) is None
-    batch = state.next_batch(1, 4, 10**9, lambda k: 0)
+    assert state.next_batch(0, Limits()) is None
+    batch = state.next_batch(1, Limits(max_tasks=4))
     assert len(batch.keys) == 4
 
 
 def test_a_chain_is_fused_into_one_batch_and_only_its_end_is_returned():
     state = GraphState(chain("c", 5), ["c4"])
-    batch = state.next_batch(2, 1000, 10**9, lambda k: 0)
+    batch = state.next_batch(2, Limits())
     assert batch.keys == ["c0", "c1", "c2", "c3", "c4"]
     assert batch.outputs == ["c4"] and batch.inputs == []
     state.finish(batch.keys)
@@ -53,14 +53,14 @@ def test_a_chain_is_fused_into_one_batch_and_only_its_end_is_returned():
 def test_outputs_are_what_something_outside_the_batch_needs():
     graph = {**roots(2), "sum": Task("sum", operator.add, TaskRef("r0"), TaskRef("r1"))}
     state = GraphState(graph, ["sum"])
-    first = state.next_batch(2, 1000, 10**9, lambda k: 0)
-    second = state.next_batch(1, 1000, 10**9, lambda k: 0)
+    first = state.next_batch(2, Limits())
+    second = state.next_batch(1, Limits())
     # "sum" waits for the other root, so it is not fused: each root is returned
     assert sorted([first.keys, second.keys]) == [["r0"], ["r1"]]
     assert first.outputs == first.keys and second.outputs == second.keys
     state.finish(first.keys)
     state.finish(second.keys)
-    third = state.next_batch(1, 1000, 10**9, lambda k: 0)
+    third = state.next_batch(1, Limits())
     assert third.keys == ["sum"] and third.inputs == ["r0", "r1"]
     assert state.releasable("r0") is False  # "sum" is running, not finished
     state.finish(third.keys)
@@ -70,20 +70,22 @@ def test_outputs_are_what_something_outside_the_batch_needs():
 def test_inline_input_bytes_cap_a_batch_after_its_first_task():
     graph = {f"t{i}": Task(f"t{i}", inc, TaskRef(f"in{i}")) for i in range(4)}
     state = GraphState(graph, list(graph), done=[f"in{i}" for i in range(4)])
-    batch = state.next_batch(1, 1000, 250, lambda key: 100)
+    batch = state.next_batch(1, Limits(max_bytes=250, input_bytes=lambda key: 100))
     assert len(batch.keys) == 2  # 100 + 100 fit under 250, a third would not
     alone = GraphState(graph, list(graph), done=[f"in{i}" for i in range(4)])
-    assert len(alone.next_batch(1, 1000, 50, lambda key: 100).keys) == 1  # never empty
+    assert (
+        len(alone.next_batch(1, Limits(max_bytes=50, input_bytes=lambda key: 100)).keys) == 1
+    )  # never empty
 
 
 def test_aliases_finish_on_the_client():
     graph = {**chain("c", 2), "alias": Alias("alias", "c1")}
     state = GraphState(graph, ["alias"])
-    batch = state.next_batch(1, 1000, 10**9, lambda k: 0)
+    batch = state.next_batch(1, Limits())
     assert "alias" in batch.keys  # fused with its target when it can be
     graph = {**roots(1), "alias": Alias("alias", "r0")}
     state = GraphState(graph, ["alias"])
-    state.finish(state.next_batch(1, 1, 10**9, lambda k: 0).keys[:1])
+    state.finish(state.next_batch(1, Limits(max_tasks=1)).keys[:1])
     assert state.pop_ready_aliases() in ([], ["alias"])
 
 
@@ -116,40 +118,37 @@ def test_a_fan_out_is_not_fused_while_slots_are_idle():
     """One ready task whose ten dependents need only it (a to_zarr-shaped graph): fusing them
     all would run ten independent tasks one after another in one invocation."""
     state = GraphState(fan_out(10), [f"branch{i}" for i in range(10)])
-    batch = state.next_batch(4, 1000, 10**9, lambda k: 0)
+    batch = state.next_batch(4, Limits())
     assert batch.keys[0] == "root" and len(batch.keys) == 2  # the root and one branch
     state.finish(batch.keys)
     sizes = []
-    while (batch := state.next_batch(4 - len(sizes), 1000, 10**9, lambda k: 0)) is not None:
+    while (batch := state.next_batch(4 - len(sizes), Limits())) is not None:
         sizes.append(len(batch.keys))
     assert sizes == [3, 2, 2, 2]  # the other nine branches, spread over the four slots
 
 
 def test_a_fan_out_is_fused_when_every_slot_has_work():
     state = GraphState(fan_out(10), [f"branch{i}" for i in range(10)])
-    assert len(state.next_batch(1, 1000, 10**9, lambda k: 0).keys) == 11
+    assert len(state.next_batch(1, Limits()).keys) == 11
 
 
 def test_learned_run_times_size_batches_to_the_target():
-    from dask_lambda.planner import Limits, TaskProfile
-
     graph = {f"load-{i}": Task(f"load-{i}", inc, i) for i in range(100)}
     state = GraphState(graph, list(graph))
-    profile, limits = TaskProfile(), Limits(target_seconds=1.0, probe_tasks=4)
-    first = state.next_batch(1, 1000, 10**9, lambda k: 0, profile=profile, limits=limits)
+    profile = TaskProfile()
+    limits = Limits(target_seconds=1.0, probe_tasks=4, profile=profile)
+    first = state.next_batch(1, limits)
     assert len(first.keys) == 4  # nothing learned yet: a probe
     profile.observe(first.keys, [[0.0, 0.1, 10]] * 4)  # 100 ms each
-    second = state.next_batch(1, 1000, 10**9, lambda k: 0, profile=profile, limits=limits)
+    second = state.next_batch(1, limits)
     assert len(second.keys) == 10  # one second of work
 
 
 def test_learned_sizes_keep_a_batch_within_memory():
-    from dask_lambda.planner import Limits, TaskProfile
-
     graph = {f"chunk-{i}": Task(f"chunk-{i}", inc, i) for i in range(100)}
     state = GraphState(graph, list(graph))
     profile = TaskProfile()
     profile.observe(["chunk-999"], [[0.0, 0.001, 64 * 2**20]])  # chunk-* values: 64 MiB each
-    limits = Limits(memory_bytes=512 * 2**20)
-    batch = state.next_batch(1, 1000, 10**9, lambda k: 0, profile=profile, limits=limits)
+    limits = Limits(memory_bytes=512 * 2**20, profile=profile)
+    batch = state.next_batch(1, limits)
     assert len(batch.keys) == 8

@@ -138,6 +138,29 @@ class Result(NamedTuple):
         return Stored(self.data, self.nbytes, self.sha256)
 
 
+@dataclass
+class BatchResponse:
+    """A decoded ``run`` response: one :class:`Result` per output, errors by task index."""
+
+    results: list[Result]
+    errors: dict[int, dict]  # task index -> error entry
+    stats: dict
+    fatal: dict | None = None  # the batch could not be loaded at all
+    timings: list | None = None  # [start, stop, nbytes] per task, None for one that did not run
+
+    @classmethod
+    def from_payload(cls, response: dict[str, Any]) -> BatchResponse:
+        """The response from the function's decoded answer."""
+        if "fatal" in response:
+            return cls([], {}, response.get("stats", {}), fatal=response["fatal"])
+        return cls(
+            results=[Result(*entry) for entry in response["results"]],
+            errors={error["index"]: error for error in response["errors"]},
+            stats=response.get("stats", {}),
+            timings=response.get("timings"),
+        )
+
+
 def run_request(
     spec: bytes,
     bucket: str,

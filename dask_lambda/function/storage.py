@@ -32,9 +32,14 @@ _clients: dict[str, Any] = {}
 _clients_lock = threading.Lock()
 
 
+def compute_folder(prefix: str, compute_id: str) -> str:
+    """The S3 folder (no trailing slash) of everything one compute writes under ``prefix``."""
+    return f"{prefix.rstrip('/')}/{compute_id}"
+
+
 def object_name(prefix: str, compute_id: str, key: object) -> str:
     """The S3 key for the result of Dask key ``key`` in a compute."""
-    return f"{prefix.rstrip('/')}/{compute_id}/{digest(repr(key).encode())[:32]}"
+    return f"{compute_folder(prefix, compute_id)}/{digest(repr(key).encode())[:32]}"
 
 
 def s3_client() -> Any:

@@ -1,7 +1,8 @@
 """One batch, start to end: pickle it, build the request, invoke, read the response, fetch values.
 
 The single path the scheduler (:mod:`.scheduler`), the executor (:mod:`.executor`) and through it
-the pool send work by. :func:`invoke` returns a :class:`BatchResponse` whose results are
+the pool send work by, one attempt at a time (:mod:`.attempts` decides on the next).
+:func:`send_batch` returns a :class:`BatchResponse` whose results are
 :class:`~.function.protocol.Result` tuples and whose errors are indexed by task; what to do with a
 task's error (raise it, retry, fail one future) is the caller's choice. :func:`fetch_value`
 downloads a value the function left in S3 through the data plane (:mod:`.function.values`):
@@ -11,7 +12,6 @@ checked against the size and SHA-256 the function reported
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import cloudpickle
@@ -19,22 +19,13 @@ import cloudpickle
 from .backend import Backend
 from .exceptions import DataReleasedError, ForeignDataError
 from .function import protocol, values
-from .function.protocol import BatchSpec, Inline, Result, Stored
+from .function.protocol import BatchResponse, BatchSpec, Inline, Stored
 from .function.values import Store
 from .invoker import InvokeStats
 
+__all__ = ["BatchResponse", "fetch_value", "pickle_spec", "send_batch"]
+
 RESPONSE_BUDGET = 4_000_000  # raw bytes of a response (6 MB after base64)
-
-
-@dataclass
-class BatchResponse:
-    """A decoded ``run`` response (see :mod:`.function.protocol`)."""
-
-    results: list[Result]
-    errors: dict[int, dict]  # task index -> error entry
-    stats: dict
-    fatal: dict | None = None  # the batch could not be loaded at all
-    timings: list | None = None  # [start, stop, nbytes] per task, None for one that did not run
 
 
 def pickle_spec(spec: BatchSpec) -> bytes:
@@ -51,7 +42,7 @@ def pickle_spec(spec: BatchSpec) -> bytes:
         ) from e
 
 
-def invoke(
+def send_batch(
     backend: Backend,
     spec_bytes: bytes,
     keys: list,
@@ -67,7 +58,7 @@ def invoke(
     Infrastructure failures are retried by the invoker; a task's own errors come back in the
     response. Results the function spills go under ``prefix`` (the backend's by default), an
     oversized request under ``payload_prefix``. With ``split``, a runtime failure raises
-    :class:`~.invoker.SplitBatch` instead of re-running the whole batch. ``memory_tier`` runs it
+    :class:`~.attempts.SplitBatch` instead of re-running the whole batch. ``memory_tier`` runs it
     on that memory tier of the function; ``confirm_memory=False`` does not retry a task that ran
     out of memory at the same size (the caller escalates it).
     """
@@ -85,14 +76,7 @@ def invoke(
         request, task_keys=keys, stats=stats, payload_prefix=payload_prefix, split=split,
         confirm_memory=confirm_memory,
     )  # fmt: skip
-    if "fatal" in response:
-        return BatchResponse([], {}, response.get("stats", {}), fatal=response["fatal"])
-    return BatchResponse(
-        results=[Result(*entry) for entry in response["results"]],
-        errors={error["index"]: error for error in response["errors"]},
-        stats=response.get("stats", {}),
-        timings=response.get("timings"),
-    )
+    return BatchResponse.from_payload(response)
 
 
 def fetch_value(store: Store, where: Inline | Stored) -> tuple[Any, int]:
