@@ -481,3 +481,19 @@ def test_a_live_clients_lease_is_refreshed_and_goes_with_it(second):
     assert wait_until(lambda: refreshed() > first_seen)
     ledger.close("the test's end")
     assert second.store.list(f"{second.prefix}/lease-test/") == []
+
+
+@pytest.mark.parametrize("size", [1000, 17 * 2**20])  # one GET, and the transfer manager's path
+def test_an_object_of_another_size_is_refused_before_it_is_read(local, bucket, size):
+    """The size check happens on the object's metadata, before its body is downloaded: for big
+    objects (multipart downloads, 16 MB and more) too. After a download the digest would catch
+    the difference, but the bytes would already have crossed the wire."""
+    from dask_lambda.function.protocol import IntegrityError
+
+    store = S3Store(bucket, local.client("s3"))
+    written = store.put("dask-lambda/f/0123456789abcdef/x", b"\1" * size)
+    grown = b"\1" * size + b"\0" * 7  # what someone else wrote in its place
+    local.client("s3").put_object(Bucket=bucket, Key=written.name, Body=grown)
+    with pytest.raises(IntegrityError, match="It was not read"):
+        store.get(written.name, expected=written)
+    assert store.get(written.name, size=len(grown)) == grown  # unchecked reads still work

@@ -152,3 +152,25 @@ def test_learned_sizes_keep_a_batch_within_memory():
     limits = Limits(memory_bytes=512 * 2**20, profile=profile)
     batch = state.next_batch(1, limits)
     assert len(batch.keys) == 8
+
+
+def test_a_task_is_ready_only_when_its_last_dependency_finished():
+    graph = {
+        "a": Task("a", inc, 1),
+        "b": Task("b", inc, 2),
+        "c": Task("c", inc, 3),
+        "abc": Task("abc", add3, TaskRef("a"), TaskRef("b"), TaskRef("c")),
+    }
+    state = GraphState(graph, ["abc"])
+    assert state.state["waiting"] == {"abc": 3}
+    for finished, waiting in (("a", 2), ("b", 1)):
+        state.finish([finished])
+        assert state.state["waiting"] == {"abc": waiting}
+        assert "abc" not in [key for _, key in state.state["ready"]]
+    state.finish(["c"])
+    assert "abc" in [key for _, key in state.state["ready"]]
+    assert state.state["waiting"] == {}
+
+
+def add3(a, b, c):
+    return a + b + c

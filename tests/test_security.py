@@ -56,6 +56,7 @@ DOTTED_ATTACKS = [
     ("vetted", "double.__globals__.get"),  # a dotted path under an allowed function
     ("wild", "os"),  # a module that module.* imported, not its own
     ("wild", "_private"),
+    ("wild", "Tool._run"),  # a dotted name ending in something the module defines
     ("builtins", "eval"),
 ]
 
@@ -63,7 +64,9 @@ DOTTED_ATTACKS = [
 @pytest.mark.parametrize(("module", "name"), DOTTED_ATTACKS)
 def test_restricted_unpickler_refuses_dotted_and_foreign_names(tmp_path, monkeypatch, module, name):
     (tmp_path / "wild.py").write_text("import os\n\ndef double(x):\n    return 2 * x\n"
-                                      "def _private():\n    pass\n")  # fmt: skip
+                                      "def _private():\n    pass\n"
+                                      "class Tool:\n    def _run(self, *a):\n"
+                                      "        pass\n")  # fmt: skip
     (tmp_path / "vetted.py").write_text("def double(x):\n    return 2 * x\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     marker = tmp_path / "marker"
