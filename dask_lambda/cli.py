@@ -269,50 +269,13 @@ def _merged_includes(given: tuple[str, ...], tags: dict[str, str]) -> list[str]:
 def _deploy_or_update(
     aws, name: str, options: dict, current_env: dict | None = None, rebuild: bool = True
 ) -> None:
-    from .build import BuildSpec, build
-    from .deploy import (
-        FunctionSettings,
-        check_location,
-        check_ownership,
-        current_configuration,
-        deploy,
-        ensure_role,
-        ephemeral_storage_for,
-        role_policy,
-        upload_dependencies,
-    )
-    from .signing import create_key
+    from .build import BuildSpec
+    from .deploy import FunctionSettings
+    from .provision import Request, provision
 
-    environment = _parse_env(options["env"])
-    needs_key = current_env is None or contract.KEY_PARAMETER not in current_env
-    if current_env is not None:
-        environment = {**current_env, **environment}  # update keeps what it does not change
-    environment.update(
-        contract.function_environment(
-            bucket=options["bucket"], prefix=options["prefix"], allowed=options["allow"]
-        )
-    )
-    settings = FunctionSettings(
-        memory=options["memory"],
-        timeout=options["timeout"],
-        ephemeral_storage=options["ephemeral_storage"],
-        architecture=options["architecture"],
-        layers=list(options["layers"]) or None,
-        environment=environment or None,
-        role=options["role"],
-    )
-    settings.validate()  # before anything touches AWS
-    if options["role"] and options["create_role"]:
-        raise click.ClickException("Pass either --role or --create-role, not both")
-    if options["create_role"] and not options["bucket"]:
-        raise click.ClickException("--create-role needs --bucket: the role may use only that")
-    if options["bucket"]:
-        options["bucket"], options["prefix"] = check_location(options["bucket"], options["prefix"])
-    lam = aws.client("lambda")
-    check_ownership(lam, current_configuration(lam, name), options["adopt"])  # before any change
-    code = None
+    build = None
     if rebuild:
-        spec = BuildSpec(
+        build = BuildSpec(
             paths=list(options["paths"]),
             requirements=options["requirements"],
             include=list(options["include"]),
@@ -323,64 +286,35 @@ def _deploy_or_update(
             split_allowed=bool(options["bucket"]),
             compatible_versions=options["compatible_versions"],
         )
-        result = build(spec, progress=lambda step: click.echo(f"  build: {step}", err=True))
-        code = result.zip_bytes
-        click.echo(
-            f"Package: {result.size / 1e6:.1f} MB zipped, {result.unpacked_size / 1e6:.1f} MB"
-            f" unzipped, {result.files} files", err=True,
-        )  # fmt: skip
-        if spec.paths:
-            click.echo(result.user_files.summary(), err=True)
-        environment.pop(contract.DEPENDENCIES, None)
-        if result.dependencies_zip:
-            if not options["bucket"]:
-                raise click.ClickException("--deps-on-s3 needs --bucket: the archive lives there")
-            environment[contract.DEPENDENCIES] = upload_dependencies(
-                aws.client("s3"), options["bucket"], options["prefix"], result.dependencies_zip
-            )
-            click.echo(
-                f"Dependencies: {len(result.dependencies_zip) / 1e6:.1f} MB archive in"
-                f" s3://{options['bucket']}, {result.dependencies_unpacked / 1e6:.0f} MB"
-                " unpacked into /tmp on each cold start", err=True,
-            )  # fmt: skip
-            if settings.ephemeral_storage is None:
-                settings.ephemeral_storage = ephemeral_storage_for(
-                    len(result.dependencies_zip), result.dependencies_unpacked
-                )
-        settings.environment = environment
-    elif current_env is not None and environment == current_env:
-        settings.environment = None  # nothing to change
-    if options["create_role"]:
-        policy = role_policy(options["bucket"], options["prefix"], name,
-                             options["s3_read"], options["s3_write"])  # fmt: skip
-        settings.role = ensure_role(
-            aws.client("iam"), f"dask-lambda-{name}", policy, adopt=options["adopt"]
-        )
-        click.echo(f"Role: {settings.role}", err=True)
-    if needs_key:  # every function gets its own signing key
-        environment[contract.KEY_PARAMETER] = create_key(aws.client("ssm"), name)
-        settings.environment = environment
-    outcome = deploy(
-        lam,
-        name,
-        code,
-        settings,
-        s3_client=aws.client("s3") if options["bucket"] else None,
+    request = Request(
+        name=name,
+        settings=FunctionSettings(
+            memory=options["memory"],
+            timeout=options["timeout"],
+            ephemeral_storage=options["ephemeral_storage"],
+            architecture=options["architecture"],
+            layers=list(options["layers"]) or None,
+            environment=_parse_env(options["env"]),
+            role=options["role"],
+        ),
+        build=build,
         bucket=options["bucket"],
         prefix=options["prefix"],
+        allow=list(options["allow"]),
+        create_role=options["create_role"],
+        s3_read=list(options["s3_read"]),
+        s3_write=list(options["s3_write"]),
+        current_env=current_env,
+        memory_tiers=_parse_tiers(options["memory_tiers"]),
         adopt=options["adopt"],
         tags={INCLUDE_TAG: " ".join(options["include"])} if options["include"] else None,
+        expire_days=options["expire_days"],
     )
-    if options["bucket"]:
-        from .deploy import ensure_expiry
-
-        ensure_expiry(
-            aws.client("s3"), options["bucket"], options["prefix"], options["expire_days"]
-        )
-    configuration = outcome.configuration
-    for memory in _parse_tiers(options["memory_tiers"]):
-        s3 = aws.client("s3") if options["bucket"] else None
-        _deploy_tier(lam, s3, name, memory, code, settings, configuration, options)
+    done = provision(aws.client, request, progress=lambda line: click.echo(line, err=True))
+    for memory, tier in done.tiers.items():
+        verb = "Created" if tier.created else "Updated"
+        click.echo(f"{verb} memory tier {tier.configuration['FunctionName']} ({memory} MB)")
+    outcome, configuration = done.outcome, done.configuration
     if outcome.created:
         click.echo(f"Created {configuration['FunctionArn']}")
     else:
@@ -404,25 +338,6 @@ def _parse_tiers(text: str) -> list[int]:
             raise click.BadParameter(f"{memory} MB is outside Lambda's 128-10240 MB",
                                      param_hint="--memory-tiers")  # fmt: skip
     return tiers
-
-
-def _deploy_tier(lam, s3, name: str, memory: int, code: bytes | None, settings, base: dict,
-                 options: dict) -> None:  # fmt: skip
-    """The variant of ``name`` with ``memory`` MB: its code, role and environment (so its
-    signing key)."""
-    import dataclasses
-
-    from .deploy import deploy, tier_name
-
-    variant = dataclasses.replace(
-        settings, memory=memory, role=base["Role"],
-        environment=(base.get("Environment") or {}).get("Variables"),
-    )  # fmt: skip
-    outcome = deploy(lam, tier_name(name, memory), code, variant,
-                     s3_client=s3, bucket=options["bucket"], prefix=options["prefix"],
-                     adopt=options["adopt"])  # fmt: skip
-    verb = "Created" if outcome.created else "Updated"
-    click.echo(f"{verb} memory tier {outcome.configuration['FunctionName']} ({memory} MB)")
 
 
 def _parse_env(pairs: tuple[str, ...]) -> dict[str, str]:

@@ -288,16 +288,9 @@ class LambdaCluster:
         import time
 
         from .build import BuildSpec, build
-        from .deploy import (
-            ensure_function,
-            ensure_role,
-            ephemeral_storage_for,
-            role_policy,
-            tier_name,
-            upload_dependencies,
-        )
+        from .deploy import FunctionSettings
         from .emulator import LocalLambda
-        from .signing import create_key
+        from .provision import Request, provision
 
         started = time.perf_counter()
         local = resources["local"] = LocalLambda(
@@ -321,33 +314,15 @@ class LambdaCluster:
         if self._explicit_prefix is None:
             self.prefix = config.function_prefix(self.function_name)
         self.bucket = self.bucket or LOCAL_BUCKET
-        s3 = self._client("s3")
-        s3.create_bucket(Bucket=self.bucket)
-        environment = contract.function_environment(
-            key_parameter=create_key(self._client("ssm"), self.function_name),
-            bucket=self.bucket,
-            prefix=self.prefix,
-        )
-        ephemeral = None
-        if built.dependencies_zip:
-            environment[contract.DEPENDENCIES] = upload_dependencies(
-                s3, self.bucket, self.prefix, built.dependencies_zip
-            )
-            ephemeral = ephemeral_storage_for(
-                len(built.dependencies_zip), built.dependencies_unpacked
-            )
-        # The role a `dask-lambda deploy --create-role` would make: the local Lambda enforces it.
-        policy = role_policy(self.bucket, self.prefix, self.function_name,
-                             s3_read=self.s3_read, s3_write=self.s3_write)  # fmt: skip
-        role = ensure_role(self._client("iam"), LOCAL_ROLE, policy)
-        for name, memory in [(self.function_name, self.memory)] + [
-            (tier_name(self.function_name, tier), tier) for tier in self.memory_tiers
-        ]:
-            ensure_function(
-                self._client("lambda"), name, built.zip_bytes, role,
-                memory=memory, timeout=self.timeout, environment=environment,
-                ephemeral_storage=ephemeral, s3_client=s3, bucket=self.bucket,
-            )  # fmt: skip
+        self._client("s3").create_bucket(Bucket=self.bucket)
+        # What `dask-lambda deploy --create-role` would make: the local Lambda enforces the role.
+        provision(self._client, Request(
+            name=self.function_name,
+            settings=FunctionSettings(memory=self.memory, timeout=self.timeout),
+            built=built, bucket=self.bucket, prefix=self.prefix,
+            create_role=True, role_name=LOCAL_ROLE, s3_read=self.s3_read, s3_write=self.s3_write,
+            memory_tiers=self.memory_tiers,
+        ))  # fmt: skip
         self.build_report = {
             "packages": built.pinned,
             "zip_mb": round(built.size / 1e6, 1),

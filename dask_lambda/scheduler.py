@@ -30,6 +30,7 @@ Values move only through the data plane (:mod:`.function.values`: place, read, l
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Mapping
 from concurrent.futures import wait
@@ -77,6 +78,12 @@ def get(
     """
     compute = Compute(backend, dsk, keys, cache, retries, speculation, persist)
     return compute.run(callbacks), compute.report
+
+
+def _inline_size(location: dict, key) -> int:
+    """Bytes ``key``'s value adds to a request: its inline data, 0 when stored."""
+    where = location.get(key)
+    return len(where.data) if isinstance(where, Inline) else 0
 
 
 class Compute:
@@ -136,7 +143,7 @@ class Compute:
             # Values a batch makes, as dask.sizeof counts them: a quarter of the function's
             # memory leaves room for their pickled copies, inputs and the runtime itself.
             memory_bytes=backend.memory_mb * 2**20 / 4,
-            input_bytes=self._input_size,
+            input_bytes=functools.partial(_inline_size, self.location),  # no cycle via self
             profile=backend.profile,
             group=prepared.tiers.get if prepared.tiers else None,
         )
@@ -255,10 +262,6 @@ class Compute:
                           split=split, memory_tier=tier, confirm_memory=confirm_memory)  # fmt: skip
 
     # -- data -----------------------------------------------------------------------------------
-    def _input_size(self, key) -> int:
-        where = self.location.get(key)
-        return len(where.data) if isinstance(where, Inline) else 0
-
     def _input_ref(self, key) -> Inline | Stored:
         where = self.location[key]
         if isinstance(where, Value):

@@ -1,0 +1,188 @@
+"""Provisioning a function: the one path from a package to a running function and its tiers.
+
+``dask-lambda deploy``/``update`` (:mod:`.cli`) and a :class:`~.cluster.LambdaCluster` that
+deploys its own function both call :func:`provision`, which runs every step in one order:
+
+1. **build** the deployment zip (:mod:`.build`), unless a built one or none (keep the code) is
+   given;
+2. **dependencies**: an archive too large for Lambda goes to the bucket, and the function's
+   ``/tmp`` is sized for it;
+3. **role**: with ``create_role``, the least-privilege role of :func:`~.deploy.role_policy`;
+4. **signing key**: every function gets its own, once (:mod:`.signing`);
+5. **function**: created, or updated where it differs (:func:`~.deploy.deploy`);
+6. **expiry**: the bucket's rule for what crashed clients leave (``expire_days``);
+7. **memory tiers**: a variant per tier with the function's code, role and environment.
+
+It raises :class:`~.deploy.DeployError` (or :class:`~.build.BuildError`) naming the fix, before
+anything touches AWS where it can, and tells ``progress`` what it did, a line per step.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from .build import BuildResult, BuildSpec, build
+from .deploy import (
+    DeployError,
+    DeployResult,
+    FunctionSettings,
+    check_location,
+    check_ownership,
+    current_configuration,
+    deploy,
+    ensure_expiry,
+    ensure_role,
+    ephemeral_storage_for,
+    role_policy,
+    tier_name,
+    upload_dependencies,
+)
+from .function import contract
+from .signing import create_key
+
+
+@dataclass
+class Request:
+    """What to provision.
+
+    Attributes
+    ----------
+    name
+        The function's name.
+    settings
+        Its configuration (memory, timeout, ...); ``environment`` holds the variables to set
+        beyond dask-lambda's own.
+    build, built
+        What to build, or the package already built; neither: keep the current code.
+    bucket, prefix
+        The spill bucket and the function's prefix (``None``: no bucket).
+    allow
+        The allowlist of functions (``--allow``).
+    create_role, role_name, s3_read, s3_write
+        Create (or update) role ``role_name`` allowing the bucket's prefix and these locations.
+    current_env
+        The environment of the function as it is (an update keeps what it does not change).
+    memory_tiers
+        MB of each memory tier to create alongside.
+    adopt
+        Take over a function or role dask-lambda did not create.
+    tags
+        Extra tags of the function.
+    expire_days
+        Days after which the bucket expires what crashed clients left (None: no rule).
+    """
+
+    name: str
+    settings: FunctionSettings
+    build: BuildSpec | None = None
+    built: BuildResult | None = None
+    bucket: str | None = None
+    prefix: str = "dask-lambda"
+    allow: list[str] = field(default_factory=list)
+    create_role: bool = False
+    role_name: str | None = None
+    s3_read: list[str] = field(default_factory=list)
+    s3_write: list[str] = field(default_factory=list)
+    current_env: dict[str, str] | None = None
+    memory_tiers: list[int] = field(default_factory=list)
+    adopt: bool = False
+    tags: dict[str, str] | None = None
+    expire_days: int | None = None
+
+
+@dataclass
+class Provisioned:
+    """What :func:`provision` did: the function's outcome, its package, role and tiers."""
+
+    outcome: DeployResult
+    built: BuildResult | None
+    tiers: dict[int, DeployResult]
+
+    @property
+    def configuration(self) -> dict[str, Any]:
+        return self.outcome.configuration
+
+
+def provision(
+    client: Callable[[str], Any],
+    request: Request,
+    progress: Callable[[str], None] = lambda line: None,
+) -> Provisioned:
+    """Provision ``request`` (see the module docstring); ``client(service)`` makes boto3
+    clients."""
+    settings = dataclasses.replace(request.settings)
+    settings.validate()  # before anything touches AWS
+    bucket, prefix = request.bucket, request.prefix
+    if settings.role and request.create_role:
+        raise DeployError("Pass either --role or --create-role, not both")
+    if request.create_role and not bucket:
+        raise DeployError("--create-role needs --bucket: the role may use only that")
+    if bucket:
+        bucket, prefix = check_location(bucket, prefix)
+    lam = client("lambda")
+    s3 = client("s3") if bucket else None
+    check_ownership(lam, current_configuration(lam, request.name), request.adopt)
+
+    environment = {**(request.current_env or {}), **(settings.environment or {})}
+    environment.update(
+        contract.function_environment(bucket=bucket, prefix=prefix, allowed=request.allow)
+    )
+    needs_key = contract.KEY_PARAMETER not in (request.current_env or {})
+    built = request.built
+    if built is None and request.build is not None:
+        built = _build(request.build, progress)
+    if built is not None:
+        environment.pop(contract.DEPENDENCIES, None)
+        if built.dependencies_zip:
+            if s3 is None:
+                raise DeployError("--deps-on-s3 needs --bucket: the archive lives there")
+            environment[contract.DEPENDENCIES] = upload_dependencies(
+                s3, bucket, prefix, built.dependencies_zip
+            )
+            progress(
+                f"Dependencies: {len(built.dependencies_zip) / 1e6:.1f} MB archive in"
+                f" s3://{bucket}, {built.dependencies_unpacked / 1e6:.0f} MB unpacked into /tmp"
+                " on each cold start"
+            )
+            if settings.ephemeral_storage is None:
+                settings.ephemeral_storage = ephemeral_storage_for(
+                    len(built.dependencies_zip), built.dependencies_unpacked
+                )
+    if request.create_role:
+        policy = role_policy(bucket, prefix, request.name, request.s3_read, request.s3_write)
+        role_name = request.role_name or f"dask-lambda-{request.name}"
+        settings.role = ensure_role(client("iam"), role_name, policy, adopt=request.adopt)
+        progress(f"Role: {settings.role}")
+    if needs_key:  # every function gets its own signing key
+        environment[contract.KEY_PARAMETER] = create_key(client("ssm"), request.name)
+    unchanged = request.current_env is not None and environment == request.current_env
+    settings.environment = None if built is None and unchanged else environment
+    code = built.zip_bytes if built is not None else None
+    outcome = deploy(lam, request.name, code, settings, s3_client=s3, bucket=bucket,
+                     prefix=prefix, adopt=request.adopt, tags=request.tags)  # fmt: skip
+    if s3 is not None and request.expire_days is not None:
+        ensure_expiry(s3, bucket, prefix, request.expire_days)
+    base = outcome.configuration
+    tiers = {}
+    for memory in request.memory_tiers:
+        variant = dataclasses.replace(
+            settings, memory=memory, role=base["Role"],
+            environment=(base.get("Environment") or {}).get("Variables"),
+        )  # fmt: skip
+        tiers[memory] = deploy(lam, tier_name(request.name, memory), code, variant, s3_client=s3,
+                               bucket=bucket, prefix=prefix, adopt=request.adopt)  # fmt: skip
+    return Provisioned(outcome, built, tiers)
+
+
+def _build(spec: BuildSpec, progress: Callable[[str], None]) -> BuildResult:
+    built = build(spec, progress=lambda step: progress(f"  build: {step}"))
+    progress(
+        f"Package: {built.size / 1e6:.1f} MB zipped, {built.unpacked_size / 1e6:.1f} MB"
+        f" unzipped, {built.files} files"
+    )
+    if spec.paths:
+        progress(built.user_files.summary())
+    return built
