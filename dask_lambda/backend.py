@@ -1,4 +1,4 @@
-"""What the scheduler and the executor run on: a frozen :class:`Backend` and its :class:`Settings`.
+"""What the scheduler and the executor run on: a :class:`Backend` (with its settings).
 
 :class:`~dask_lambda.cluster.LambdaCluster` owns the function, the bucket and their lifecycle;
 when it starts it builds one :class:`Backend` — the function's name, memory, architecture and
@@ -6,75 +6,25 @@ timeout, the invoker, the spill store, the invocation pool, the scheduling setti
 prefix — and hands that, not itself, to :mod:`.scheduler` and :mod:`.executor`. So imports flow
 one way (cluster → scheduler → backend) and nothing below the cluster can reach back into it.
 
-:func:`settings_from_config` reads every scheduling setting from ``lambda.yaml`` / dask.config
-in one loop, each overridable by an argument (dask's ``override_with``).
+A backend's fields never change once it is built (a frozen dataclass); some of them are shared
+state with their own locks, living as long as the cluster: the invocation pool, the
+:class:`~.planner.TaskProfile` learned across computes, the persisted collections' bookkeeping,
+the ledger, and the late cleanups of speculative copies.
 """
 
 from __future__ import annotations
 
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass, field, fields
-from typing import Any
+from dataclasses import dataclass, field
 
-from . import config
+from . import limits
 from .function.values import Store
 from .invoker import Invoker
 from .ownership import Ledger
 from .persist import Persisted
 from .planner import TaskProfile
-
-
-@dataclass(frozen=True)
-class Settings:
-    """Scheduling settings of a cluster (each documented in ``lambda.yaml``)."""
-
-    max_concurrency: int
-    max_tasks: int
-    max_bytes: int
-    per_slot: int
-    target_seconds: float
-    probe_tasks: int
-    inline_limit: int
-    max_object_bytes: int
-    kms_key_id: str | None
-    task_retries: int
-    escalate_memory: bool
-    speculation: bool
-    speculation_multiplier: float
-    speculation_min_seconds: float
-
-
-# Settings field -> its lambda.yaml key.
-SETTING_KEYS = {
-    "max_concurrency": "max-concurrency",
-    "max_tasks": "batch.max-tasks",
-    "max_bytes": "batch.max-bytes",
-    "per_slot": "batch.per-slot",
-    "target_seconds": "batch.target-seconds",
-    "probe_tasks": "batch.probe-tasks",
-    "inline_limit": "spill.inline-limit",
-    "max_object_bytes": "spill.max-object-bytes",
-    "kms_key_id": "spill.kms-key-id",
-    "task_retries": "task-retries",
-    "escalate_memory": "escalate-memory",
-    "speculation": "speculation.enabled",
-    "speculation_multiplier": "speculation.multiplier",
-    "speculation_min_seconds": "speculation.min-seconds",
-}
-_CONVERT = {"int": int, "float": float, "bool": bool}
-
-
-def settings_from_config(**overrides: Any) -> Settings:
-    """:class:`Settings` from dask.config, with ``overrides`` (not None) taking precedence."""
-    values = {}
-    for spec in fields(Settings):
-        value = config.setting(SETTING_KEYS[spec.name], override_with=overrides.get(spec.name))
-        convert = _CONVERT.get(str(spec.type))
-        values[spec.name] = convert(value) if convert is not None and value is not None else value
-    if values["max_concurrency"] < 1:
-        raise ValueError(f"max_concurrency must be at least 1, got {values['max_concurrency']}")
-    return Settings(**values)
+from .settings import Settings
 
 
 @dataclass(frozen=True)
@@ -132,7 +82,7 @@ class Backend:
                 f" {self.memory_mb} MB and memory tiers {sorted(self.tiers) or 'none'}. Add"
                 f" one: LambdaCluster(memory_tiers=[{int(memory_mb)}]) for the function it"
                 f" deploys, or dask-lambda deploy {self.function_name} --memory-tiers"
-                f" {int(memory_mb)} (up to 10240 MB)."
+                f" {int(memory_mb)} (up to {limits.MAX_MEMORY_MB} MB)."
             )
         return fitting[0]
 

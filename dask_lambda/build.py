@@ -49,11 +49,11 @@ from pathlib import Path
 import dask_lambda
 
 from . import bytecode as bytecode_module
-from . import distributions
+from . import distributions, limits
 from .function.protocol import versions
 
-UNZIPPED_LIMIT = 262_144_000  # 250 MB, function and layers
-DIRECT_UPLOAD_LIMIT = 52_428_800  # 50 MB zip in the CreateFunction request
+UNZIPPED_LIMIT = limits.UNZIPPED_PACKAGE_BYTES
+DIRECT_UPLOAD_LIMIT = limits.DIRECT_UPLOAD_BYTES
 RUNTIME_DEPENDENCIES = ("dask", "cloudpickle", "msgpack")
 # From the client's installed distributions (for the local Lambda): the handler's needs and
 # dask.array's, which every dask-lambda function can run without asking.

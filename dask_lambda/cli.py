@@ -18,8 +18,12 @@ from typing import Any
 
 import click
 
-from . import config
+from . import config, limits
 from .function import contract
+
+MEMORY_RANGE = f"{limits.MIN_MEMORY_MB}-{limits.MAX_MEMORY_MB}"
+TIMEOUT_RANGE = f"1-{limits.MAX_TIMEOUT_SECONDS}"
+EPHEMERAL_RANGE = f"{limits.MIN_EPHEMERAL_MB}-{limits.MAX_EPHEMERAL_MB}"
 
 CLEAN_LISTED = 50  # object names `clean` lists before it asks
 
@@ -145,10 +149,10 @@ def _deploy_options(defaults: bool):
         click.option("--no-dependencies", is_flag=True,
                      help="Package dask_lambda and PATHS only; a layer must provide dask & co."),
         click.option("--memory", type=int, default=default("memory"),
-                     show_default=defaults, help="Memory in MB (128-10240)."),
+                     show_default=defaults, help=f"Memory in MB ({MEMORY_RANGE})."),
         click.option("--timeout", type=int, default=default("timeout"),
-                     show_default=defaults, help="Timeout in seconds (1-900)."),
-        click.option("--ephemeral-storage", type=int, help="/tmp size in MB (512-10240)."),
+                     show_default=defaults, help=f"Timeout in seconds ({TIMEOUT_RANGE})."),
+        click.option("--ephemeral-storage", type=int, help=f"/tmp size in MB ({EPHEMERAL_RANGE})."),
         click.option("--architecture", type=click.Choice(["x86_64", "arm64"]),
                      default="x86_64" if defaults else None, show_default=defaults,
                      help="Instruction set; wheels are chosen to match."),
@@ -334,8 +338,8 @@ def _parse_tiers(text: str) -> list[int]:
     except ValueError:
         raise click.BadParameter(f"{text!r} is not MB[,MB...]", param_hint="--memory-tiers")
     for memory in tiers:
-        if not 128 <= memory <= 10240:
-            raise click.BadParameter(f"{memory} MB is outside Lambda's 128-10240 MB",
+        if not limits.MIN_MEMORY_MB <= memory <= limits.MAX_MEMORY_MB:
+            raise click.BadParameter(f"{memory} MB is outside Lambda's {MEMORY_RANGE} MB",
                                      param_hint="--memory-tiers")  # fmt: skip
     return tiers
 

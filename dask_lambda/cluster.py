@@ -11,7 +11,6 @@ the same: boto3 clients with an endpoint, no local branch.
 from __future__ import annotations
 
 import enum
-import os
 import threading
 import warnings
 import weakref
@@ -22,7 +21,7 @@ import dask
 
 from . import config
 from .aws import Aws, is_loopback, lambda_endpoint, signed_post
-from .backend import Backend, settings_from_config
+from .backend import Backend
 from .exceptions import NoActiveClusterError, VersionMismatchError, VersionWarning
 from .function import contract
 from .function.protocol import version_mismatches, versions
@@ -31,6 +30,7 @@ from .invoker import Invoker
 from .ownership import Ledger
 from .report import ComputeReport
 from .scheduler import Compute
+from .settings import Settings
 
 LOCAL_BUCKET = "dask-lambda-local"
 LOCAL_ROLE = "dask-lambda-local"
@@ -164,16 +164,20 @@ class LambdaCluster:
         s3_write: list[str] | None = None,
         memory_tiers: list[int] | None = None,
     ):
-        self.function_name = config.setting("function-name", function_name)
-        self.bucket = config.setting("bucket", bucket)
+        self.settings = settings = Settings.from_config(
+            function_name=function_name, bucket=bucket, region=region, endpoint_url=endpoint_url,
+            memory=memory, timeout=timeout, max_concurrency=max_concurrency, max_tasks=max_tasks,
+            max_bytes=max_bytes, per_slot=per_slot, inline_limit=inline_limit,
+            infra_retries=infra_retries, retry_backoff=retry_backoff, packages=packages,
+            s3_read=s3_read, s3_write=s3_write, memory_tiers=memory_tiers,
+        )  # fmt: skip
+        self.function_name = settings.function_name
+        self.bucket = settings.bucket
         self._explicit_prefix = prefix
         self.prefix = (prefix or "").strip("/")  # known once the function is
-        self.region = config.setting("region", region)
-        self.endpoint_url = config.setting("endpoint-url", endpoint_url)
-        self.memory = int(config.setting("memory", memory))
-        self.timeout = int(config.setting("timeout", timeout))
-        self.infra_retries = int(config.setting("infra-retries", infra_retries))
-        self.retry_backoff = float(config.setting("retry-backoff", retry_backoff))
+        self.region, self.endpoint_url = settings.region, settings.endpoint_url
+        self.memory, self.timeout = settings.memory, settings.timeout
+        self.infra_retries, self.retry_backoff = settings.infra_retries, settings.retry_backoff
         self.local = None
         self.status = Status.created
         self.last_report: ComputeReport | None = None
@@ -182,19 +186,10 @@ class LambdaCluster:
         self.on_local_lambda = self.function_name is None or is_loopback(
             lambda_endpoint(self.endpoint_url)
         )
-        concurrency = config.setting("max-concurrency", max_concurrency)
-        if concurrency is None:
-            concurrency = max(2, os.cpu_count() or 2) if self.on_local_lambda else 100
-        self.settings = settings_from_config(
-            max_concurrency=concurrency, max_tasks=max_tasks, max_bytes=max_bytes,
-            per_slot=per_slot, inline_limit=inline_limit,
-        )  # fmt: skip
         self._check_versions = check_versions
-        self.packages = list(config.setting("packages", packages) or [])
-        self.s3_read = list(config.setting("s3-read", s3_read) or [])
-        self.s3_write = list(config.setting("s3-write", s3_write) or [])
-        self.memory_tiers = sorted({int(mb) for mb in config.setting("memory-tiers", memory_tiers)
-                                    or []})  # fmt: skip
+        self.packages = list(settings.packages)
+        self.s3_read, self.s3_write = list(settings.s3_read), list(settings.s3_write)
+        self.memory_tiers = list(settings.memory_tiers)
         self.build_report: dict[str, Any] = {}
         self._finalizer: weakref.finalize | None = None
         self.start()
@@ -231,8 +226,7 @@ class LambdaCluster:
             self._check_bucket(store)
             ledger = resources["ledger"] = Ledger(
                 store, self.prefix, f"cluster {self.function_name!r}",
-                lease_ttl=float(config.setting("lease.ttl")),
-                lease_refresh=float(config.setting("lease.refresh")),
+                lease_ttl=self.settings.lease_ttl, lease_refresh=self.settings.lease_refresh,
             ).start()  # fmt: skip
             timeout = int(function.get("Timeout") or self.timeout)
 
@@ -246,6 +240,9 @@ class LambdaCluster:
                     payload_prefix=self.prefix,
                     infra_retries=self.infra_retries,
                     retry_backoff=self.retry_backoff,
+                    throttle_retries=self.settings.throttle_retries,
+                    throttle_backoff=self.settings.throttle_backoff,
+                    invoke_client=self.settings.invoke_client,
                     signing_key=signing_key,
                     credentials=self.aws.session.get_credentials(),
                 )
@@ -294,8 +291,8 @@ class LambdaCluster:
 
         started = time.perf_counter()
         local = resources["local"] = LocalLambda(
-            concurrency_limit=int(config.setting("local.concurrency-limit")),
-            idle_timeout=float(config.setting("local.idle-timeout")),
+            concurrency_limit=self.settings.local_concurrency_limit,
+            idle_timeout=self.settings.local_idle_timeout,
         ).start()
         self.local = local
         self.endpoint_url, self.region = local.endpoint_url, local.region

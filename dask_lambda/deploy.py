@@ -15,6 +15,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
+from . import limits
 from .build import DIRECT_UPLOAD_LIMIT, code_sha256
 from .function.contract import HANDLER, dependencies_reference, key_parameter_name
 from .function.protocol import versions
@@ -52,9 +53,10 @@ class FunctionSettings:
     def validate(self) -> None:
         """Raise :class:`DeployError` for values Lambda would refuse."""
         checks = [
-            ("memory", self.memory, 128, 10240, "MB", "--memory"),
-            ("timeout", self.timeout, 1, 900, "seconds", "--timeout"),
-            ("ephemeral storage", self.ephemeral_storage, 512, 10240, "MB",
+            ("memory", self.memory, limits.MIN_MEMORY_MB, limits.MAX_MEMORY_MB, "MB", "--memory"),
+            ("timeout", self.timeout, 1, limits.MAX_TIMEOUT_SECONDS, "seconds", "--timeout"),
+            ("ephemeral storage", self.ephemeral_storage, limits.MIN_EPHEMERAL_MB,
+             limits.MAX_EPHEMERAL_MB, "MB",
              "--ephemeral-storage"),
         ]  # fmt: skip
         for name, value, low, high, unit, option in checks:
@@ -457,7 +459,7 @@ def upload_dependencies(s3: Any, bucket: str, prefix: str, archive: bytes) -> st
 def ephemeral_storage_for(archive_bytes: int, unpacked_bytes: int) -> int:
     """MB of /tmp for unpacking a dependency archive: archive, contents and 512 MB for tasks."""
     needed = (archive_bytes + unpacked_bytes) // 1_000_000 + 512
-    return min(10240, max(512, needed))
+    return min(limits.MAX_EPHEMERAL_MB, max(limits.MIN_EPHEMERAL_MB, needed))
 
 
 def _differs(current: dict, key: str, wanted: Any) -> bool:

@@ -26,22 +26,24 @@ from typing import Any
 
 from botocore.config import Config
 
-from . import config as settings
+from . import limits
 from .attempts import (
     THROTTLED,
     InvocationAttempts,
     SplitBatch,
+    Verdict,
+    failure_kind,
     retryable_function_error,
     retryable_service_error,
 )
 from .exceptions import LambdaFunctionError
 from .function import protocol
 from .function.storage import S3Store
+from .settings import INVOKE_CLIENTS, Settings
 from .transport import Boto3Transport, ConnectionFailure, LeanTransport, ServiceError
 
-REQUEST_LIMIT = 6_291_456 - 4096
+REQUEST_LIMIT = limits.SYNC_PAYLOAD_BYTES - 4096  # room for the event around the payload
 RECORDS_KEPT = 200_000  # per-invocation records an invoker keeps (for timelines)
-INVOKE_CLIENTS = ("lean", "boto3")
 
 
 @dataclass
@@ -113,8 +115,14 @@ class Invoker:
     ):
         self.function_name = function_name
         self.max_concurrency = max_concurrency
-        self.throttle_retries = int(settings.setting("throttle-retries", throttle_retries))
-        self.throttle_backoff = float(settings.setting("throttle-backoff", throttle_backoff))
+        if None in (throttle_retries, throttle_backoff, invoke_client):  # lambda.yaml's
+            defaults = Settings.from_config(local=False)
+            if throttle_retries is None:
+                throttle_retries = defaults.throttle_retries
+            if throttle_backoff is None:
+                throttle_backoff = defaults.throttle_backoff
+            invoke_client = invoke_client or defaults.invoke_client
+        self.throttle_retries, self.throttle_backoff = throttle_retries, throttle_backoff
         self.signing_key = signing_key
         self.signature_ttl = function_timeout + 900
         self.store = store
@@ -130,7 +138,7 @@ class Invoker:
             tcp_keepalive=True,
         )
         self.client = lambda_client_factory(config)
-        kind = settings.setting("invoke-client", override_with=invoke_client)
+        kind = invoke_client
         if kind not in INVOKE_CLIENTS:
             raise ValueError(
                 f"lambda.invoke-client is {kind!r}: use one of {', '.join(INVOKE_CLIENTS)}"
@@ -224,12 +232,8 @@ class Invoker:
                     time.sleep(verdict.delay)
                 elif verdict.action == "split":
                     raise SplitBatch(e.error) from None
-                elif verdict.action == "throttled":
-                    raise self._throttled(e.error, attempt) from None
-                elif verdict.action == "repeated":
-                    raise self._repeated(e.error, verdict.kind, attempt) from None
                 else:
-                    raise e.final(attempt) from None
+                    raise self._give_up(e.error, verdict, attempt) from None
 
     def _call_once(self, body: bytes, task_keys: list, attempt: int, stats: _Counters) -> dict:
         started = time.time()
@@ -282,46 +286,45 @@ class Invoker:
         )
         return decoded
 
-    def _throttled(self, error: LambdaFunctionError, attempts: int) -> LambdaFunctionError:
-        """Throttling outlasted its retries: say which limits to change."""
-        name = self.function_name
-        advice = (
-            f"Lambda throttled every attempt ({attempts}): more invocations run at once than"
-            f" the function's concurrency allows. Lower max_concurrency (now"
-            f" {self.max_concurrency}: LambdaCluster(max_concurrency=...) or"
-            f" lambda.max-concurrency), raise the function's reserved concurrency (aws lambda"
-            f" put-function-concurrency --function-name {name} --reserved-concurrent-executions"
-            " N) or the account's concurrency quota, or allow more retries"
-            " (lambda.throttle-retries)"
-        )
-        return LambdaFunctionError(name, error.error_type, f"{error.error_message}. {advice}",
+    def _give_up(self, error: LambdaFunctionError, verdict: Verdict, attempts: int):
+        """The error to raise when no attempt is left, with what to change said once."""
+        advice = self._advice(error, verdict, attempts)
+        message = f"{error.error_message}. {advice}" if advice else error.error_message
+        return LambdaFunctionError(self.function_name, error.error_type, message,
                                    error.task_keys, error.request_id, attempts)  # fmt: skip
 
-    def _repeated(
-        self, error: LambdaFunctionError, kind: str, attempts: int
-    ) -> LambdaFunctionError:
-        """A task that ran out of memory or time (twice, or once before a larger tier): say so
-        and what to change."""
+    def _advice(self, error: LambdaFunctionError, verdict: Verdict, attempts: int) -> str | None:
         name = self.function_name
+        if verdict.action == "throttled":
+            return (
+                f"Lambda throttled every attempt ({attempts}): more invocations run at once than"
+                f" the function's concurrency allows. Lower max_concurrency (now"
+                f" {self.max_concurrency}: LambdaCluster(max_concurrency=...) or"
+                f" lambda.max-concurrency), raise the function's reserved concurrency (aws lambda"
+                f" put-function-concurrency --function-name {name}"
+                " --reserved-concurrent-executions N) or the account's concurrency quota, or"
+                " allow more retries (lambda.throttle-retries)"
+            )
+        repeated = verdict.action == "repeated"
+        kind = verdict.kind or failure_kind(error)
         if kind == "memory":
             times = "twice" if attempts > 1 else "once"
-            advice = (
+            return (
                 f"It ran out of memory {times} at this memory size: not retried here. Give it"
-                f" more memory (dask-lambda update {name} --memory MB, up to 10240, or"
-                " LambdaCluster(memory=...); or a memory tier for this task alone:"
-                " dask.annotate(resources={'memory': MB}) with memory_tiers) or make the task's"
-                " chunks smaller"
+                f" more memory (dask-lambda update {name} --memory MB, up to"
+                f" {limits.MAX_MEMORY_MB}, or LambdaCluster(memory=...); or a memory tier for"
+                " this task alone: dask.annotate(resources={'memory': MB}) with memory_tiers)"
+                " or make the task's chunks smaller"
+            ) if repeated else None  # fmt: skip
+        if kind == "timeout":
+            what = ("It timed out twice at the same timeout: not retried again" if repeated
+                    else "A batch ran longer than the function's timeout")  # fmt: skip
+            return (
+                f"{what}. Raise the timeout (dask-lambda update {name} --timeout SECONDS, at"
+                f" most {limits.MAX_TIMEOUT_SECONDS}) or split the work into smaller tasks (or"
+                " lower lambda.batch.max-tasks)"
             )
-        else:
-            advice = (
-                f"It timed out twice at the same timeout: not retried again. Raise the timeout"
-                f" (dask-lambda update {name} --timeout SECONDS, at most 900) or split the work"
-                " into smaller tasks"
-            )
-        return LambdaFunctionError(
-            name, error.error_type, f"{error.error_message}. {advice}", error.task_keys,
-            error.request_id, attempts,
-        )  # fmt: skip
+        return None
 
     def _function_error(self, raw: bytes, task_keys: list, request_id: str | None) -> None:
         try:
@@ -332,12 +335,6 @@ class Invoker:
         message = error.get("errorMessage", "")
         if error_type == "IntegrityError":
             raise protocol.IntegrityError(f"{message} (function {self.function_name!r})")
-        if error_type == "Sandbox.Timedout":
-            message += (
-                f". A batch ran longer than the function's timeout: raise it (dask-lambda update"
-                f" {self.function_name} --timeout SECONDS, at most 900) or split the work into"
-                " smaller tasks (or lower lambda.batch.max-tasks)."
-            )
         failure = LambdaFunctionError(
             self.function_name,
             error_type,
@@ -370,9 +367,3 @@ class _Retryable(Exception):
     def __init__(self, error: LambdaFunctionError):
         super().__init__(str(error))
         self.error = error
-
-    def final(self, attempts: int) -> LambdaFunctionError:
-        e = self.error
-        return LambdaFunctionError(
-            e.function_name, e.error_type, e.error_message, e.task_keys, e.request_id, attempts
-        )

@@ -20,9 +20,10 @@ import threading
 import zipfile
 from pathlib import Path
 
+from .. import limits
 from ..build import code_sha256
 
-ZIP_UNPACKED_LIMIT = 262_144_000  # 250 MB, code and layers together
+ZIP_UNPACKED_LIMIT = limits.UNZIPPED_PACKAGE_BYTES
 
 
 class InvalidCode(ValueError):

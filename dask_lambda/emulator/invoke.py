@@ -26,12 +26,13 @@ import random
 import threading
 import time
 
+from .. import limits
 from .faults import FaultInjector
 from .runtimes import FunctionSpec, Invocation, MiB, RuntimeManager, Throttled
 
-SYNC_PAYLOAD_LIMIT = 6_291_456
+SYNC_PAYLOAD_LIMIT = limits.SYNC_PAYLOAD_BYTES
 ASYNC_PAYLOAD_LIMIT = 1_048_576
-RESPONSE_LIMIT = 6_291_456
+RESPONSE_LIMIT = limits.SYNC_PAYLOAD_BYTES
 LOG_TAIL_BYTES = 4096
 INIT_TIMEOUT_S = 10.0
 ASYNC_RETRY_WINDOW_S = 60.0
