@@ -411,7 +411,7 @@ def _mount_cost(mounted: dict | None) -> str:
 @aws_command
 def info(aws, name: str) -> None:
     """Ping function NAME: its configuration, versions, and whether this client can use it."""
-    from .compat import installed_libraries, library_differences
+    from .compatibility import client_libraries, library_differences
     from .function.protocol import version_mismatches, versions
     from .invoker import Invoker
 
@@ -436,7 +436,7 @@ def info(aws, name: str) -> None:
         click.echo(f"Dependencies from S3, {_mount_cost(stats.get('dependencies'))}")
     for key in ("python_full", "dask", "cloudpickle", "msgpack", "dask_lambda", "protocol"):
         click.echo(f"{key:<11} {remote.get(key, '?')}")
-    libraries = library_differences(installed_libraries(), response.get("libraries", {}))
+    libraries = library_differences(client_libraries(), response.get("libraries", {}))
     for line in libraries.refused + libraries.warned:
         click.echo(f"Differs     {line}")
     problems = version_mismatches(versions(), remote)

@@ -553,14 +553,14 @@ class LambdaCluster:
         (numpy, pandas, pyarrow, ...) must have the same major version; a minor difference is
         a :class:`VersionWarning`. Both messages give the command that fixes them.
         """
-        from .compat import installed_libraries, library_differences
+        from .compatibility import client_libraries, library_differences
 
         answer = self.ping()
         if "dependencies" in answer.get("stats", {}):
             self.build_report["dependencies_mount"] = answer["stats"]["dependencies"]
         remote = answer.get("versions", {})
         problems = version_mismatches(versions(), remote)
-        libraries = library_differences(installed_libraries(), answer.get("libraries", {}))
+        libraries = library_differences(client_libraries(), answer.get("libraries", {}))
         if problems or libraries.refused:
             fix = (
                 libraries.fix(self.function_name)

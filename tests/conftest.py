@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import pickle
 import time
 import uuid
 import zipfile
@@ -64,6 +65,32 @@ def evil_pickle(marker: str) -> bytes:
             return exec, (f"open({marker!r}, 'w').write('pwned')",)
 
     return pickle.dumps(Evil(), protocol=4)
+
+
+# Names a pickle may try to reach past an allowlist of vetted.double and wild.* (see
+# test_security.py and tests/unit/test_function_safety.py).
+DOTTED_ATTACKS = [
+    ("numpy", "interp._implementation.__builtins__.get"),  # int... looked like a numpy scalar
+    ("wild", "double.__builtins__.get"),  # a dotted path under an allowed module.*
+    ("vetted", "double.__globals__.get"),  # a dotted path under an allowed function
+    ("wild", "os"),  # a module that module.* imported, not its own
+    ("wild", "_private"),
+    ("wild", "Tool._run"),  # a dotted name ending in something the module defines
+    ("builtins", "eval"),
+]
+
+
+def global_pickle(module: str, name: str, then: list[tuple[str, ...]]) -> bytes:
+    """A protocol-4 pickle: STACK_GLOBAL(module, name), then call the result with each args."""
+
+    def text(value: str) -> bytes:
+        data = value.encode()
+        return pickle.SHORT_BINUNICODE + bytes([len(data)]) + data
+
+    out = pickle.PROTO + b"\x04" + text(module) + text(name) + pickle.STACK_GLOBAL
+    for args in then:
+        out += pickle.MARK + b"".join(text(a) for a in args) + pickle.TUPLE + pickle.REDUCE
+    return out + pickle.STOP
 
 
 def unique(prefix: str) -> str:

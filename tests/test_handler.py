@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import ast
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -14,36 +11,6 @@ import dask_lambda.function
 from dask_lambda.function import protocol
 
 FUNCTION = Path(dask_lambda.function.__file__).parent
-
-
-def test_function_subpackage_imports_nothing_client_side():
-    """Every module of dask_lambda.function, loaded on its own, loads no other dask_lambda module
-    (but the package's lazy __init__) and none of the client's libraries."""
-    modules = sorted(p.stem for p in FUNCTION.glob("*.py") if p.stem != "__init__")
-    script = (
-        "import importlib, sys\n"
-        f"for name in {modules!r}: importlib.import_module('dask_lambda.function.' + name)\n"
-        "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('distributed', 'click',"
-        " 'matplotlib', 'moto', 'flask', 'tqdm') or (m.startswith('dask_lambda.')"
-        " and not m.startswith('dask_lambda.function')))\n"
-        "print(bad)\n"
-    )
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
-    assert out.stdout.strip() == "[]", out.stdout + out.stderr
-
-
-def test_function_subpackage_names_nothing_outside_itself():
-    """Statically too: no import in dask_lambda.function reaches the rest of the package."""
-    for path in FUNCTION.glob("*.py"):
-        for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.ImportFrom):
-                target = "." * node.level + (node.module or "")
-                names = {alias.name for alias in node.names}
-                assert not target.startswith("dask_lambda"), (path.name, target)
-                assert node.level <= 1 or (target == ".." and names == {"__version__"}), (
-                    path.name, target, names)  # fmt: skip
-            elif isinstance(node, ast.Import):
-                assert not any(a.name.startswith("dask_lambda") for a in node.names), path.name
 
 
 def _invoke_raw(cluster, event) -> tuple[dict, dict]:
@@ -218,49 +185,3 @@ def test_unknown_operation(cluster):
     )
     response, body = _invoke_raw(cluster, event)
     assert "Unknown dask-lambda operation" in body["errorMessage"]
-
-
-def test_the_package_import_graph_has_no_cycle():
-    """Every import inside dask_lambda (lazy ones too, not TYPE_CHECKING ones) flows one way."""
-    package = FUNCTION.parent
-    graph: dict[str, set[str]] = {}
-    for path in package.rglob("*.py"):
-        parts = path.relative_to(package.parent).with_suffix("").parts
-        name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
-        is_package = path.name == "__init__.py"
-        tree = ast.parse(path.read_text())
-        skipped = {
-            id(n)
-            for node in ast.walk(tree)
-            if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test)
-            for n in ast.walk(node)
-        }
-        edges = graph.setdefault(name, set())
-        for node in ast.walk(tree):
-            if id(node) in skipped or not isinstance(node, ast.ImportFrom) or not node.level:
-                continue
-            base = name.split(".") if is_package else name.split(".")[:-1]
-            base = base[: len(base) - (node.level - 1)]
-            target = ".".join(base + ([node.module] if node.module else []))
-            for alias in node.names:  # "from . import x" may name a module
-                candidate = f"{target}.{alias.name}"
-                edges.add(candidate if (package.parent / candidate.replace(".", "/")).with_suffix(
-                    ".py").exists() else target)  # fmt: skip
-    edges_of = {k: {t for t in v if t in graph and t != k and not k.startswith(t + ".")}
-                for k, v in graph.items()}  # fmt: skip
-    visiting, done = [], set()
-
-    def visit(node):
-        assert node not in visiting, " -> ".join([*visiting[visiting.index(node) :], node])
-        if node in done:
-            return
-        visiting.append(node)
-        for target in sorted(edges_of[node]):
-            visit(target)
-        visiting.pop()
-        done.add(node)
-
-    for module in sorted(graph):
-        visit(module)
-    assert "dask_lambda.scheduler" not in str(edges_of["dask_lambda.backend"])
-    assert "dask_lambda.cluster" not in edges_of["dask_lambda.scheduler"]

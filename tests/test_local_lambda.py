@@ -110,13 +110,13 @@ def test_response_over_6mb_is_a_function_error(local, deploy):
 
 
 def test_timeout_kills_the_runtime(local, deploy):
-    name = deploy("behaviours.sleep", Timeout=1)
+    name = deploy("behaviours.sleep", Timeout=3)  # the warm-up call has room on a slow machine
     _, warm = invoke(local, name, {"seconds": 0})
     warm_pid = host_pid(local, warm)
     response, body = invoke(local, name, {"seconds": 30})
     assert response["FunctionError"] == "Unhandled"
     assert body["errorType"] == "Sandbox.Timedout"
-    assert "Task timed out after 1.00 seconds" in body["errorMessage"]
+    assert "Task timed out after 3.00 seconds" in body["errorMessage"]
     assert wait_until(lambda: gone(warm_pid))
     _, after = invoke(local, name, {"seconds": 0})  # the function still works, in a new runtime
     assert after["runtime"] != warm["runtime"]

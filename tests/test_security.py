@@ -12,7 +12,6 @@ from __future__ import annotations
 import importlib
 import json
 import os
-import pickle
 import threading
 import time
 import zipfile
@@ -21,27 +20,11 @@ from pathlib import Path
 import dask
 import pytest
 import tasks
-from conftest import cli, evil_pickle, spill_objects, unique
+from conftest import DOTTED_ATTACKS, cli, evil_pickle, global_pickle, spill_objects, unique
 
 from dask_lambda import LambdaCluster, LambdaExecutor, LambdaFunctionError
 from dask_lambda.function import protocol
-from dask_lambda.function.allowlist import RestrictedUnpickler
-from dask_lambda.function.protocol import MARKER, IntegrityError
-
-
-def _global_pickle(module: str, name: str, then: list[tuple[str, ...]]) -> bytes:
-    """A protocol-4 pickle: STACK_GLOBAL(module, name), then call the result with each args."""
-
-    def text(value: str) -> bytes:
-        data = value.encode()
-        return pickle.SHORT_BINUNICODE + bytes([len(data)]) + data
-
-    out = pickle.PROTO + b"\x04" + text(module) + text(name) + pickle.STACK_GLOBAL
-    for args in then:
-        out += pickle.MARK + b"".join(text(a) for a in args) + pickle.TUPLE + pickle.REDUCE
-    return out + pickle.STOP
-
-
+from dask_lambda.function.protocol import IntegrityError
 
 
 def _run_payload(cluster: LambdaCluster, spec: bytes) -> dict:
@@ -49,36 +32,7 @@ def _run_payload(cluster: LambdaCluster, spec: bytes) -> dict:
             "store": {"bucket": cluster.bucket, "prefix": cluster.prefix}}  # fmt: skip
 
 
-# -- 1. the allowlist and dotted names ------------------------------------------------------------
-DOTTED_ATTACKS = [
-    ("numpy", "interp._implementation.__builtins__.get"),  # int... looked like a numpy scalar
-    ("wild", "double.__builtins__.get"),  # a dotted path under an allowed module.*
-    ("vetted", "double.__globals__.get"),  # a dotted path under an allowed function
-    ("wild", "os"),  # a module that module.* imported, not its own
-    ("wild", "_private"),
-    ("wild", "Tool._run"),  # a dotted name ending in something the module defines
-    ("builtins", "eval"),
-]
-
-
-@pytest.mark.parametrize(("module", "name"), DOTTED_ATTACKS)
-def test_restricted_unpickler_refuses_dotted_and_foreign_names(tmp_path, monkeypatch, module, name):
-    (tmp_path / "wild.py").write_text("import os\n\ndef double(x):\n    return 2 * x\n"
-                                      "def _private():\n    pass\n"
-                                      "class Tool:\n    def _run(self, *a):\n"
-                                      "        pass\n")  # fmt: skip
-    (tmp_path / "vetted.py").write_text("def double(x):\n    return 2 * x\n")
-    monkeypatch.syspath_prepend(str(tmp_path))
-    marker = tmp_path / "marker"
-    attack = _global_pickle(module, name, [("eval",), (f"open({str(marker)!r}, 'w')",)])
-    with pytest.raises(pickle.UnpicklingError, match="not allowed"):
-        RestrictedUnpickler(attack, ["vetted.double", "wild.*"]).load()
-    assert not marker.exists()
-    wild = importlib.import_module("wild")
-    allowed = RestrictedUnpickler(pickle.dumps(wild.double), ["wild.*"]).load()
-    assert allowed(4) == 8
-
-
+# -- 1. the allowlist and dotted names (the unpickler alone: tests/unit/test_function_safety.py)
 def test_allowlisted_function_cannot_be_escaped_through_dotted_names(
     local, aws_env, bucket, tmp_path, monkeypatch
 ):
@@ -94,7 +48,7 @@ def test_allowlisted_function_cannot_be_escaped_through_dotted_names(
     with LambdaCluster(function_name=name) as cluster:
         for module, attribute in DOTTED_ATTACKS[:4]:
             opener = f"open({str(marker)!r}, 'w')"
-            attack = _global_pickle(module, attribute, [("eval",), (opener,)])
+            attack = global_pickle(module, attribute, [("eval",), (opener,)])
             response = cluster.invoker.call(_run_payload(cluster, attack))  # signed: an insider
             assert response["fatal"]["type"] == "UnpicklingError", response["fatal"]
             assert "not allowed" in response["fatal"]["message"]
@@ -481,47 +435,3 @@ def test_runtime_survives_random_and_mutated_events(cluster, tmp_path):
 
 def _flip(text: str, index: int, char: str) -> str:
     return text[:index] + char + text[index + 1 :]
-
-
-def test_open_envelope_reads_nothing_before_verification():
-    """In-process property: over random and mutated documents, ``fetch`` runs only for events
-    whose signature is valid, and every failure is a ProtocolError."""
-    from hypothesis import given, settings
-    from hypothesis import strategies as st
-
-    key = b"k" * 32
-    data = protocol.encode_payload({"op": "ping"})
-    ref = {"bucket": "b", "key": "p/x", "size": len(data), "sha256": protocol.digest(data)}
-    valid = [protocol.envelope(data, key), protocol.reference_envelope(ref, key)]
-    fetched = []
-
-    def fetch(r):
-        fetched.append(r)
-        return data
-
-    leaves = st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=30)
-    values = st.recursive(
-        leaves,
-        lambda i: st.lists(i, max_size=3) | st.dictionaries(st.text(max_size=10), i, max_size=4),
-        max_leaves=10,
-    )
-
-    @settings(max_examples=400, deadline=None, derandomize=True)
-    @given(st.sampled_from(valid), st.sampled_from(["payload", "payload_ref", "expires",
-           "signature", "dask_lambda", "extra"]), values)  # fmt: skip
-    def check(document, field, value):
-        event = {**document, field: value}
-        signed = all(event.get(f) == document[f] for f in ("signature", "expires", MARKER))
-        fetched.clear()
-        try:
-            payload = protocol.open_envelope(json.dumps(event), fetch=fetch, key=key)
-        except protocol.ProtocolError:
-            payload = None
-        if fetched:  # something was read: only ever for the signed reference itself
-            assert signed and event["payload_ref"] == ref and "payload" not in event
-        if payload is not None:
-            assert signed and payload == {"op": "ping"}
-
-    check()
-    with pytest.raises(protocol.SignatureError):
-        protocol.open_envelope({**valid[1], "payload_ref": {**ref, "key": "p/y"}}, fetch, key)

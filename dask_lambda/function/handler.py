@@ -50,7 +50,7 @@ def lambda_handler(event: dict, context: Any) -> dict:
         raise
     op = payload.get("op")
     if op == "ping":
-        body: dict[str, Any] = {"stats": {}, "libraries": protocol.installed_libraries()}
+        body: dict[str, Any] = {"stats": {}, "libraries": protocol.runtime_libraries()}
     elif op == "run":
         body = _run(payload, started)
     else:

@@ -370,7 +370,7 @@ def versions() -> dict[str, str]:
 
 
 @functools.cache
-def installed_libraries() -> dict[str, str]:
+def runtime_libraries() -> dict[str, str]:
     """``{normalized name: version}`` of the distributions importable here (a ping reports
     them, so the client can compare numpy, pandas, pyarrow... with its own)."""
     import importlib.metadata

@@ -25,7 +25,7 @@ TOOLING = frozenset({"pip", "setuptools", "wheel"})
 
 
 @functools.cache
-def installed_libraries() -> dict[str, str]:
+def client_libraries() -> dict[str, str]:
     """``{canonical name: version}`` of the distributions this client has installed."""
     found: dict[str, str] = {}
     for dist in importlib.metadata.distributions():
