@@ -139,8 +139,8 @@ def _batch_request(index: int) -> dict:
     from dask._task_spec import Task
 
     from benchmarks.workloads import nap
-    from dask_lambda.invocation import RESPONSE_BUDGET, pickle_spec
     from dask_lambda.function import protocol
+    from dask_lambda.invocation import RESPONSE_BUDGET, pickle_spec
 
     keys = [("nap", index, j) for j in range(TASKS_PER_BATCH)]
     tasks = [Task(key, nap, 1, TASK_SECONDS) for key in keys]
