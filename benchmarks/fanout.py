@@ -63,13 +63,13 @@ def compare(groups: tuple[int, ...] = (10, 50)) -> dict:
 
     from benchmarks import scale, workloads
     from dask_lambda import LambdaCluster
-    from dask_lambda.build import package_zip
-    from dask_lambda.deploy import ensure_function, ensure_role
+    from dask_lambda.deploy.build import package_zip
+    from dask_lambda.deploy.functions import ensure_function, ensure_role
+    from dask_lambda.deploy.signing import create_key
     from dask_lambda.emulator import LocalLambda
     from dask_lambda.function import protocol
     from dask_lambda.function.contract import function_environment
-    from dask_lambda.signing import create_key
-    from dask_lambda.transport import LeanTransport
+    from dask_lambda.remote.transport import LeanTransport
 
     cloudpickle.register_pickle_by_value(workloads)
     concurrency = BATCHES + BATCHES // min(groups) + 10
@@ -140,7 +140,7 @@ def _batch_request(index: int) -> dict:
 
     from benchmarks.workloads import nap
     from dask_lambda.function import protocol
-    from dask_lambda.invocation import RESPONSE_BUDGET, pickle_spec
+    from dask_lambda.remote.invocation import RESPONSE_BUDGET, pickle_spec
 
     keys = [("nap", index, j) for j in range(TASKS_PER_BATCH)]
     tasks = [Task(key, nap, 1, TASK_SECONDS) for key in keys]

@@ -67,7 +67,7 @@ def invoker_rate(invoke_client: str, calls: int = 6000, threads: int = 64) -> di
     import boto3
 
     from benchmarks.endpoint import ImmediateEndpoint
-    from dask_lambda.invoker import Invoker
+    from dask_lambda.remote.invoker import Invoker
 
     session = boto3.session.Session(aws_access_key_id="benchmark", region_name="us-east-1",
                                     aws_secret_access_key="benchmark")  # fmt: skip
@@ -99,11 +99,11 @@ def simulate(
 
     from benchmarks import workloads
     from dask_lambda import LambdaCluster
-    from dask_lambda.build import package_zip
-    from dask_lambda.deploy import ensure_function, ensure_role
+    from dask_lambda.deploy.build import package_zip
+    from dask_lambda.deploy.functions import ensure_function, ensure_role
+    from dask_lambda.deploy.signing import create_key
     from dask_lambda.emulator import LocalLambda
     from dask_lambda.function.contract import function_environment
-    from dask_lambda.signing import create_key
 
     cloudpickle.register_pickle_by_value(workloads)
     with LocalLambda(runtime_mode="thread", concurrency_limit=concurrency + 10) as local:

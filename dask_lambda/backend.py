@@ -3,7 +3,7 @@
 :class:`~dask_lambda.cluster.LambdaCluster` owns the function, the bucket and their lifecycle;
 when it starts it builds one :class:`Backend` — the function's name, memory, architecture and
 timeout, the invoker, the spill store, the invocation pool, the scheduling settings and the spill
-prefix — and hands that, not itself, to :mod:`.scheduler` and :mod:`.executor`. So imports flow
+prefix — and hands that, not itself, to :mod:`.compute` and :mod:`.executor`. So imports flow
 one way (cluster → scheduler → backend) and nothing below the cluster can reach back into it.
 
 A backend's fields never change once it is built (a frozen dataclass); some of them are shared
@@ -20,10 +20,10 @@ from dataclasses import dataclass, field
 
 from . import limits
 from .function.values import Store
-from .invoker import Invoker
 from .ownership import Ledger
 from .persist import Persisted
-from .planner import TaskProfile
+from .remote.invoker import Invoker
+from .scheduling.planner import TaskProfile
 from .settings import Settings
 
 

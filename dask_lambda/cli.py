@@ -46,10 +46,10 @@ def aws_command(function):
     def wrapper(profile, region, endpoint_url, **kwargs):
         from botocore.exceptions import BotoCoreError, ClientError
 
-        from .admin import NotOursError
         from .aws import Aws
-        from .build import BuildError
-        from .deploy import DeployError
+        from .deploy.admin import NotOursError
+        from .deploy.build import BuildError
+        from .deploy.functions import DeployError
 
         aws = Aws(profile=profile, region=region, endpoint_url=endpoint_url)
         try:
@@ -212,7 +212,7 @@ def deploy(aws, name: str, print_policy: bool, **options: Any) -> None:
     The package holds dask-lambda and its dependencies at this client's versions, the
     --requirements, and PATHS: your own modules and folders, importable inside the function.
     """
-    from .deploy import role_policy
+    from .deploy.functions import role_policy
 
     options["prefix"] = options["prefix"] or config.function_prefix(name)
     if print_policy:
@@ -241,7 +241,7 @@ def update(aws, name: str, **options: Any) -> None:
     --s3-read/--s3-write replace the data grants of the role dask-lambda created for NAME. A
     function without a signing key gets one.
     """
-    from .admin import require_ours
+    from .deploy.admin import require_ours
 
     current = require_ours(aws.client("lambda"), name)
     variables = (current.get("Environment") or {}).get("Variables", {})
@@ -273,9 +273,9 @@ def _merged_includes(given: tuple[str, ...], tags: dict[str, str]) -> list[str]:
 def _deploy_or_update(
     aws, name: str, options: dict, current_env: dict | None = None, rebuild: bool = True
 ) -> None:
-    from .build import BuildSpec
-    from .deploy import FunctionSettings
-    from .provision import Request, provision
+    from .deploy.build import BuildSpec
+    from .deploy.functions import FunctionSettings
+    from .deploy.provision import Request, provision
 
     build = None
     if rebuild:
@@ -359,7 +359,7 @@ def _parse_env(pairs: tuple[str, ...]) -> dict[str, str]:
 @aws_command
 def list_(aws) -> None:
     """List the functions dask-lambda created (others are not shown)."""
-    from .admin import list_functions
+    from .deploy.admin import list_functions
 
     functions = list_functions(aws.client("lambda"))
     if not functions:
@@ -382,7 +382,7 @@ def list_(aws) -> None:
 @aws_command
 def delete(aws, name: str, delete_role: bool, yes: bool) -> None:
     """Delete function NAME. Refuses functions dask-lambda did not create."""
-    from .admin import delete_function, require_ours
+    from .deploy.admin import delete_function, require_ours
 
     require_ours(aws.client("lambda"), name)
     if not yes:
@@ -411,9 +411,9 @@ def _mount_cost(mounted: dict | None) -> str:
 @aws_command
 def info(aws, name: str) -> None:
     """Ping function NAME: its configuration, versions, and whether this client can use it."""
-    from .compatibility import client_libraries, library_differences
+    from .deploy.compatibility import client_libraries, library_differences
     from .function.protocol import version_mismatches, versions
-    from .invoker import Invoker
+    from .remote.invoker import Invoker
 
     lam = aws.client("lambda")
     configuration = lam.get_function_configuration(FunctionName=name)
@@ -464,7 +464,7 @@ def logs(aws, name: str, since: str, follow: bool, pattern: str | None) -> None:
     """Show the logs of function NAME (CloudWatch Logs /aws/lambda/NAME)."""
     import datetime as dt
 
-    from .admin import log_events, parse_since
+    from .deploy.admin import log_events, parse_since
 
     count = 0
     try:
@@ -501,7 +501,7 @@ def clean(aws, bucket, prefix, older_than, functions, roles, yes) -> None:  # fm
     fresh) is spared and listed, whatever its age; a dead client's data is cleanable once its
     lease expired (lambda.lease.ttl).
     """
-    from .admin import (
+    from .deploy.admin import (
         delete_function,
         delete_role_if_ours,
         list_functions,

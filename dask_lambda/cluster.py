@@ -26,10 +26,10 @@ from .exceptions import NoActiveClusterError, VersionMismatchError, VersionWarni
 from .function import contract
 from .function.protocol import version_mismatches, versions
 from .function.storage import S3Store
-from .invoker import Invoker
 from .ownership import Ledger
+from .remote.invoker import Invoker
 from .report import ComputeReport
-from .scheduler import Compute
+from .scheduling.compute import Compute
 from .settings import Settings
 
 LOCAL_BUCKET = "dask-lambda-local"
@@ -208,65 +208,7 @@ class LambdaCluster:
             self.aws = Aws(region=self.region, endpoint_url=self.endpoint_url)
             if self.function_name is None:
                 self._start_local(resources)
-            function = self._describe_function()
-            env = (function.get("Environment") or {}).get("Variables", {})
-            if self.bucket is None:
-                self.bucket = env.get(contract.BUCKET)
-            if self._explicit_prefix is None:  # what its role may write
-                self.prefix = env.get(contract.PREFIX) or config.function_prefix(self.function_name)
-            signing_key = self._signing_key(env)
-            if not self.bucket:
-                raise ValueError(
-                    f"No spill bucket for function {self.function_name!r}: pass bucket=, set"
-                    " lambda.bucket (DASK_LAMBDA__BUCKET), or deploy with --bucket"
-                )
-            store = S3Store(
-                self.bucket, client=self._client("s3"), kms_key_id=self.settings.kms_key_id
-            )
-            self._check_bucket(store)
-            ledger = resources["ledger"] = Ledger(
-                store, self.prefix, f"cluster {self.function_name!r}",
-                lease_ttl=self.settings.lease_ttl, lease_refresh=self.settings.lease_refresh,
-            ).start()  # fmt: skip
-            timeout = int(function.get("Timeout") or self.timeout)
-
-            def invoker_of(name: str) -> Invoker:  # the function's, or one memory tier's
-                return Invoker(
-                    name,
-                    lambda cfg: self._client("lambda", cfg),
-                    max_concurrency=self.settings.max_concurrency,
-                    function_timeout=timeout,
-                    store=store,
-                    payload_prefix=self.prefix,
-                    infra_retries=self.infra_retries,
-                    retry_backoff=self.retry_backoff,
-                    throttle_retries=self.settings.throttle_retries,
-                    throttle_backoff=self.settings.throttle_backoff,
-                    invoke_client=self.settings.invoke_client,
-                    signing_key=signing_key,
-                    credentials=self.aws.session.get_credentials(),
-                )
-
-            invoker = invoker_of(self.function_name)
-            tiers = {memory: invoker_of(self._tier(memory)) for memory in self.memory_tiers}
-            resources["invokers"] = [invoker, *tiers.values()]
-            pool = resources["pool"] = ThreadPoolExecutor(
-                self.settings.max_concurrency, thread_name_prefix="dask-lambda-invoke"
-            )
-            self.backend = Backend(
-                function_name=self.function_name,
-                memory_mb=int(function.get("MemorySize") or self.memory),
-                architecture=(function.get("Architectures") or ["x86_64"])[0],
-                timeout=timeout,
-                invoker=invoker,
-                store=store,
-                pool=pool,
-                settings=self.settings,
-                prefix=self.prefix,
-                ledger=ledger,
-                tiers=tiers,
-                local_endpoint=self.on_local_lambda,
-            )
+            self.backend = self._connect(resources)
             if self._check_versions:
                 self.check_versions()
             preload.join()
@@ -281,13 +223,76 @@ class LambdaCluster:
             _use_task_shuffle(True)
         return self
 
+    def _connect(self, resources: dict) -> Backend:
+        """The running function's :class:`Backend`: its configuration, bucket, prefix, key,
+        store, ledger, invokers (one per memory tier) and invocation pool."""
+        function = self._describe_function()
+        env = (function.get("Environment") or {}).get("Variables", {})
+        if self.bucket is None:
+            self.bucket = env.get(contract.BUCKET)
+        if self._explicit_prefix is None:  # what its role may write
+            self.prefix = env.get(contract.PREFIX) or config.function_prefix(self.function_name)
+        signing_key = self._signing_key(env)
+        if not self.bucket:
+            raise ValueError(
+                f"No spill bucket for function {self.function_name!r}: pass bucket=, set"
+                " lambda.bucket (DASK_LAMBDA__BUCKET), or deploy with --bucket"
+            )
+        store = S3Store(
+            self.bucket, client=self._client("s3"), kms_key_id=self.settings.kms_key_id
+        )
+        self._check_bucket(store)
+        ledger = resources["ledger"] = Ledger(
+            store, self.prefix, f"cluster {self.function_name!r}",
+            lease_ttl=self.settings.lease_ttl, lease_refresh=self.settings.lease_refresh,
+        ).start()  # fmt: skip
+        timeout = int(function.get("Timeout") or self.timeout)
+
+        def invoker_of(name: str) -> Invoker:  # the function's, or one memory tier's
+            return Invoker(
+                name,
+                lambda cfg: self._client("lambda", cfg),
+                max_concurrency=self.settings.max_concurrency,
+                function_timeout=timeout,
+                store=store,
+                payload_prefix=self.prefix,
+                infra_retries=self.infra_retries,
+                retry_backoff=self.retry_backoff,
+                throttle_retries=self.settings.throttle_retries,
+                throttle_backoff=self.settings.throttle_backoff,
+                invoke_client=self.settings.invoke_client,
+                signing_key=signing_key,
+                credentials=self.aws.session.get_credentials(),
+            )
+
+        invoker = invoker_of(self.function_name)
+        tiers = {memory: invoker_of(self._tier(memory)) for memory in self.memory_tiers}
+        resources["invokers"] = [invoker, *tiers.values()]
+        pool = resources["pool"] = ThreadPoolExecutor(
+            self.settings.max_concurrency, thread_name_prefix="dask-lambda-invoke"
+        )
+        return Backend(
+            function_name=self.function_name,
+            memory_mb=int(function.get("MemorySize") or self.memory),
+            architecture=(function.get("Architectures") or ["x86_64"])[0],
+            timeout=timeout,
+            invoker=invoker,
+            store=store,
+            pool=pool,
+            settings=self.settings,
+            prefix=self.prefix,
+            ledger=ledger,
+            tiers=tiers,
+            local_endpoint=self.on_local_lambda,
+        )
+
     def _start_local(self, resources: dict) -> None:
         import time
 
-        from .build import BuildSpec, build
-        from .deploy import FunctionSettings
+        from .deploy.build import BuildSpec, build
+        from .deploy.functions import FunctionSettings
+        from .deploy.provision import Request, provision
         from .emulator import LocalLambda
-        from .provision import Request, provision
 
         started = time.perf_counter()
         local = resources["local"] = LocalLambda(
@@ -400,7 +405,7 @@ class LambdaCluster:
         """The name of the function's memory tier ``memory``, once it is known to exist."""
         import botocore.exceptions as bce
 
-        from .deploy import tier_name
+        from .deploy.functions import tier_name
 
         name = tier_name(self.function_name, memory)
         try:
@@ -553,7 +558,7 @@ class LambdaCluster:
         (numpy, pandas, pyarrow, ...) must have the same major version; a minor difference is
         a :class:`VersionWarning`. Both messages give the command that fixes them.
         """
-        from .compatibility import client_libraries, library_differences
+        from .deploy.compatibility import client_libraries, library_differences
 
         answer = self.ping()
         if "dependencies" in answer.get("stats", {}):
@@ -595,7 +600,7 @@ class LambdaCluster:
 
 
 def _compute_options(kwargs: dict) -> dict:
-    """The options of ``compute(...)`` a :class:`~.scheduler.Compute` takes."""
+    """The options of ``compute(...)`` a :class:`~.compute.Compute` takes."""
     options = {name: kwargs.get(name) for name in ("cache", "retries", "speculation")}
     return {**options, "persist": bool(kwargs.get("persist"))}
 

@@ -45,9 +45,9 @@ from .function import values
 from .function.calls import run_chunk
 from .function.protocol import BatchResponse, BatchSpec, Inline, Stored
 from .function.storage import compute_folder, object_name
-from .invocation import fetch_value, pickle_spec, send_batch
-from .invoker import InvokeStats
 from .ownership import Claim, Ledger, new_key
+from .remote.invocation import fetch_value, pickle_spec, send_batch
+from .remote.invoker import InvokeStats
 
 
 class _Remote:

@@ -1,6 +1,6 @@
 """Collections persisted in the cloud: ``cluster.persist(x)`` / ``x.persist(scheduler=cluster)``.
 
-A persist runs the graph like a compute (:class:`~.scheduler.Compute` with ``persist=True``) but
+A persist runs the graph like a compute (:class:`~.compute.Compute` with ``persist=True``) but
 downloads nothing: each requested key's value stays where the function left it (an S3 object, or
 the few inline bytes of a small one), and the collection is rebuilt (dask's
 ``__dask_postpersist__``) with one task per key, ``load_persisted(ref)``. The lambda scheduler

@@ -22,6 +22,22 @@ from dask_lambda.emulator import LocalLambda
 cloudpickle.register_pickle_by_value(tasks)
 
 
+UNIT = Path(__file__).parent / "unit"
+LAMBDA_FIXTURES = {"local", "cluster", "deploy", "role_arn", "aws_env", "bucket"}
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tiers: tests/unit needs no Lambda (a test there asking for one is refused); every other
+    test is an integration test."""
+    for item in items:
+        if UNIT not in item.path.parents:
+            item.add_marker(pytest.mark.integration)
+        elif LAMBDA_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+            raise pytest.UsageError(
+                f"{item.nodeid} uses the local Lambda: it belongs in tests/, not tests/unit"
+            )
+
+
 def pytest_collection_finish(session):
     for module in {item.module for item in session.items if hasattr(item, "module")}:
         cloudpickle.register_pickle_by_value(module)
@@ -42,7 +58,7 @@ def zip_files(files: dict[str, str | bytes]) -> bytes:
 def with_runtime(files: dict[str, str | bytes]) -> bytes:
     """A deployment zip of dask-lambda's runtime (dask, numpy, ... as installed here) plus
     ``files``: runtimes see nothing else."""
-    from dask_lambda.build import BuildSpec, build
+    from dask_lambda.deploy.build import BuildSpec, build
 
     buffer = io.BytesIO(build(BuildSpec(from_installed=True)).zip_bytes)
     buffer.seek(0, io.SEEK_END)

@@ -243,7 +243,7 @@ def test_print_policy_shows_data_grants(aws_env):
 
 
 def test_library_versions_compared_by_series():
-    from dask_lambda.compatibility import library_differences
+    from dask_lambda.deploy.compatibility import library_differences
 
     client = {"numpy": "2.4.6", "pandas": "3.1.1", "pyarrow": "26.0.1", "boto3": "1.44.5",
               "zarr": "0.9.1", "six": "1.17.0"}  # fmt: skip

@@ -246,7 +246,7 @@ def test_builds_target_the_architecture_and_are_cached(aws_env):
     import io
     import zipfile
 
-    from dask_lambda.build import BuildSpec, build
+    from dask_lambda.deploy.build import BuildSpec, build
 
     first = build(BuildSpec(architecture="arm64"))
     names = zipfile.ZipFile(io.BytesIO(first.zip_bytes)).namelist()

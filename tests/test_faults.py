@@ -86,10 +86,10 @@ def test_object_over_the_size_limit_is_a_clear_error():
 @pytest.fixture
 def own_function(local, aws_env):
     """A dask-lambda function on the session's local Lambda that a test may break."""
-    from dask_lambda.build import BuildSpec, build
-    from dask_lambda.deploy import ensure_function, ensure_role, role_policy
+    from dask_lambda.deploy.build import BuildSpec, build
+    from dask_lambda.deploy.functions import ensure_function, ensure_role, role_policy
+    from dask_lambda.deploy.signing import create_key
     from dask_lambda.function.contract import function_environment
-    from dask_lambda.signing import create_key
 
     def make(timeout: int = 30) -> tuple[str, str]:
         name, bucket = unique("breakable"), unique("bucket")

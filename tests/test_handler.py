@@ -114,8 +114,8 @@ def _with_invoker(cluster, client, invoke_client: str):
     """A get function on the cluster's backend, invoking through ``client``."""
     import dataclasses
 
-    from dask_lambda import scheduler
-    from dask_lambda.invoker import Invoker
+    from dask_lambda.remote.invoker import Invoker
+    from dask_lambda.scheduling import compute as scheduler
 
     invoker = Invoker(
         cluster.function_name, lambda cfg: client, 2, cluster.backend.timeout,

@@ -191,8 +191,8 @@ def test_version_mismatch_is_refused(local, deploy, monkeypatch):
         monkeypatch.setenv(variable, value)
     bucket = "versions-test"
     local.client("s3").create_bucket(Bucket=bucket)
+    from dask_lambda.deploy.signing import create_key
     from dask_lambda.function.contract import KEY_PARAMETER
-    from dask_lambda.signing import create_key
 
     name = unique("old-versions")
     key = create_key(local.client("ssm"), name)

@@ -349,7 +349,7 @@ def test_deploy_refuses_foreign_functions_and_roles(local, aws_env, bucket, depl
 
 # -- 9. a deployed folder never carries secrets --------------------------------------------------
 def test_deploying_a_folder_leaves_secrets_out(local, aws_env, bucket, tmp_path):
-    from dask_lambda.build import BuildSpec, build
+    from dask_lambda.deploy.build import BuildSpec, build
 
     project = tmp_path / "project"
     files = {

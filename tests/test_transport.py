@@ -21,8 +21,8 @@ from botocore.credentials import RefreshableCredentials
 
 from dask_lambda.aws import Aws
 from dask_lambda.exceptions import LambdaFunctionError
-from dask_lambda.invoker import Invoker
-from dask_lambda.transport import (
+from dask_lambda.remote.invoker import Invoker
+from dask_lambda.remote.transport import (
     Boto3Transport,
     ConnectionFailure,
     LeanTransport,

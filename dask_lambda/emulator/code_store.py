@@ -21,7 +21,7 @@ import zipfile
 from pathlib import Path
 
 from .. import limits
-from ..build import code_sha256
+from ..deploy.build import code_sha256
 
 ZIP_UNPACKED_LIMIT = limits.UNZIPPED_PACKAGE_BYTES
 
@@ -31,7 +31,7 @@ class InvalidCode(ValueError):
 
 
 def shared_root() -> Path:
-    from ..build import cache_root
+    from ..deploy.build import cache_root
 
     return cache_root().parent / "local-code"
 

@@ -42,7 +42,7 @@ class LocalLambda:
     runtime_mode
         ``"process"`` (real ``awslambdaric`` runtime processes) or ``"thread"``: handlers run in
         threads of the server, to simulate hundreds of concurrent environments on a small
-        machine (see :class:`~dask_lambda.emulator.runtimes.ThreadRuntime`).
+        machine (see :class:`~dask_lambda.emulator.thread_runtime.ThreadRuntime`).
     seed
         Seed of the fault injection (:meth:`set_faults`), for repeatable runs.
     startup_timeout

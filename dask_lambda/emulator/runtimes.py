@@ -26,9 +26,7 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
-import importlib
 import itertools
-import json
 import os
 import queue
 import select
@@ -40,13 +38,15 @@ import tempfile
 import threading
 import time
 import uuid
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import sandbox
+from .invocations import FunctionSpec, Invocation, MiB, Throttled, exit_message
 from .runtime_api import RuntimeAPIServer
+from .thread_runtime import ThreadRuntime
 
-MiB = 1024 * 1024
+__all__ = ["FunctionSpec", "Invocation", "MiB", "Runtime", "RuntimeManager", "Throttled"]
+
 _PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 _BOOTSTRAP = str(Path(__file__).with_name("_bootstrap.py"))
 # Variables of the server's own environment that a runtime inherits; Lambda passes nothing else.
@@ -64,8 +64,8 @@ def managed_runtime() -> Path:
     import shutil
     import tempfile
 
-    from ..build import cache_root
-    from ..distributions import closure, distribution_files, pinned
+    from ..deploy.build import cache_root
+    from ..deploy.distributions import closure, distribution_files, pinned
 
     dists = closure(MANAGED_PACKAGES)
     digest = hashlib.sha256(" ".join(pinned(dists)).encode()).hexdigest()[:16]
@@ -86,70 +86,6 @@ def managed_runtime() -> Path:
     except OSError:  # another process made it first
         shutil.rmtree(staging, ignore_errors=True)
     return target
-
-
-class Throttled(Exception):
-    """Raised by :meth:`RuntimeManager.acquire` when a concurrency limit is reached."""
-
-    def __init__(self, reason: str):
-        super().__init__(reason)
-        self.reason = reason
-
-
-@dataclass(frozen=True)
-class FunctionSpec:
-    """What a runtime needs to run one revision of a function (from ``GetFunction``)."""
-
-    name: str
-    arn: str
-    handler: str
-    memory_mb: int
-    timeout_s: float
-    environment: dict[str, str]
-    code_dir: str
-    layer_dirs: tuple[str, ...]
-    reserved_concurrency: int | None
-    revision: str
-    credentials: dict[str, str] = field(default_factory=dict)  # of the execution role
-    ephemeral_mb: int = 512  # /tmp
-
-
-@dataclass
-class Invocation:
-    """One invocation on its way through a runtime."""
-
-    payload: bytes
-    function_arn: str
-    timeout_s: float
-    request_id: str = field(default_factory=lambda: str(uuid.uuid4()))
-    picked: threading.Event = field(default_factory=threading.Event)
-    done: threading.Event = field(default_factory=threading.Event)
-    body: bytes = b""
-    error_type: str | None = None
-    started: float = 0.0
-    ended: float = 0.0
-    init_duration_ms: float | None = None
-    max_rss: int = 0
-    log_lines: list[str] = field(default_factory=list)
-    doomed: bool = False  # an injected fault decides the result, not the runtime's answer
-    _lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def finish(self, body: bytes, error_type: str | None, force: bool = False) -> bool:
-        """Set the result if nobody has yet; return whether this call set it."""
-        with self._lock:
-            if self.done.is_set() or (self.doomed and not force):
-                return False
-            self.body, self.error_type = body, error_type
-            self.ended = time.monotonic()
-            self.done.set()
-            self.picked.set()
-            return True
-
-    def fail(self, error_type: str, message: str) -> bool:
-        """Finish with a Lambda service error (``{errorType, errorMessage}``)."""
-        text = f"RequestId: {self.request_id} Error: {message}"
-        body = json.dumps({"errorType": error_type, "errorMessage": text}).encode()
-        return self.finish(body, "Unhandled", force=True)
 
 
 class _Spawner:
@@ -452,123 +388,6 @@ def _socket_inodes(local_port: int, remote_port: int) -> set[str]:
         except OSError:
             continue
     return found
-
-
-def exit_message(code: int, kill_reason: str | None, inv: Invocation, spec: FunctionSpec) -> str:
-    """Lambda's description of a runtime that exited during ``inv``."""
-    if code < 0:
-        how = f"signal: {signal.Signals(-code).name.removeprefix('SIG').lower()}"
-        how = "signal: killed" if code == -signal.SIGKILL else how
-    else:
-        how = f"exit status {code}"
-    message = f"Runtime exited with error: {how}"
-    if kill_reason == "memory":
-        used = max(inv.max_rss // MiB, spec.memory_mb + 1)
-        message += (
-            f" (Runtime.OutOfMemory: the function used {used} MB, more than its MemorySize"
-            f" of {spec.memory_mb} MB)"
-        )
-    return message
-
-
-class ThreadRuntime:
-    """A simulated execution environment: the handler runs in a thread of the server.
-
-    For scale simulations only (``runtime_mode="thread"``): a thousand of them fit on two cores,
-    where a thousand runtime processes would not. The handler is imported in the server process
-    (its own installed ``dask_lambda`` wins over the deployed one), the function's environment
-    variables are set process-wide, killing abandons the thread's result instead of stopping it,
-    and memory is not enforced.
-    """
-
-    _ids = itertools.count(1)
-    _import_lock = threading.Lock()
-
-    def __init__(self, manager: RuntimeManager, spec: FunctionSpec):
-        self.manager = manager
-        self.spec = spec
-        self.id = next(self._ids)
-        self.created = self.last_used = time.monotonic()
-        self.initialized = False
-        self.kill_reason: str | None = None
-        self.current: Invocation | None = None
-        self.pid: int | None = None
-        self.log_stream = f"{time.strftime('%Y/%m/%d')}/[$LATEST]thread-{uuid.uuid4().hex}"
-        self._queue: queue.SimpleQueue = queue.SimpleQueue()
-        threading.Thread(target=self._serve, daemon=True, name=f"thread-runtime-{self.id}").start()
-
-    @property
-    def alive(self) -> bool:
-        return self.kill_reason is None
-
-    def assign(self, inv: Invocation) -> None:
-        self.current = inv
-        self._queue.put(inv)
-
-    def _load(self):
-        module_name, _, function_name = self.spec.handler.rpartition(".")
-        with self._import_lock:
-            os.environ.update(self.spec.environment)
-            for folder in reversed([self.spec.code_dir, *self.spec.layer_dirs]):
-                if folder not in sys.path:
-                    sys.path.append(folder)
-            module = importlib.import_module(module_name)
-        return getattr(module, function_name)
-
-    def _serve(self) -> None:
-        try:
-            handler = self._load()
-        except Exception as e:
-            handler = e
-        while (inv := self._queue.get()) is not None:
-            inv.started = time.monotonic()
-            if not self.initialized:
-                self.initialized = True
-                inv.init_duration_ms = (inv.started - self.created) * 1000
-            inv.picked.set()
-            if isinstance(handler, Exception):
-                body = {"errorType": "Runtime.ImportModuleError", "errorMessage": str(handler)}
-                inv.finish(json.dumps(body).encode(), "Unhandled")
-                continue
-            try:
-                result = handler(json.loads(inv.payload), _Context(inv, self.spec))
-                inv.finish(json.dumps(result).encode(), None)
-            except Exception as e:
-                body = {"errorType": type(e).__name__, "errorMessage": str(e), "stackTrace": []}
-                inv.finish(json.dumps(body).encode(), "Unhandled")
-
-    def kill(self, reason: str) -> None:
-        if self.kill_reason is not None:
-            return
-        self.kill_reason = reason
-        inv = self.current
-        if inv is not None and not inv.done.is_set():
-            inv.fail("Runtime.ExitError", exit_message(-signal.SIGKILL, reason, inv, self.spec))
-        self._queue.put(None)
-        self.manager.on_exit(self)
-
-    def rss(self) -> int:
-        return 0
-
-    def drain_logs(self) -> None:
-        pass
-
-    def wait(self, timeout: float | None = None) -> None:
-        pass
-
-
-class _Context:
-    """The part of awslambdaric's context object a thread runtime offers."""
-
-    def __init__(self, inv: Invocation, spec: FunctionSpec):
-        self.aws_request_id = inv.request_id
-        self.function_name = spec.name
-        self.invoked_function_arn = spec.arn
-        self.memory_limit_in_mb = str(spec.memory_mb)
-        self._deadline = inv.started + inv.timeout_s
-
-    def get_remaining_time_in_millis(self) -> int:
-        return max(0, int((self._deadline - time.monotonic()) * 1000))
 
 
 class RuntimeManager:

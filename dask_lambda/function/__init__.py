@@ -6,8 +6,8 @@ task's exception as a bounded protocol entry), :mod:`.calls` (helpers tasks call
 (the environment a function is deployed with) and :mod:`.dependencies` (an S3 archive of
 dependencies, unpacked here on a cold start before anything imports them). This subpackage imports
 nothing else of ``dask_lambda`` — no scheduler, cluster, CLI, emulator or ``distributed`` — and is
-all that the deployment package ships of it (see :func:`dask_lambda.build.package_files`); a test
-enforces the boundary. The client imports from here the pieces both sides share."""
+all that the deployment package ships of it (see :func:`dask_lambda.deploy.build.package_files`);
+a test enforces the boundary. The client imports from here the pieces both sides share."""
 
 import os as _os
 

@@ -15,17 +15,24 @@ FUNCTION = Path(dask_lambda.function.__file__).parent
 def test_function_subpackage_imports_nothing_client_side():
     """Every module of dask_lambda.function, loaded on its own, loads no other dask_lambda module
     (but the package's lazy __init__) and none of the client's libraries."""
-    modules = sorted(p.stem for p in FUNCTION.glob("*.py") if p.stem != "__init__")
+    modules = sorted(f"dask_lambda.function.{p.stem}" for p in FUNCTION.glob("*.py")
+                     if p.stem != "__init__")  # fmt: skip
+    assert _loaded_by(modules, "m.split('.')[0] in ('distributed', 'click', 'matplotlib', 'moto',"
+                      " 'flask', 'tqdm') or (m.startswith('dask_lambda.')"
+                      " and not m.startswith('dask_lambda.function'))") == []  # fmt: skip
+
+
+def _loaded_by(modules: list[str], condition: str) -> list[str]:
+    """The modules a fresh interpreter has loaded after importing ``modules`` that meet
+    ``condition`` (an expression of ``m``, the module's name)."""
     script = (
         "import importlib, sys\n"
-        f"for name in {modules!r}: importlib.import_module('dask_lambda.function.' + name)\n"
-        "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('distributed', 'click',"
-        " 'matplotlib', 'moto', 'flask', 'tqdm') or (m.startswith('dask_lambda.')"
-        " and not m.startswith('dask_lambda.function')))\n"
-        "print(bad)\n"
+        f"for name in {modules!r}: importlib.import_module(name)\n"
+        f"print(sorted(m for m in sys.modules if {condition}))\n"
     )
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
-    assert out.stdout.strip() == "[]", out.stdout + out.stderr
+    assert out.returncode == 0, out.stderr
+    return eval(out.stdout)
 
 
 def test_function_subpackage_names_nothing_outside_itself():
@@ -84,22 +91,31 @@ def test_the_package_import_graph_has_no_cycle():
 
     for module in sorted(graph):
         visit(module)
-    assert "dask_lambda.scheduler" not in str(edges_of["dask_lambda.backend"])
-    assert "dask_lambda.cluster" not in edges_of["dask_lambda.scheduler"]
+    # The subpackages are layers: scheduling runs on remote; neither reaches deploy or back up.
+    forbidden = {
+        "scheduling": ("deploy", "cluster", "executor"),
+        "remote": ("scheduling", "deploy", "cluster", "executor"),
+        "deploy": ("scheduling", "remote", "cluster", "executor"),
+    }
+    for module, targets in edges_of.items():
+        layer = module.split(".")[1] if module.count(".") >= 2 else None
+        for target in targets:
+            inner = target.removeprefix("dask_lambda.")
+            assert not inner.startswith(forbidden.get(layer, ())), (module, target)
+    assert edges_of["dask_lambda.attempts"] <= {"dask_lambda.exceptions",
+                                                "dask_lambda.function.protocol"}  # fmt: skip
+    assert "dask_lambda.scheduling.compute" not in str(edges_of["dask_lambda.backend"])
+    assert "dask_lambda.cluster" not in edges_of["dask_lambda.scheduling.compute"]
 
 
 def test_the_policy_modules_do_no_io():
     """The planner, the attempt policy, graph preparation, the in-flight table and the settings
     are pure: importing them loads neither boto3 nor the invoker, the transport or the cluster,
     so their unit tests need no Lambda."""
-    script = (
-        "import sys\n"
-        "import dask_lambda.attempts, dask_lambda.planner, dask_lambda.graph,"
-        " dask_lambda.inflight, dask_lambda.settings, dask_lambda.limits\n"
-        "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('boto3', 'botocore')"
-        " or m in ('dask_lambda.invoker', 'dask_lambda.transport', 'dask_lambda.cluster',"
-        " 'dask_lambda.scheduler', 'dask_lambda.executor', 'dask_lambda.emulator'))\n"
-        "print(bad)\n"
-    )
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
-    assert out.stdout.strip() == "[]", out.stdout + out.stderr
+    pure = ["dask_lambda.attempts", "dask_lambda.scheduling.planner", "dask_lambda.limits",
+            "dask_lambda.scheduling.graph", "dask_lambda.scheduling.inflight",
+            "dask_lambda.settings"]  # fmt: skip
+    assert _loaded_by(pure, "m.split('.')[0] in ('boto3', 'botocore') or m.startswith(("
+                      "'dask_lambda.remote', 'dask_lambda.deploy', 'dask_lambda.emulator'))"
+                      " or m in ('dask_lambda.cluster', 'dask_lambda.scheduling.compute',"
+                      " 'dask_lambda.executor')") == []  # fmt: skip

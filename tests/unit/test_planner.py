@@ -7,7 +7,7 @@ import operator
 import pytest
 from dask._task_spec import Alias, Task, TaskRef
 
-from dask_lambda.planner import GraphState, Limits, TaskProfile
+from dask_lambda.scheduling.planner import GraphState, Limits, TaskProfile
 
 
 def inc(x):

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from dask_lambda.attempts import retryable_service_error
-from dask_lambda.transport import _service_error
+from dask_lambda.remote.transport import _service_error
 
 
 @pytest.mark.parametrize(

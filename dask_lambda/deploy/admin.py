@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from .deploy import NotOursError, is_ours
+from .functions import NotOursError, is_ours
 
 FOLLOW_OVERLAP = 30  # seconds
 
@@ -179,8 +179,8 @@ def stale_objects(s3_client: Any, bucket: str, prefix: str, older_than: float) -
     a client whose lease is live (:mod:`.ownership`) is held, not stale; an expired lease is
     stale itself.
     """
-    from .function.storage import S3Store
-    from .ownership import read_leases
+    from ..function.storage import S3Store
+    from ..ownership import read_leases
 
     store = S3Store(bucket, s3_client)
     cutoff = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=older_than)

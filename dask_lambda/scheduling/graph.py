@@ -23,9 +23,9 @@ from dask.core import flatten
 from dask.order import order
 from dask.utils import ensure_dict
 
-from . import config
-from .function.protocol import Inline, Stored
-from .persist import PersistedRef, persisted_ref, persisted_refs
+from .. import config
+from ..function.protocol import Inline, Stored
+from ..persist import PersistedRef, persisted_ref, persisted_refs
 
 
 class Value(NamedTuple):

@@ -11,8 +11,8 @@ import time
 from concurrent.futures import Future
 from typing import Any
 
-from .attempts import straggler_limit
-from .function.protocol import BatchSpec
+from ..attempts import straggler_limit
+from ..function.protocol import BatchSpec
 
 
 class InFlight:

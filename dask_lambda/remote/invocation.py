@@ -1,6 +1,6 @@
 """One batch, start to end: pickle it, build the request, invoke, read the response, fetch values.
 
-The single path the scheduler (:mod:`.scheduler`), the executor (:mod:`.executor`) and through it
+The single path the scheduler (:mod:`.compute`), the executor (:mod:`.executor`) and through it
 the pool send work by, one attempt at a time (:mod:`.attempts` decides on the next).
 :func:`send_batch` returns a :class:`BatchResponse` whose results are
 :class:`~.function.protocol.Result` tuples and whose errors are indexed by task; what to do with a
@@ -16,11 +16,11 @@ from typing import Any
 
 import cloudpickle
 
-from .backend import Backend
-from .exceptions import DataReleasedError, ForeignDataError
-from .function import protocol, values
-from .function.protocol import BatchResponse, BatchSpec, Inline, Stored
-from .function.values import Store
+from ..backend import Backend
+from ..exceptions import DataReleasedError, ForeignDataError
+from ..function import protocol, values
+from ..function.protocol import BatchResponse, BatchSpec, Inline, Stored
+from ..function.values import Store
 from .invoker import InvokeStats
 
 __all__ = ["BatchResponse", "fetch_value", "pickle_spec", "send_batch"]

@@ -24,8 +24,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..function import contract
 from .build import BuildResult, BuildSpec, build
-from .deploy import (
+from .functions import (
     DeployError,
     DeployResult,
     FunctionSettings,
@@ -40,7 +41,6 @@ from .deploy import (
     tier_name,
     upload_dependencies,
 )
-from .function import contract
 from .signing import create_key
 
 

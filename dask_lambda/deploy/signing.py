@@ -12,7 +12,7 @@ from __future__ import annotations
 import secrets
 from typing import Any
 
-from .function.contract import key_parameter_name, read_key
+from ..function.contract import key_parameter_name, read_key
 
 __all__ = ["create_key", "delete_key", "read_key"]
 

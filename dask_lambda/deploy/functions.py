@@ -15,11 +15,11 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import limits
+from .. import limits
+from ..function.contract import HANDLER, dependencies_reference, key_parameter_name
+from ..function.protocol import versions
+from ..function.storage import MARKER_TAG, SCRATCH_TAG, WRITE_TAGGING
 from .build import DIRECT_UPLOAD_LIMIT, code_sha256
-from .function.contract import HANDLER, dependencies_reference, key_parameter_name
-from .function.protocol import versions
-from .function.storage import MARKER_TAG, SCRATCH_TAG, WRITE_TAGGING
 
 CREATED_BY = {"createdBy": "dask-lambda"}
 TRUST_POLICY = {
@@ -99,7 +99,7 @@ def version_tags() -> dict[str, str]:
     import cloudpickle
     import dask
 
-    from . import __version__
+    from .. import __version__
 
     return {
         "dask-lambda:version": __version__,

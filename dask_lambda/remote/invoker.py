@@ -26,8 +26,8 @@ from typing import Any
 
 from botocore.config import Config
 
-from . import limits
-from .attempts import (
+from .. import limits
+from ..attempts import (
     THROTTLED,
     InvocationAttempts,
     SplitBatch,
@@ -36,10 +36,10 @@ from .attempts import (
     retryable_function_error,
     retryable_service_error,
 )
-from .exceptions import LambdaFunctionError
-from .function import protocol
-from .function.storage import S3Store
-from .settings import INVOKE_CLIENTS, Settings
+from ..exceptions import LambdaFunctionError
+from ..function import protocol
+from ..function.storage import S3Store
+from ..settings import INVOKE_CLIENTS, Settings
 from .transport import Boto3Transport, ConnectionFailure, LeanTransport, ServiceError
 
 REQUEST_LIMIT = limits.SYNC_PAYLOAD_BYTES - 4096  # room for the event around the payload

@@ -8,7 +8,7 @@ The zip holds, at its root:
    manylinux_2_X_<arch> --only-binary=:all: --python-version X.Y`` so compiled wheels match
    Lambda's Linux (glibc 2.26 up to python3.11) and CPU; for the embedded local Lambda, which runs
    on this machine, they are copied from the installed distributions (``from_installed``, the
-   ``Requires-Dist`` closure found by :mod:`dask_lambda.distributions`), which needs no download;
+   ``Requires-Dist`` closure found by :mod:`.distributions`), which needs no download;
 2. dask_lambda's Lambda-side code (:mod:`dask_lambda.function`, nothing of the client);
 3. the user's files and folders (``PATHS``), each under its own name, so modules deployed this way
    are importable inside the function and tasks can refer to them by import. What must never
@@ -19,7 +19,7 @@ The zip holds, at its root:
 
 Lambda's 250 MB unzipped limit counts code and layers together. Past it (or with ``deps_on_s3``)
 the dependencies become an archive of their own (:attr:`BuildResult.dependencies_zip`, with
-their bytecode, :mod:`dask_lambda.bytecode`) that deploy uploads to the bucket and the function
+their bytecode, :mod:`.bytecode`) that deploy uploads to the bucket and the function
 unpacks into ``/tmp`` on a cold start (:mod:`dask_lambda.function.dependencies`).
 
 pip's installs and the dependency zips are cached by a hash of what they hold
@@ -48,9 +48,10 @@ from pathlib import Path
 
 import dask_lambda
 
+from .. import limits
+from ..function.protocol import versions
 from . import bytecode as bytecode_module
-from . import distributions, limits
-from .function.protocol import versions
+from . import distributions
 
 UNZIPPED_LIMIT = limits.UNZIPPED_PACKAGE_BYTES
 DIRECT_UPLOAD_LIMIT = limits.DIRECT_UPLOAD_BYTES

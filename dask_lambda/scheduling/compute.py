@@ -25,12 +25,12 @@ The loop (:class:`Compute`) only dispatches: the graph is prepared before it sta
    its original type and remote traceback. What it wrote is deleted after success too, except
    what something holds (:mod:`.ownership`): a persist's values, persisted values it read.
 
-Values move only through the data plane (:mod:`.function.values`: place, read, load).
+Values move only through the data plane (:mod:`dask_lambda.function.values`: place, read, load),
+by way of the compute's :class:`~.locations.Locations`.
 """
 
 from __future__ import annotations
 
-import functools
 import time
 from collections.abc import Mapping
 from concurrent.futures import wait
@@ -39,23 +39,23 @@ from typing import Any
 from dask.callbacks import local_callbacks, unpack_callbacks
 from dask.local import nested_get
 
-from .attempts import BatchPolicy, run_batch
-from .backend import Backend
-from .exceptions import raise_fatal, raise_task_error
-from .function import values
-from .function.protocol import BatchResponse, BatchSpec, Inline, Stored
-from .function.storage import compute_folder, object_name
-from .graph import Location, Value, prepare
+from ..attempts import BatchPolicy, run_batch
+from ..backend import Backend
+from ..exceptions import raise_fatal, raise_task_error
+from ..function.protocol import BatchResponse, BatchSpec
+from ..function.storage import compute_folder
+from ..ownership import Claim
+from ..remote.invocation import pickle_spec, send_batch
+from ..remote.invoker import InvokeStats
+from ..report import ComputeReport
+from .graph import prepare
 from .inflight import InFlight
-from .invocation import fetch_value, pickle_spec, send_batch
-from .invoker import InvokeStats
-from .ownership import Claim
+from .locations import Locations
 from .planner import GraphState, Limits
-from .report import ComputeReport
 
 SPECULATION_CHECK = 0.25  # seconds between looks for stragglers
 
-__all__ = ["Compute", "Location", "Value", "get"]
+__all__ = ["Compute", "get"]
 
 
 def get(
@@ -80,12 +80,6 @@ def get(
     return compute.run(callbacks), compute.report
 
 
-def _inline_size(location: dict, key) -> int:
-    """Bytes ``key``'s value adds to a request: its inline data, 0 when stored."""
-    where = location.get(key)
-    return len(where.data) if isinstance(where, Inline) else 0
-
-
 class Compute:
     """One compute of ``keys`` over graph ``dsk`` on ``backend``: :meth:`run` returns the values;
     :attr:`report` is filled as it goes, also when it fails."""
@@ -107,7 +101,6 @@ class Compute:
         self.persist = persist
         self.dsk, self.graph, self.keys = prepared.dsk, prepared.graph, prepared.keys
         self.requested = prepared.requested
-        self.location: dict[Any, Location] = prepared.location
         self.ledger = backend.ledger
         self.id = self.ledger.new_id()
         self.folder = compute_folder(backend.prefix, self.id)  # all it writes, deleted at the end
@@ -121,6 +114,9 @@ class Compute:
             local=backend.local_endpoint,
             dask_graph_cpu_seconds=prepared.dask_cpu_seconds,
         )
+        self.location = Locations(prepared.location, backend.store, backend.prefix, self.id,
+                                  settings.inline_limit, settings.max_object_bytes,
+                                  self.report)  # fmt: skip
         for ref in prepared.reads:  # this cluster's and not released, or refused now
             ref.check_owner(self.ledger)
         self.reading = self.ledger.claim(ref.location for ref in prepared.reads)  # while it runs
@@ -143,7 +139,7 @@ class Compute:
             # Values a batch makes, as dask.sizeof counts them: a quarter of the function's
             # memory leaves room for their pickled copies, inputs and the runtime itself.
             memory_bytes=backend.memory_mb * 2**20 / 4,
-            input_bytes=functools.partial(_inline_size, self.location),  # no cycle via self
+            input_bytes=self.location.inline_size,
             profile=backend.profile,
             group=prepared.tiers.get if prepared.tiers else None,
         )
@@ -207,7 +203,7 @@ class Compute:
     def _spec(self, batch) -> BatchSpec:
         """What the function receives for ``batch``: its nodes and where its inputs are."""
         nodes = [self.graph[k] for k in batch.keys]
-        inputs = {k: self._input_ref(k) for k in batch.inputs}
+        inputs = {k: self.location.ref(k) for k in batch.inputs}
         return BatchSpec(self.id, list(batch.keys), nodes, batch.outputs, inputs)
 
     def _speculate(self, flight: InFlight) -> None:
@@ -223,7 +219,7 @@ class Compute:
     def _resolve_aliases(self, posttask_cbs: list) -> None:
         while aliases := self.state.pop_ready_aliases():
             for key in aliases:
-                self.location[key] = self.location[self.graph[key].target]
+                self.location.alias(key, self.graph[key].target)
             self.state.finish(aliases)
             for key in aliases:
                 for cb in posttask_cbs:
@@ -234,7 +230,7 @@ class Compute:
         for key, result in zip(batch.outputs, response.results, strict=True):
             if result.status != "ok":  # errors were raised in _attempt
                 raise RuntimeError(f"dask-lambda: result of {key!r} missing ({result.status})")
-            self.location[key] = result.location()
+            self.location.record(key, result.location())
         self.report.bytes_inline += response.stats.get("inline_bytes", 0)
         self.report.bytes_spilled += response.stats.get("s3_bytes_written", 0)
         self.state.finish(batch.keys)
@@ -243,7 +239,7 @@ class Compute:
                 cb(key, None, self.dsk, self.state.state, 0)
         for key in (*batch.inputs, *batch.outputs):
             if key in self.location and self.state.releasable(key):
-                del self.location[key]
+                self.location.drop(key)
 
     # -- one batch (runs in the backend's pool) -------------------------------------------------
     def _attempt(self, spec: BatchSpec) -> BatchResponse:
@@ -261,46 +257,13 @@ class Compute:
         return send_batch(self.backend, pickle_spec(spec), spec.keys, self.folder, self.stats,
                           split=split, memory_tier=tier, confirm_memory=confirm_memory)  # fmt: skip
 
-    # -- data -----------------------------------------------------------------------------------
-    def _input_ref(self, key) -> Inline | Stored:
-        where = self.location[key]
-        if isinstance(where, Value):
-            where = self._serialize_value(key, where.value)
-        return where
-
-    def _serialize_value(self, key, value) -> Inline | Stored:
-        try:
-            data = values.dumps(value)
-        except Exception as e:
-            raise TypeError(f"Could not serialize the graph literal {key!r}: {e}") from e
-        self.report.bytes_from_client += len(data)
-        settings = self.backend.settings
-        where = values.place(data, object_name(self.backend.prefix, self.id, key),
-                             self.backend.store, settings.inline_limit, settings.max_object_bytes,
-                             f"The graph literal {key!r}")  # fmt: skip
-        if isinstance(where, Stored):
-            self.report.bytes_spilled += len(data)
-        self.location[key] = where
-        return where
-
+    # -- the end --------------------------------------------------------------------------------
     def _results(self) -> dict:
-        wanted = {k: self.location[k] for k in dict.fromkeys(self.keys)}
-        remote = [w for w in wanted.values() if not isinstance(w, Value)]
-        store = self.backend.store
-        fetched = dict(zip(remote, self.backend.pool.map(
-            lambda where: fetch_value(store, where), remote), strict=True))  # fmt: skip
-        values = {}
-        for key, where in wanted.items():
-            if isinstance(where, Value):
-                values[key] = where.value
-            else:
-                values[key], downloaded = fetched[where]
-                self.report.bytes_to_client += downloaded
-        return values
+        return self.location.fetch(self.keys, self.backend.pool)
 
     def _persisted(self) -> dict:
         """Where the requested values are, left there: what a persist returns."""
-        found = {key: self._input_ref(key) for key in dict.fromkeys(self.keys)}
+        found = self.location.refs(self.keys)
         self.kept = self.ledger.claim(found.values(), lasting=True)
         return found
 
