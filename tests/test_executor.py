@@ -12,7 +12,7 @@ import pytest
 import tasks
 from conftest import spill_objects, wait_until
 
-from dask_lambda import LambdaExecutor
+from dask_lambda import LambdaExecutor, LambdaFunctionError
 
 
 @pytest.fixture
@@ -145,3 +145,18 @@ def test_scatter_once_gather_in_parallel(executor):
     values = executor.gather(copies)
     np.testing.assert_array_equal(values[0], data * 2)
     assert executor.bytes_to_client - before_down >= 2 * data.nbytes  # downloads are counted
+
+
+def test_a_call_that_kills_its_runtime_fails_alone(cluster):
+    """The attempt policy of compute: a batch of calls whose runtime crashes is split until the
+    call at fault is alone; it fails (after its infrastructure retries) with
+    LambdaFunctionError, and every other call of the batch succeeds."""
+    with LambdaExecutor(cluster=cluster, max_workers=1) as ex:  # one slot: the calls batch up
+        blocker = ex.submit(tasks.slow, 0, 1.0)
+        futures = [ex.submit(tasks.crash if i == 5 else tasks.inc, i) for i in range(10)]
+        assert blocker.result(timeout=120) == 0
+        error = futures[5].exception(timeout=300)
+        others = [f.result(timeout=300) for i, f in enumerate(futures) if i != 5]
+    assert isinstance(error, LambdaFunctionError), error
+    assert error.error_type == "Runtime.ExitError" and error.attempts > 1
+    assert others == [i + 1 for i in range(10) if i != 5]
