@@ -166,6 +166,7 @@ def test_cli_deploys_and_deletes_memory_tiers(local, aws_env, bucket):
     assert f"memory tier {name}--1024mb" in deleted and f"memory tier {name}--2048mb" in deleted
 
 
+@pytest.mark.slow
 def test_big_chunks_fit_the_function_without_max_tasks():
     """W4's shape, scaled to a 512 MB function: 16 chunks of 16 MiB, each needed again after
     the column means. The first batches (8 chunks each, nothing learned yet) run out of memory

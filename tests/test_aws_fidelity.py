@@ -106,6 +106,7 @@ def test_task_importing_an_undeployed_package_names_the_fix(cluster):
     assert "--include tblib" in " ".join(info.value.__notes__)
 
 
+@pytest.mark.slow
 def test_packages_deploys_what_the_tasks_import():
     with LambdaCluster(packages=["tblib"]) as cluster:
         assert cluster.build_report["packages"].count(f"tblib=={TBLIB}") == 1
@@ -190,6 +191,7 @@ def test_read_parquet_from_a_data_bucket_needs_a_grant(cluster, monkeypatch):
     assert "--s3-read" in " ".join(info.value.__notes__)
 
 
+@pytest.mark.slow
 def test_read_and_to_parquet_with_grants(monkeypatch):
     import dask.dataframe as dd
 
@@ -256,6 +258,7 @@ def test_library_versions_compared_by_series():
     assert "--include numpy==2.4.6 --include pandas==3.1.1" in found.fix("f")  # boto3: managed
 
 
+@pytest.mark.slow
 def test_compatible_versions_deploy_and_library_differences(local, aws_env, bucket, tmp_path):
     """The client's numpy has no wheel for Lambda's python3.11 (glibc 2.26): the error names the
     newest that has one, --compatible-versions deploys it, and info and the cluster show the

@@ -276,6 +276,7 @@ def test_deploy_sets_an_expiry_rule_on_the_spill_prefix(local, aws_env, bucket):
     assert "keep-me" in rules
 
 
+@pytest.mark.slow
 def test_allowlist_restricts_what_runs(local, aws_env, bucket, tmp_path, monkeypatch):
     from dask_lambda import LambdaExecutor
 

@@ -47,6 +47,7 @@ def test_dataframe_disk_shuffle_is_refused_and_tasks_is_right(cluster):
     pd.testing.assert_frame_equal(result.sort_values("b"), frame)
 
 
+@pytest.mark.slow
 def test_the_default_shuffle_is_restored_when_the_last_cluster_closes():
     script = """
 import dask
@@ -109,6 +110,7 @@ def test_printing_and_silent_tasks_never_stall():
 
 
 @pytest.mark.timeout(1200)
+@pytest.mark.slow
 def test_dask_suites_fast_slice_passes_through_lambda():
     """Dask's bag, delayed and get-function tests, every compute routed through Lambda."""
     process = subprocess.run(

@@ -358,6 +358,7 @@ class _Handle:
 @settings(max_examples=20, deadline=None, phases=[Phase.generate],
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(ops=OPS)  # fmt: skip
+@pytest.mark.slow
 def test_random_lifetimes_give_pythons_answers_and_leave_nothing(first, second, ops):
     clusters = [first, first, second]
     executors = [LambdaExecutor(cluster=first), LambdaExecutor(cluster=first),

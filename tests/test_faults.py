@@ -17,6 +17,7 @@ from dask_lambda import LambdaCluster, LambdaFunctionError
 SOAK_TASKS = int(os.environ.get("DASK_LAMBDA_SOAK_TASKS", "10000"))
 
 
+@pytest.mark.slow
 def test_soak_with_ten_percent_faults():
     """>= 10,000 tasks while 10% of invocations crash, run out of memory, time out or are
     throttled, and 2% of S3 requests fail: exactly the right answer, nothing left behind."""
@@ -197,6 +198,7 @@ def test_nothing_hangs_on_a_silent_endpoint(monkeypatch):
 _ = operator  # keeps the import for readers of the soak test's arithmetic
 
 
+@pytest.mark.slow
 def test_keyboard_interrupt_cleans_up(tmp_path):
     """Ctrl-C in the middle of a compute: its S3 objects go, then every process of the cluster."""
     import json
@@ -243,6 +245,7 @@ def test_keyboard_interrupt_cleans_up(tmp_path):
     assert wait_until(lambda: gone(server_pid) and all(gone(p) for p in outcome["runtimes"]))
 
 
+@pytest.mark.slow
 def test_stragglers_are_speculatively_re_executed(tmp_path):
     # min-seconds well above a cold start on a loaded machine: only the 8 s straggler qualifies
     settings = {"lambda.speculation.min-seconds": 3.0, "lambda.speculation.multiplier": 2.0}

@@ -220,6 +220,7 @@ def _old_versions_zip() -> bytes:
     return with_runtime({"old_versions.py": source})
 
 
+@pytest.mark.slow
 def test_cluster_lifecycle():
     with pytest.warns(ResourceWarning):
         cluster = LambdaCluster(max_concurrency=1)
