@@ -4,31 +4,29 @@ Every setting of ``lambda.yaml`` that the client acts on is a field of :class:`S
 and named after its key (``batch.max-tasks`` is ``max_tasks``). :meth:`Settings.from_config`
 reads them all in one loop, each overridable by an argument that is not None (dask's
 ``override_with``), converts each to its field's type, and checks the values a wrong type or
-range would make fail later; the error names the key. A cluster builds one and passes it down:
-no other module reads dask.config for these. What a user may change between two computes of one
-cluster, as dask's own options (``with dask.config.set({"lambda.allow-local-paths": True})``), is
-read per compute where it applies, and is not a field here.
+range would make fail later, against ``lambda-schema.yaml`` (every key's type, range and
+meaning); the error names the key, the argument or environment variable, and what is valid.
+A cluster builds one and passes it down: no other module reads dask.config for these. What a
+user may change between two computes of one cluster, as dask's own options (``with
+dask.config.set({"lambda.allow-local-paths": True})``), is read per compute where it applies,
+and is not a field here.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass, field, fields
+from pathlib import Path
 from typing import Any
 
-from . import config, limits
+import yaml
+
+from . import config
 
 
 def _key(name: str) -> Any:
     return field(metadata={"key": name})
-
-
-def _tiers(value: Any) -> tuple[int, ...]:
-    return tuple(sorted({int(mb) for mb in value or ()}))
-
-
-def _names(value: Any) -> tuple[str, ...]:
-    return tuple(str(item) for item in value or ())
 
 
 @dataclass(frozen=True)
@@ -79,24 +77,20 @@ class Settings:
     def from_config(cls, local: bool | None = None, **overrides: Any) -> Settings:
         """The settings of dask.config, with ``overrides`` (not None) taking precedence.
 
-        ``max-concurrency`` null becomes 100 against AWS and the number of cores (at least 2)
-        on a local Lambda (``local``; by default, when no function is named or the endpoint is
-        this machine's)."""
+        Every ``lambda.*`` value is checked against the schema first (:func:`check_config`),
+        and every override as it is taken. ``max-concurrency`` null becomes 100 against AWS
+        and the number of cores (at least 2) on a local Lambda (``local``; by default, when no
+        function is named or the endpoint is this machine's)."""
         unknown = set(overrides) - {spec.name for spec in fields(cls)}
         if unknown:
             raise TypeError(f"Unknown settings: {', '.join(sorted(unknown))}")
+        check_config()
         values = {}
         for spec in fields(cls):
             key = spec.metadata["key"]
-            value = config.setting(key, override_with=overrides.get(spec.name))
-            try:
-                values[spec.name] = _convert(str(spec.type), value)
-            except (TypeError, ValueError):
-                raise ValueError(
-                    f"lambda.{key} is {value!r}, which is not {_TYPE_NAMES[str(spec.type)]}:"
-                    f" fix it where it is set (an argument, dask.config, or the environment"
-                    f" variable DASK_LAMBDA__{key.upper().replace('-', '_').replace('.', '__')})"
-                ) from None
+            given = overrides.get(spec.name)
+            value = config.setting(key) if given is None else given
+            values[spec.name] = checked(key, value, spec.name if given is not None else None)
         if values["max_concurrency"] is None:
             if local is None:
                 from .aws import is_loopback, lambda_endpoint
@@ -105,54 +99,115 @@ class Settings:
                     lambda_endpoint(values["endpoint_url"])
                 )
             values["max_concurrency"] = max(2, os.cpu_count() or 2) if local else 100
-        settings = cls(**values)
-        settings.validate()
-        return settings
-
-    def validate(self) -> None:
-        """``ValueError`` naming the setting whose value cannot work."""
-        if self.max_concurrency is None or self.max_concurrency < 1:
-            raise ValueError(f"max_concurrency must be at least 1, got {self.max_concurrency}")
-        if self.invoke_client not in INVOKE_CLIENTS:
-            raise ValueError(
-                f"lambda.invoke-client is {self.invoke_client!r}: use one of"
-                f" {', '.join(INVOKE_CLIENTS)}"
-            )
-        memories = [("memory", self.memory), *(("memory-tiers", mb) for mb in self.memory_tiers)]
-        for name, value in memories:
-            if not limits.MIN_MEMORY_MB <= value <= limits.MAX_MEMORY_MB:
-                raise ValueError(
-                    f"lambda.{name} is {value} MB: Lambda allows {limits.MIN_MEMORY_MB} to"
-                    f" {limits.MAX_MEMORY_MB} MB"
-                )
-        if not 1 <= self.timeout <= limits.MAX_TIMEOUT_SECONDS:
-            raise ValueError(
-                f"lambda.timeout is {self.timeout} s: Lambda allows 1 to"
-                f" {limits.MAX_TIMEOUT_SECONDS} s"
-            )
+        return cls(**values)
 
 
 INVOKE_CLIENTS = ("lean", "boto3")
-
-_CONVERT = {
-    "int": int,
-    "float": float,
-    "bool": lambda v: v if isinstance(v, bool) else {"true": True, "false": False}[str(v).lower()],
-    "str": str,
-    "tuple[str, ...]": _names,
-    "tuple[int, ...]": _tiers,
-}
-_TYPE_NAMES = {
-    "int": "a whole number", "float": "a number", "bool": "true or false", "str": "a string",
-    "tuple[str, ...]": "a list of strings", "tuple[int, ...]": "a list of MB",
-    "str | None": "a string or null", "int | None": "a whole number or null",
-}  # fmt: skip
+# The settings a LambdaCluster takes as arguments (by their lambda.yaml key).
+_CLUSTER_ARGUMENTS = frozenset({
+    "function-name", "bucket", "region", "endpoint-url", "memory", "timeout", "max-concurrency",
+    "batch.max-tasks", "batch.max-bytes", "batch.per-slot", "spill.inline-limit",
+    "infra-retries", "retry-backoff", "packages", "s3-read", "s3-write", "memory-tiers",
+})  # fmt: skip
+_SCHEMA_FILE = Path(__file__).with_name("lambda-schema.yaml")
+_TYPES: dict[str, tuple[type, ...]] = {"int": (int,), "float": (int, float), "bool": (bool,),
+                                       "str": (str,), "dict": (dict,)}  # fmt: skip
+_WORDS = {"int": "a whole number", "float": "a number", "bool": "true or false",
+          "str": "a string", "dict": "a mapping", "list[str]": "a list of strings",
+          "list[int]": "a list of whole numbers"}  # fmt: skip
 
 
-def _convert(kind: str, value: Any) -> Any:
-    optional = kind.endswith(" | None")
+@functools.cache
+def _arguments() -> dict:
+    return {spec.metadata["key"]: spec.name for spec in fields(Settings)}
+
+
+@functools.cache
+def schema() -> dict:
+    """``{dotted key: rule}`` of every ``lambda.*`` setting (``lambda-schema.yaml``)."""
+    rules: dict[str, dict] = {}
+
+    def walk(node: dict, prefix: str) -> None:
+        for name, value in node.items():
+            if isinstance(value, dict) and "type" not in value:
+                walk(value, f"{prefix}{name}.")
+            else:
+                rules[f"{prefix}{name}"] = value
+
+    walk(yaml.safe_load(_SCHEMA_FILE.read_text()), "")
+    return rules
+
+
+def environment_variable(key: str) -> str:
+    """The variable that sets ``lambda.<key>``: ``batch.max-tasks`` is
+    ``DASK_LAMBDA__BATCH__MAX_TASKS``."""
+    return "DASK_LAMBDA__" + key.upper().replace("-", "_").replace(".", "__")
+
+
+def checked(key: str, value: Any, argument: str | None = None) -> Any:
+    """``value`` of ``lambda.<key>`` converted to its schema type (a string from the environment
+    becomes a number or a bool), or ``ValueError`` naming where it was set and what is valid."""
+    rule = schema()[key]
+    try:
+        return _convert(rule, value)
+    except (TypeError, ValueError, KeyError):
+        pass
+    given = f" (the argument {argument}=)" if argument else ""
+    cluster_argument = _arguments().get(key) if key in _CLUSTER_ARGUMENTS else None
+    ways = [f"LambdaCluster({cluster_argument}=...)"] if cluster_argument else []
+    ways += [f"dask.config.set({{'lambda.{key}': ...}})", environment_variable(key)]
+    raise ValueError(
+        f"lambda.{key} is {value!r}{given}: it must be {_valid(rule)} ({rule['description']})."
+        f" It is set by {', '.join(ways[:-1])} or {ways[-1]}."
+    ) from None
+
+
+def check_config() -> None:
+    """Check every ``lambda.*`` value of dask.config against the schema (``ValueError``)."""
+    for key in schema():
+        try:
+            value = config.setting(key)
+        except KeyError:
+            continue
+        checked(key, value)
+
+
+def _convert(rule: dict, value: Any) -> Any:
+    kind = rule["type"]
     if value is None:
-        if optional:
+        if rule.get("nullable"):
             return None
         raise TypeError(kind)
-    return _CONVERT.get(kind.removesuffix(" | None"), lambda v: v)(value)
+    if kind.startswith("list["):
+        if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple, set)):
+            raise TypeError(kind)
+        item = {"type": kind[5:-1], "min": rule.get("min"), "max": rule.get("max")}
+        items = [_convert(item, v) for v in value]
+        return tuple(sorted(set(items))) if kind == "list[int]" else tuple(items)
+    if isinstance(value, str) and kind in ("int", "float", "bool"):
+        value = yaml.safe_load(value)  # as dask reads an environment variable
+    if not isinstance(value, _TYPES[kind]) or (kind != "bool" and isinstance(value, bool)):
+        raise TypeError(kind)
+    if kind == "float":
+        value = float(value)
+    if rule.get("min") is not None and value < rule["min"]:
+        raise ValueError(kind)
+    if rule.get("max") is not None and value > rule["max"]:
+        raise ValueError(kind)
+    if rule.get("choices") is not None and value not in rule["choices"]:
+        raise ValueError(kind)
+    return value
+
+
+def _valid(rule: dict) -> str:
+    words = _WORDS[rule["type"]]
+    if rule.get("choices"):
+        words = "one of " + ", ".join(map(str, rule["choices"]))
+    low, high = rule.get("min"), rule.get("max")
+    if low is not None and high is not None:
+        words += f" from {low} to {high}"
+    elif low is not None:
+        words += f" of at least {low}"
+    elif high is not None:
+        words += f" of at most {high}"
+    return words + (", or null" if rule.get("nullable") else "")

@@ -119,3 +119,14 @@ def test_the_policy_modules_do_no_io():
                       "'dask_lambda.remote', 'dask_lambda.deploy', 'dask_lambda.emulator'))"
                       " or m in ('dask_lambda.cluster', 'dask_lambda.scheduling.compute',"
                       " 'dask_lambda.executor')") == []  # fmt: skip
+
+
+def test_every_public_name_resolves():
+    """``from dask_lambda import *`` and each name of ``__all__`` (the lazy ones too)."""
+    import dask_lambda
+
+    for name in dask_lambda.__all__:
+        assert getattr(dask_lambda, name) is not None, name
+    namespace: dict = {}
+    exec("from dask_lambda import *", namespace)
+    assert set(dask_lambda.__all__) <= set(namespace)

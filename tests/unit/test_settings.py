@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import copy
 from dataclasses import fields
+from pathlib import Path
 
 import dask
 import pytest
+import yaml
 
+import dask_lambda.settings as settings_module
 from dask_lambda import limits
-from dask_lambda.settings import Settings
+from dask_lambda.settings import Settings, checked, schema
 
 
 def test_every_field_names_a_key_of_the_defaults():
@@ -63,17 +66,24 @@ def test_concurrency_defaults_to_the_machine_locally_and_100_on_aws():
 @pytest.mark.parametrize(
     ("overrides", "says"),
     [
-        ({"memory": "lots"}, "lambda.memory is 'lots', which is not a whole number"),
-        ({"memory": 64}, f"Lambda allows {limits.MIN_MEMORY_MB} to {limits.MAX_MEMORY_MB} MB"),
-        ({"memory_tiers": [20_000]}, "lambda.memory-tiers is 20000 MB"),
-        ({"timeout": 901}, f"1 to {limits.MAX_TIMEOUT_SECONDS} s"),
-        ({"max_concurrency": 0}, "max_concurrency must be at least 1"),
-        ({"invoke_client": "curl"}, "lambda.invoke-client is 'curl': use one of lean, boto3"),
+        ({"memory": "lots"}, "lambda.memory is 'lots' \\(the argument memory=\\): it must be a"
+         " whole number from 128 to 10240"),
+        ({"memory": -1}, f"from {limits.MIN_MEMORY_MB} to {limits.MAX_MEMORY_MB}"),
+        ({"memory_tiers": [-5]}, "lambda.memory-tiers is \\[-5\\]"),
+        ({"memory_tiers": [20_000]}, "a list of whole numbers from 128 to 10240"),
+        ({"timeout": 0}, f"from 1 to {limits.MAX_TIMEOUT_SECONDS}"),
+        ({"max_concurrency": 0}, "lambda.max-concurrency is 0 .*of at least 1, or null"),
+        ({"max_tasks": 0}, "lambda.batch.max-tasks is 0"),
+        ({"inline_limit": -1}, "lambda.spill.inline-limit is -1"),
+        ({"target_seconds": -1}, "lambda.batch.target-seconds is -1"),
+        ({"invoke_client": "curl"}, "lambda.invoke-client is 'curl' .*one of lean, boto3"),
+        ({"packages": "pandas"}, "lambda.packages is 'pandas' .*a list of strings"),
     ],
-)
-def test_a_bad_value_names_its_key_and_the_fix(overrides, says):
-    with pytest.raises(ValueError, match=says):
+)  # fmt: skip
+def test_a_bad_value_names_its_key_the_argument_and_what_is_valid(overrides, says):
+    with pytest.raises(ValueError, match=says) as info:
         Settings.from_config(**overrides)
+    assert "DASK_LAMBDA__" in str(info.value)  # and the environment variable
 
 
 def test_a_bad_value_from_the_environment_names_the_variable():
@@ -81,6 +91,44 @@ def test_a_bad_value_from_the_environment_names_the_variable():
         ValueError, match="DASK_LAMBDA__BATCH__MAX_TASKS"
     ):
         Settings.from_config()
+
+
+def test_settings_outside_the_cluster_are_checked_too():
+    """A value the cluster itself never reads (the local Lambda's) is refused when the cluster
+    is created, not when the local Lambda reads it."""
+    with dask.config.set({"lambda.local.idle-timeout": "soon"}), pytest.raises(
+        ValueError, match="DASK_LAMBDA__LOCAL__IDLE_TIMEOUT"
+    ):
+        Settings.from_config()
+
+
+def test_a_cluster_with_a_bad_setting_fails_before_it_starts_anything():
+    from dask_lambda import LambdaCluster
+
+    with pytest.raises(ValueError, match="LambdaCluster\\(memory=...\\)"):
+        LambdaCluster(memory="lots")
+    with dask.config.set({"lambda.max-concurrency": "abc"}), pytest.raises(
+        ValueError, match="DASK_LAMBDA__MAX_CONCURRENCY"
+    ):
+        LambdaCluster()
+
+
+def test_the_schema_covers_every_key_of_the_defaults():
+    """As dask's test_schema_is_complete: lambda.yaml and lambda-schema.yaml name the same keys,
+    and every default is valid."""
+
+    def leaves(node, prefix=""):
+        for name, value in node.items():
+            if isinstance(value, dict):
+                yield from leaves(value, f"{prefix}{name}.")
+            else:
+                yield f"{prefix}{name}"
+
+    defaults = yaml.safe_load(Path(settings_module.__file__).with_name("lambda.yaml").read_text())
+    assert set(leaves(defaults["lambda"])) == set(schema())
+    for key in schema():
+        checked(key, dask.config.get(f"lambda.{key}"))  # the defaults pass
+        assert schema()[key]["description"], key
 
 
 def test_unknown_settings_are_refused():
