@@ -176,9 +176,13 @@ def test_shutdown_waits_for_calls_still_waiting_for_their_arguments(second):
 def test_a_missing_input_fails_only_the_calls_that_need_it(first, second):
     stats = second.invoker.stats
     with LambdaExecutor(cluster=second, max_workers=1) as ex:
-        arg, blocker, dependent, unrelated = _queued_behind_a_slow_call(ex)
+        arg = ex.submit(tasks.big_array, 1)  # 1 MB: stored
+        assert arg.exception(timeout=120) is None
         second.store.delete([arg.location.name])  # removed behind the client's back
         before = stats.invocations
+        blocker = ex.submit(tasks.slow, 0, 1)
+        dependent = ex.submit(tasks.nbytes_of, arg)
+        unrelated = ex.submit(tasks.inc, 1)
         with pytest.raises(MissingDataError, match="is gone"):
             dependent.result(timeout=120)
         assert unrelated.result(timeout=120) == 2
