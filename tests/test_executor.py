@@ -12,7 +12,7 @@ import pytest
 import tasks
 from conftest import spill_objects, wait_until
 
-from dask_lambda import LambdaExecutor, LambdaFunctionError
+from dask_lambda import LambdaCluster, LambdaExecutor, LambdaFunctionError
 
 
 @pytest.fixture
@@ -147,11 +147,14 @@ def test_scatter_once_gather_in_parallel(executor):
     assert executor.bytes_to_client - before_down >= 2 * data.nbytes  # downloads are counted
 
 
-def test_a_call_that_kills_its_runtime_fails_alone(cluster):
+def test_a_call_that_kills_its_runtime_fails_alone():
     """The attempt policy of compute: a batch of calls whose runtime crashes is split until the
     call at fault is alone; it fails (after its infrastructure retries) with
-    LambdaFunctionError, and every other call of the batch succeeds."""
-    with LambdaExecutor(cluster=cluster, max_workers=1) as ex:  # one slot: the calls batch up
+    LambdaFunctionError, and every other call of the batch succeeds. (A function without
+    dependencies to load: every crash costs a cold start.)"""
+    with LambdaCluster(infra_retries=1, retry_backoff=0.01) as light, LambdaExecutor(
+        cluster=light, max_workers=1  # one slot: the calls batch up behind the blocker
+    ) as ex:
         blocker = ex.submit(tasks.slow, 0, 1.0)
         futures = [ex.submit(tasks.crash if i == 5 else tasks.inc, i) for i in range(10)]
         assert blocker.result(timeout=120) == 0
