@@ -10,6 +10,7 @@ import re
 
 import boto3
 import dask
+import dask.array as da
 import pytest
 from conftest import cli, create_test_role, unique, zip_files
 
@@ -260,20 +261,23 @@ def test_library_versions_compared_by_series():
 
 @pytest.mark.slow
 def test_compatible_versions_deploy_and_library_differences(local, aws_env, bucket, tmp_path):
-    """The client's numpy has no wheel for Lambda's python3.11 (glibc 2.26): the error names the
-    newest that has one, --compatible-versions deploys it, and info and the cluster show the
-    difference (minor: a warning; tblib's major: a refusal with the fix)."""
+    """The client's numpy and pyarrow have no wheel for Lambda's python3.11 (glibc 2.26). numpy,
+    which every function gets, is deployed at the newest version that has one, said in the
+    build's output; an --include without one is refused with the newest that has one, and
+    --compatible-versions deploys it. info and the cluster show the difference (minor: a
+    warning; tblib's major: a refusal with the fix), and the function computes a dask.array."""
     numpy_here = importlib.metadata.version("numpy")
     name = unique("compat")
-    refused = cli("deploy", name, "--create-role", "--bucket", bucket, "--include", "numpy",
+    refused = cli("deploy", name, "--create-role", "--bucket", bucket, "--include", "pyarrow",
                   ok=False)  # fmt: skip
-    found = re.search(r"The newest numpy with a wheel for python3.11 on x86_64 \(glibc 2.26\) is"
-                      r" (2\.2\.\d+): --compatible-versions", refused.output)  # fmt: skip
-    assert refused.exit_code == 1 and found, refused.output
+    newest = r"The newest pyarrow with a wheel for python3.11 on x86_64 \(glibc 2.26\) is \S+:"
+    assert refused.exit_code == 1 and re.search(newest + " --compatible-versions", refused.output)
     requirements = tmp_path / "requirements.txt"
     requirements.write_text("tblib==2.0.0\n")
-    cli("deploy", name, "--create-role", "--bucket", bucket, "--include", "numpy",
-        "--compatible-versions", "-r", str(requirements))  # fmt: skip
+    deployed = cli("deploy", name, "--create-role", "--bucket", bucket, "-r", str(requirements))
+    found = re.search(rf"numpy {re.escape(numpy_here)} has no wheel for python3.11 on x86_64"
+                      r" \(glibc 2.26\): using (2\.2\.\d+)", deployed.output)  # fmt: skip
+    assert found, deployed.output
     info = cli("info", name, ok=False)
     assert f"Differs     numpy: function has {found[1]}, client has {numpy_here}" in info.output
     assert f"tblib: function has 2.0.0, client has {TBLIB}" in info.output
@@ -287,3 +291,4 @@ def test_compatible_versions_deploy_and_library_differences(local, aws_env, buck
     with cluster:
         task = dask.delayed(lambda: __import__("numpy").__version__)()
         assert task.compute(scheduler=cluster) == found[1]
+        assert da.ones((64, 64), chunks=32).sum().compute(scheduler=cluster) == 64 * 64

@@ -2,9 +2,10 @@
 
 The zip holds, at its root:
 
-1. the dependencies: dask-lambda's runtime needs (``dask``, ``cloudpickle``, ``msgpack``) and
-   whatever ``--include``, ``--requirements`` or ``LambdaCluster(packages=)`` add, at the client's
-   versions. For AWS they are installed with ``pip install --target --platform
+1. the dependencies: dask-lambda's runtime needs (``dask``, ``numpy``, ``cloudpickle``,
+   ``msgpack``) and whatever ``--include``, ``--requirements`` or ``LambdaCluster(packages=)``
+   add, at the client's versions (a runtime need without a wheel for Lambda's Linux at the
+   newest version that has one). For AWS they are installed with ``pip install --target --platform
    manylinux_2_X_<arch> --only-binary=:all: --python-version X.Y`` so compiled wheels match
    Lambda's Linux (glibc 2.26 up to python3.11) and CPU; for the embedded local Lambda, which runs
    on this machine, they are copied from the installed distributions (``from_installed``, the
@@ -55,10 +56,14 @@ from . import distributions
 
 UNZIPPED_LIMIT = limits.UNZIPPED_PACKAGE_BYTES
 DIRECT_UPLOAD_LIMIT = limits.DIRECT_UPLOAD_BYTES
-RUNTIME_DEPENDENCIES = ("dask", "cloudpickle", "msgpack")
+# What every deployed function gets: the handler's needs and dask.array's. At the client's
+# versions; one of them with no wheel for the runtime (numpy >= 2.3 for python3.11's glibc 2.26)
+# at the newest version that has one, said in the build's output.
+RUNTIME_DEPENDENCIES = ("dask", "numpy", "cloudpickle", "msgpack")
 # From the client's installed distributions (for the local Lambda): the handler's needs and
 # dask.array's, which every dask-lambda function can run without asking.
 LOCAL_RUNTIME_DEPENDENCIES = ("dask[array]", "cloudpickle", "msgpack")
+_RUNTIME_NAMES = frozenset(RUNTIME_DEPENDENCIES)  # canonical names already
 ARCHITECTURES = {"x86_64": "x86_64", "arm64": "aarch64"}
 _ZIP_TIME = (2020, 1, 1, 0, 0, 0)
 _SKIPPED_DIRS = {"__pycache__", ".git", ".venv", "bin"}
@@ -338,7 +343,8 @@ def _dependencies(spec: BuildSpec, progress: Callable[[str], None]) -> tuple[Pat
         if result.returncode == 0:
             break
         missing = _no_wheel_for(result.stderr)
-        if spec.compatible_versions and missing and missing[2]:
+        runtime_dependency = missing is not None and canonical(missing[0]) in _RUNTIME_NAMES
+        if (spec.compatible_versions or runtime_dependency) and missing and missing[2]:
             name, wanted, newest = missing
             if canonical(name) not in substituted:
                 substituted[canonical(name)] = newest
