@@ -64,6 +64,8 @@ class Backend:
     persisted: Persisted = field(default_factory=Persisted, compare=False)
     # The function runs on a local Lambda (costs in reports are what AWS would bill).
     local_endpoint: bool = False
+    # The cluster deployed the function itself (its fixes are LambdaCluster arguments, not CLI).
+    deployed_by_cluster: bool = False
 
     def invoker_for(self, memory_mb: int | None) -> Invoker:
         """The invoker of the memory tier ``memory_mb`` (None: the function itself)."""

@@ -284,6 +284,7 @@ class LambdaCluster:
             ledger=ledger,
             tiers=tiers,
             local_endpoint=self.on_local_lambda,
+            deployed_by_cluster=self.local is not None,
         )
 
     def _start_local(self, resources: dict) -> None:

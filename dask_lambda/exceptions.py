@@ -115,65 +115,79 @@ def _builtin_exception(error: dict) -> BaseException | None:
     return None
 
 
-def deployment_hint(exc: BaseException, function_name: str | None = None) -> str | None:
+def deployment_hint(
+    exc: BaseException, function_name: str | None = None, deployed_by_cluster: bool | None = None
+) -> str | None:
     """What to deploy or grant when ``exc`` shows the function lacks a module or an S3 grant.
 
     A function sees only its deployment package, its layers and the managed runtime's boto3 (as
-    the local Lambda enforces), and touches only what its role allows.
+    the local Lambda enforces), and touches only what its role allows. The fix named fits where
+    the function came from: ``LambdaCluster(...)`` arguments for a function the cluster deployed
+    itself (``deployed_by_cluster``), ``dask-lambda update`` for a named one, both if unknown.
     """
     name = function_name or "NAME"
+    by_cluster, by_cli = deployed_by_cluster in (True, None), deployed_by_cluster in (False, None)
     if isinstance(exc, ModuleNotFoundError) and exc.name:
         module = exc.name.split(".")[0]
         import importlib.metadata
 
         providers = importlib.metadata.packages_distributions().get(module)
         if not providers:
+            files = (f" deploy its files with the function (dask-lambda update {name} PATHS...)"
+                     " or" if by_cli else "")  # fmt: skip
             return (
                 f"Lambda function {name!r} has no module {module!r}. If it is your own code,"
-                f" deploy its files with the function (dask-lambda deploy {name} PATHS...) or"
-                " have it pickled by value (cloudpickle.register_pickle_by_value(module))."
+                f"{files} have it pickled by value (cloudpickle.register_pickle_by_value(module))."
             )
         package = providers[0]
+        fixes = [f"dask-lambda update {name} --include {package} (or -r requirements.txt)"] * by_cli
+        fixes += [f"a new LambdaCluster(packages=[{package!r}])"] * by_cluster
         return (
             f"Lambda function {name!r} has no module {module!r}: a function sees only its"
             " deployment package, its layers and the runtime's boto3, not this client's"
-            f" packages. Deploy {package!r} with it: dask-lambda update {name} --include"
-            f" {package} (or -r requirements.txt), or LambdaCluster(packages=[{package!r}])."
+            f" packages. Deploy {package!r} with it: {', or '.join(fixes)}."
         )
     try:
         text = str(exc)
     except Exception:  # an exception whose __str__ raises still reaches the user
         return None
     if any(marker in text for marker in ("AccessDenied", "ACCESS_DENIED", "Access Denied")):
+        fixes = [f"dask-lambda update {name} --create-role --s3-read s3://BUCKET[/PREFIX] (to"
+                 " read) or --s3-write (to write)"] * by_cli  # fmt: skip
+        fixes += ["a new LambdaCluster(s3_read=[...], s3_write=[...])"] * by_cluster
         return (
-            f"Lambda function {name!r}'s role may not use that S3 location. Grant it: dask-lambda"
-            f" update {name} --create-role --s3-read s3://BUCKET[/PREFIX] (to read) or"
-            " --s3-write (to write), or LambdaCluster(s3_read=[...], s3_write=[...])."
+            f"Lambda function {name!r}'s role may not use that S3 location. Grant it:"
+            f" {', or '.join(fixes)}."
         )
     return None
 
 
-def raise_task_error(error: dict, key, function_name: str | None = None) -> NoReturn:
+def raise_task_error(
+    error: dict, key, function_name: str | None = None, deployed_by_cluster: bool | None = None
+) -> NoReturn:
     """Raise the exception a task raised in Lambda, noting which task it was."""
     exc = rebuild_exception(error)
     exc.add_note(f"(raised in AWS Lambda by dask task {key!r})")
-    hint = deployment_hint(exc, function_name)
+    hint = deployment_hint(exc, function_name, deployed_by_cluster)
     if hint:
         exc.add_note(hint)
     raise exc
 
 
-def raise_fatal(error: dict, function_name: str) -> NoReturn:
+def raise_fatal(
+    error: dict, function_name: str, deployed_by_cluster: bool | None = None
+) -> NoReturn:
     """Raise a failure to load a batch at all (typically a module missing from the function)."""
     exc = rebuild_exception(error)
-    hint = deployment_hint(exc, function_name)
+    hint = deployment_hint(exc, function_name, deployed_by_cluster)
     if hint:
         exc.add_note(hint)
     elif isinstance(exc, ImportError):
+        deploy = (f" Deploy the module with the function (dask-lambda update {function_name}"
+                  " PATHS...) or have it" if not deployed_by_cluster else " Have it")  # fmt: skip
         exc.add_note(
-            f"Lambda function {function_name!r} cannot import what the tasks reference. Deploy"
-            " the module with the function (dask-lambda deploy NAME PATHS...) or have it pickled"
-            " by value (cloudpickle.register_pickle_by_value(module))."
+            f"Lambda function {function_name!r} cannot import what the tasks reference.{deploy}"
+            " pickled by value (cloudpickle.register_pickle_by_value(module))."
         )
     else:
         exc.add_note(f"(raised in AWS Lambda while loading a batch in {function_name!r})")

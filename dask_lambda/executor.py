@@ -463,7 +463,7 @@ class LambdaExecutor(Executor):
     def _rebuilt(self, error: dict) -> BaseException:
         """The call's exception, with what to deploy or grant when it shows that is missing."""
         exc = rebuild_exception(error)
-        hint = deployment_hint(exc, self._backend.function_name)
+        hint = deployment_hint(exc, self._backend.function_name, self._backend.deployed_by_cluster)
         if hint:
             exc.add_note(hint)
         return exc

@@ -96,15 +96,16 @@ def test_task_importing_an_undeployed_package_names_the_fix(cluster):
     with pytest.raises(ModuleNotFoundError) as info:
         dask.delayed(_tblib_version)().compute(scheduler=cluster)
     notes = " ".join(info.value.__notes__)
-    assert "--include tblib" in notes and "packages=['tblib']" in notes
+    # The cluster deployed this function itself: the fix is its argument, not the CLI.
+    assert "LambdaCluster(packages=['tblib'])" in notes and "dask-lambda update" not in notes
     from dask_lambda import LambdaExecutor, LambdaPool
 
     with LambdaExecutor(cluster=cluster) as ex, pytest.raises(ModuleNotFoundError) as info:
         ex.submit(_tblib_version).result(timeout=60)
-    assert "--include tblib" in " ".join(info.value.__notes__)
+    assert "packages=['tblib']" in " ".join(info.value.__notes__)
     with LambdaPool(cluster=cluster) as pool, pytest.raises(ModuleNotFoundError) as info:
         pool.apply(_tblib_version)
-    assert "--include tblib" in " ".join(info.value.__notes__)
+    assert "packages=['tblib']" in " ".join(info.value.__notes__)
 
 
 @pytest.mark.slow
@@ -189,7 +190,7 @@ def test_read_parquet_from_a_data_bucket_needs_a_grant(cluster, monkeypatch):
     frame = dd.read_parquet(f"s3://{bucket}/in", filesystem="arrow")  # metadata: the client's
     with pytest.raises(OSError, match="ACCESS_DENIED") as info:
         frame.x.sum().compute(scheduler=cluster)
-    assert "--s3-read" in " ".join(info.value.__notes__)
+    assert "LambdaCluster(s3_read=[...]" in " ".join(info.value.__notes__)  # deployed by it
 
 
 @pytest.mark.slow
@@ -212,7 +213,7 @@ def test_read_and_to_parquet_with_grants(monkeypatch):
         with pytest.raises(OSError, match="ACCESS_DENIED") as info:  # in/ is read-only
             doubled.to_parquet(f"s3://{bucket}/in/again", filesystem="arrow",
                                compute_kwargs={"scheduler": cluster})  # fmt: skip
-        assert "--s3-write" in " ".join(info.value.__notes__)
+        assert "s3_write=[...]" in " ".join(info.value.__notes__)
 
 
 def test_update_timeout_keeps_the_code(aws_env, bucket, user_module):

@@ -245,12 +245,12 @@ class Compute:
     def _attempt(self, spec: BatchSpec) -> BatchResponse:
         """Run ``spec`` under the attempt policy; raise the first task error it still holds."""
         response = run_batch(spec, self._send, self.policy, self.stats)
-        name = self.backend.function_name
+        name, ours = self.backend.function_name, self.backend.deployed_by_cluster
         if response.fatal is not None:
-            raise_fatal(response.fatal, name)
+            raise_fatal(response.fatal, name, ours)
         if response.errors:
             error = response.errors[min(response.errors)]
-            raise_task_error(error, spec.keys[error["index"]], name)
+            raise_task_error(error, spec.keys[error["index"]], name, ours)
         return response
 
     def _send(self, spec: BatchSpec, tier: int | None, split: bool, confirm_memory: bool):
