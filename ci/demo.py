@@ -14,6 +14,7 @@ from pathlib import Path
 
 import dask.array as da
 import dask.bag as db
+from dask.diagnostics import ProgressBar
 
 from dask_lambda import LambdaCluster
 
@@ -52,7 +53,9 @@ def main() -> int:
         x = da.random.default_rng(42).random((4000, 4000), chunks=(1000, 1000))
         y = (x @ x.T).mean(axis=0)
         began = time.perf_counter()
-        means = y.compute(scheduler=cluster)
+        print("  dask.array (x @ x.T).mean(axis=0), 4000x4000 in 16 chunks of 8 MB ...")
+        with ProgressBar(dt=1.0):  # dask's own progress bar: the step takes tens of seconds
+            means = y.compute(scheduler=cluster)
         describe(
             "dask.array (x @ x.T).mean(axis=0), 4000x4000 in 16 chunks of 8 MB",
             time.perf_counter() - began,
