@@ -20,7 +20,7 @@ from typing import Any
 import dask
 
 from . import config
-from .aws import Aws, is_loopback, lambda_endpoint, signed_post
+from .aws import Aws, lambda_endpoint, signed_post
 from .backend import Backend
 from .exceptions import NoActiveClusterError, VersionMismatchError, VersionWarning
 from .function import contract
@@ -183,9 +183,7 @@ class LambdaCluster:
         self.last_report: ComputeReport | None = None
         # A loopback endpoint (`dask-lambda local`'s exports, endpoint_url=) is a local Lambda
         # on this machine, whatever function it runs: sized and labelled as one.
-        self.on_local_lambda = self.function_name is None or is_loopback(
-            lambda_endpoint(self.endpoint_url)
-        )
+        self.on_local_lambda = settings.on_local_lambda
         self._check_versions = check_versions
         self.packages = list(settings.packages)
         self.s3_read, self.s3_write = list(settings.s3_read), list(settings.s3_write)

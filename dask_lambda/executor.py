@@ -404,13 +404,14 @@ class LambdaExecutor(Executor):
 
     def _invoke(self, batch: list[tuple[LambdaFuture, Task, dict, Claim | None]]) -> None:
         try:
-            spec_bytes = self._spec_bytes(batch)
+            whole = self._spec(batch)
+            spec_bytes = pickle_spec(whole)
         except Exception:
             batch = self._fail_unpicklable(batch)
             if not batch:
                 return
-            spec_bytes = self._spec_bytes(batch)
-        whole = self._spec(batch)
+            whole = self._spec(batch)
+            spec_bytes = pickle_spec(whole)
         stats = InvokeStats()
 
         def send(spec: BatchSpec, tier: int | None, split: bool, confirm_memory: bool):
@@ -430,15 +431,12 @@ class LambdaExecutor(Executor):
         inputs = {k: where for call in batch for k, where in call[2].items()}
         return BatchSpec(self._id, keys, [call[1] for call in batch], keys, inputs)
 
-    def _spec_bytes(self, batch: list[tuple[LambdaFuture, Task, dict, Claim | None]]) -> bytes:
-        return pickle_spec(self._spec(batch))
-
     def _fail_unpicklable(self, batch: list) -> list:
         """Fail the calls that cannot be pickled (with pickle_spec's error); return the others."""
         picklable = []
         for call in batch:
             try:
-                self._spec_bytes([call])
+                pickle_spec(self._spec([call]))
             except TypeError as e:
                 call[0].set_exception(e)
             else:

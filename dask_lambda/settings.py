@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import functools
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -84,42 +85,44 @@ class Settings:
         unknown = set(overrides) - {spec.name for spec in fields(cls)}
         if unknown:
             raise TypeError(f"Unknown settings: {', '.join(sorted(unknown))}")
-        check_config()
-        values = {}
+        values, keys = {}, set()
         for spec in fields(cls):
             key = spec.metadata["key"]
+            keys.add(key)
             given = overrides.get(spec.name)
             value = config.setting(key) if given is None else given
-            values[spec.name] = checked(key, value, spec.name if given is not None else None)
+            values[spec.name] = checked(
+                key, value, spec.name if given is not None else None,
+                cluster_argument=spec.name if spec.name in overrides else None,
+            )  # fmt: skip
+        check_config(skip=keys)  # the settings the client does not hold, read where they apply
         if values["max_concurrency"] is None:
             if local is None:
-                from .aws import is_loopback, lambda_endpoint
-
-                local = values["function_name"] is None or is_loopback(
-                    lambda_endpoint(values["endpoint_url"])
-                )
+                local = is_local_lambda(values["function_name"], values["endpoint_url"])
             values["max_concurrency"] = max(2, os.cpu_count() or 2) if local else 100
         return cls(**values)
 
+    @property
+    def on_local_lambda(self) -> bool:
+        """Whether the function runs on a local Lambda: none named (the embedded one), or a
+        loopback endpoint (``dask-lambda local``'s exports)."""
+        return is_local_lambda(self.function_name, self.endpoint_url)
+
+
+def is_local_lambda(function_name: str | None, endpoint_url: str | None) -> bool:
+    """See :attr:`Settings.on_local_lambda`."""
+    from .aws import is_loopback, lambda_endpoint
+
+    return function_name is None or is_loopback(lambda_endpoint(endpoint_url))
+
 
 INVOKE_CLIENTS = ("lean", "boto3")
-# The settings a LambdaCluster takes as arguments (by their lambda.yaml key).
-_CLUSTER_ARGUMENTS = frozenset({
-    "function-name", "bucket", "region", "endpoint-url", "memory", "timeout", "max-concurrency",
-    "batch.max-tasks", "batch.max-bytes", "batch.per-slot", "spill.inline-limit",
-    "infra-retries", "retry-backoff", "packages", "s3-read", "s3-write", "memory-tiers",
-})  # fmt: skip
 _SCHEMA_FILE = Path(__file__).with_name("lambda-schema.yaml")
 _TYPES: dict[str, tuple[type, ...]] = {"int": (int,), "float": (int, float), "bool": (bool,),
-                                       "str": (str,), "dict": (dict,)}  # fmt: skip
+                                       "str": (str,)}  # fmt: skip
 _WORDS = {"int": "a whole number", "float": "a number", "bool": "true or false",
-          "str": "a string", "dict": "a mapping", "list[str]": "a list of strings",
+          "str": "a string", "list[str]": "a list of strings",
           "list[int]": "a list of whole numbers"}  # fmt: skip
-
-
-@functools.cache
-def _arguments() -> dict:
-    return {spec.metadata["key"]: spec.name for spec in fields(Settings)}
 
 
 @functools.cache
@@ -144,16 +147,19 @@ def environment_variable(key: str) -> str:
     return "DASK_LAMBDA__" + key.upper().replace("-", "_").replace(".", "__")
 
 
-def checked(key: str, value: Any, argument: str | None = None) -> Any:
+def checked(
+    key: str, value: Any, argument: str | None = None, cluster_argument: str | None = None
+) -> Any:
     """``value`` of ``lambda.<key>`` converted to its schema type (a string from the environment
-    becomes a number or a bool), or ``ValueError`` naming where it was set and what is valid."""
+    becomes a number or a bool), or ``ValueError`` naming where it was set (``argument``: given
+    as that argument) and what is valid (``cluster_argument``: a LambdaCluster argument sets
+    it too)."""
     rule = schema()[key]
     try:
         return _convert(rule, value)
     except (TypeError, ValueError, KeyError):
         pass
     given = f" (the argument {argument}=)" if argument else ""
-    cluster_argument = _arguments().get(key) if key in _CLUSTER_ARGUMENTS else None
     ways = [f"LambdaCluster({cluster_argument}=...)"] if cluster_argument else []
     ways += [f"dask.config.set({{'lambda.{key}': ...}})", environment_variable(key)]
     raise ValueError(
@@ -162,9 +168,13 @@ def checked(key: str, value: Any, argument: str | None = None) -> Any:
     ) from None
 
 
-def check_config() -> None:
-    """Check every ``lambda.*`` value of dask.config against the schema (``ValueError``)."""
+def check_config(skip: Iterable[str] = ()) -> None:
+    """Check every ``lambda.*`` value of dask.config against the schema (``ValueError``), but
+    for the keys in ``skip``."""
+    skip = set(skip)
     for key in schema():
+        if key in skip:
+            continue
         try:
             value = config.setting(key)
         except KeyError:

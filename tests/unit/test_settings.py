@@ -134,3 +134,13 @@ def test_the_schema_covers_every_key_of_the_defaults():
 def test_unknown_settings_are_refused():
     with pytest.raises(TypeError, match="max_task"):
         Settings.from_config(max_task=3)
+
+
+def test_the_schema_holds_lambdas_limits():
+    """The schema's ranges for what Lambda limits are limits.py's numbers, not other ones."""
+    rules = schema()
+    assert (rules["memory"]["min"], rules["memory"]["max"]) == (
+        limits.MIN_MEMORY_MB, limits.MAX_MEMORY_MB)  # fmt: skip
+    assert (rules["memory-tiers"]["min"], rules["memory-tiers"]["max"]) == (
+        limits.MIN_MEMORY_MB, limits.MAX_MEMORY_MB)  # fmt: skip
+    assert rules["timeout"]["max"] == limits.MAX_TIMEOUT_SECONDS
