@@ -12,7 +12,7 @@ import yaml
 
 import dask_lambda.settings as settings_module
 from dask_lambda import limits
-from dask_lambda.settings import Settings, checked, schema
+from dask_lambda.settings import Settings, checked, environment_variable, schema
 
 
 def test_every_field_names_a_key_of_the_defaults():
@@ -96,10 +96,12 @@ def test_a_bad_value_from_the_environment_names_the_variable():
 def test_settings_outside_the_cluster_are_checked_too():
     """A value the cluster itself never reads (the local Lambda's) is refused when the cluster
     is created, not when the local Lambda reads it."""
-    with dask.config.set({"lambda.local.idle-timeout": "soon"}), pytest.raises(
-        ValueError, match="DASK_LAMBDA__LOCAL__IDLE_TIMEOUT"
-    ):
-        Settings.from_config()
+    for key, bad in (("api-timeout", "soon"), ("local.isolation", "bwrap"),
+                     ("pricing.request", "free")):  # fmt: skip
+        with dask.config.set({f"lambda.{key}": bad}), pytest.raises(
+            ValueError, match=environment_variable(key)
+        ):
+            Settings.from_config()
 
 
 def test_a_cluster_with_a_bad_setting_fails_before_it_starts_anything():
