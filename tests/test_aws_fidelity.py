@@ -15,6 +15,7 @@ import pytest
 from conftest import cli, create_test_role, unique, zip_files
 
 from dask_lambda import LambdaCluster, LambdaFunctionError, VersionMismatchError
+from dask_lambda.emulator.runtimes import MANAGED_RUNTIME_PINS
 from dask_lambda.exceptions import VersionWarning
 from dask_lambda.function import contract
 
@@ -33,7 +34,8 @@ def handler(event, context):
             found[name] = False
     return {"found": found, "cwd": os.getcwd(), "root": os.environ["LAMBDA_TASK_ROOT"],
             "site": [p for p in sys.path if "site-packages" in p],
-            "token": bool(os.environ.get("AWS_SESSION_TOKEN"))}
+            "token": bool(os.environ.get("AWS_SESSION_TOKEN")),
+            "boto3": __import__("boto3").__version__}
 """
 
 
@@ -44,6 +46,8 @@ def test_runtime_sees_only_its_package_and_the_managed_boto3(local, deploy):
     assert seen["found"] == {"numpy": False, "dask": False, "pytest": False, "boto3": True,
                              "awslambdaric": True}  # fmt: skip
     assert seen["cwd"] == seen["root"] and seen["site"] == []
+    # The managed runtime's pinned boto3, whatever boto3 the client has installed.
+    assert f"boto3=={seen['boto3']}" in MANAGED_RUNTIME_PINS
     assert seen["token"]  # the execution role's temporary credentials, as Lambda gives them
 
 

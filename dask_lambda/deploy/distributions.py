@@ -2,7 +2,7 @@
 
 A function for the embedded local Lambda (same platform as the client) is built from the files of
 the distributions installed here, so it runs exactly the versions the client has without a
-download; the local Lambda's managed runtime (boto3, ``awslambdaric``) is assembled the same way.
+download.
 :func:`closure` follows ``Requires-Dist`` (markers evaluated for this interpreter, extras as
 asked), :func:`distribution_files` lists a distribution's files by their path in site-packages.
 """

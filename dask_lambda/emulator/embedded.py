@@ -83,6 +83,10 @@ class LocalLambda:
         """Start the server process and wait until it answers."""
         if self._proc is not None:
             return self
+        if self.runtime_mode == "process":  # installed here, once, where its progress is seen
+            from .runtimes import managed_runtime
+
+            managed_runtime(progress=lambda message: print(message, file=sys.stderr, flush=True))
         stderr = tempfile.TemporaryFile()  # noqa: SIM115 - closed by _stop
         proc = subprocess.Popen(
             [

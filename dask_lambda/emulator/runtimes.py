@@ -4,7 +4,8 @@ A *runtime* is one ``python -m awslambdaric HANDLER`` process (started through `
 plus the Runtime API listener it polls. It runs one invocation at a time, like a Lambda execution
 environment, and sees what one would: the standard library (``python -S``: none of this machine's
 site-packages), its deployed code (the working directory, first on the path), its layers, and the
-managed runtime's ``awslambdaric`` and boto3 (:func:`managed_runtime`); its environment holds the
+managed runtime's ``awslambdaric`` and boto3 (:func:`managed_runtime`, pinned and installed in a
+folder of its own); its environment holds the
 function's variables, Lambda's own and its execution role's temporary credentials. The
 :class:`RuntimeManager` owns every runtime of the server:
 
@@ -52,32 +53,57 @@ _BOOTSTRAP = str(Path(__file__).with_name("_bootstrap.py"))
 # Variables of the server's own environment that a runtime inherits; Lambda passes nothing else.
 _INHERITED_ENV = ("PATH", "LANG", "LC_ALL", "OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
 LOG_LINES_KEPT = 20_000
-# What a runtime sees besides its code and layers, as on Lambda's managed python runtime.
-MANAGED_PACKAGES = ("awslambdaric", "boto3")
+# What a runtime sees besides its code and layers, as on Lambda's managed python runtime: pinned
+# to the versions the local Lambda was tested with, and installed in a folder of its own (never
+# the client's site-packages, so the client's boto3 is the user's to choose).
+MANAGED_RUNTIME_PINS = ("awslambdaric==4.2.2", "boto3==1.44.8", "botocore==1.44.8")
 
 
-def managed_runtime() -> Path:
-    """The folder that stands in for Lambda's ``/var/runtime``: ``awslambdaric`` and the boto3
-    the managed python runtime bundles (:data:`MANAGED_PACKAGES`, at the versions installed here,
-    pinned by the ``local`` extra), copied once per machine and version set."""
+class ManagedRuntimeError(RuntimeError):
+    """The managed-runtime stand-in could not be installed."""
+
+
+def managed_runtime_folder() -> Path:
+    """Where :func:`managed_runtime` keeps the stand-in for this interpreter and these pins."""
     import hashlib
-    import shutil
-    import tempfile
 
     from ..deploy.build import cache_root
-    from ..deploy.distributions import closure, distribution_files, pinned
 
-    dists = closure(MANAGED_PACKAGES)
-    digest = hashlib.sha256(" ".join(pinned(dists)).encode()).hexdigest()[:16]
-    target = cache_root().parent / "managed-runtime" / digest
-    if target.is_dir():
+    key = " ".join((sys.implementation.cache_tag, *MANAGED_RUNTIME_PINS))
+    digest = hashlib.sha256(key.encode()).hexdigest()[:16]
+    return cache_root().parent / "managed-runtime" / digest
+
+
+def managed_runtime(progress=lambda _message: None) -> Path:
+    """The folder that stands in for Lambda's ``/var/runtime``: ``awslambdaric`` and the boto3
+    the managed python runtime bundles (:data:`MANAGED_RUNTIME_PINS`), installed from their
+    wheels with pip once per machine, interpreter and pin set, and compiled as AWS ships them.
+
+    Raises
+    ------
+    ManagedRuntimeError
+        pip could not install the pinned wheels (no access to the package index): the message
+        says how to install them by hand.
+    """
+    target = managed_runtime_folder()
+    if (target / "awslambdaric").is_dir():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f"{digest}-", dir=target.parent))
-    for dist in dists:
-        for source, relative in distribution_files(dist):
-            (staging / relative).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(source, staging / relative)
+    staging = Path(tempfile.mkdtemp(prefix=f"{target.name}-", dir=target.parent))
+    progress(f"Installing the local Lambda's managed runtime ({', '.join(MANAGED_RUNTIME_PINS)})")
+    command = [sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
+               "--no-input", "--only-binary=:all:", "--target", str(staging),
+               *MANAGED_RUNTIME_PINS]
+    done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode != 0:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise ManagedRuntimeError(
+            "The local Lambda could not install its managed runtime "
+            f"({' '.join(MANAGED_RUNTIME_PINS)}) with pip:\n{done.stderr.strip()[-2000:]}\n"
+            "Give pip access to a package index (PIP_INDEX_URL) and retry, or install them by "
+            f"hand: {' '.join(command[:3])} install --only-binary=:all: --target {target} "
+            f"{' '.join(MANAGED_RUNTIME_PINS)}"
+        )
     import compileall
 
     compileall.compile_dir(staging, quiet=2, workers=1)  # as AWS's /var/runtime ships compiled
