@@ -17,9 +17,11 @@ def requirements(extra: str | None = None) -> list[Requirement]:
     for text in importlib.metadata.requires("dask-lambda") or []:
         requirement = Requirement(text)
         marker = requirement.marker
-        if extra is None and marker is None:
-            found.append(requirement)
-        elif extra is not None and marker is not None and marker.evaluate({"extra": extra}):
+        if extra is None:
+            wanted = marker is None
+        else:
+            wanted = marker is not None and marker.evaluate({"extra": extra})
+        if wanted:
             found.append(requirement)
     return found
 
