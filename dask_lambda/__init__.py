@@ -15,6 +15,10 @@ __all__ = [
     "LambdaCluster",
     "LambdaExecutor",
     "LambdaPool",
+    "Client",
+    "as_completed",
+    "wait",
+    "MissingPackagesWarning",
     "LambdaFunctionError",
     "VersionMismatchError",
     "NoActiveClusterError",
@@ -31,6 +35,10 @@ _LAZY = {
     "current_cluster": "cluster",
     "LambdaExecutor": "executor",
     "LambdaPool": "pool",
+    "Client": "client",
+    "as_completed": "client",
+    "wait": "client",
+    "MissingPackagesWarning": "packages",
     "LambdaFunctionError": "exceptions",
     "VersionMismatchError": "exceptions",
     "NoActiveClusterError": "exceptions",
@@ -41,6 +49,7 @@ _LAZY = {
 }
 
 if TYPE_CHECKING:
+    from .client import Client, as_completed, wait
     from .cluster import LambdaCluster, current_cluster
     from .exceptions import (
         DataReleasedError,
@@ -51,6 +60,7 @@ if TYPE_CHECKING:
     )
     from .executor import LambdaExecutor
     from .function.protocol import IntegrityError, MissingDataError
+    from .packages import MissingPackagesWarning
     from .pool import LambdaPool
 
 

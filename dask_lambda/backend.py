@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from . import limits
 from .function.values import Store
 from .ownership import Ledger
+from .packages import PackageSync
 from .persist import Persisted
 from .remote.invoker import Invoker
 from .scheduling.planner import TaskProfile
@@ -66,6 +67,8 @@ class Backend:
     local_endpoint: bool = False
     # The cluster deployed the function itself (its fixes are LambdaCluster arguments, not CLI).
     deployed_by_cluster: bool = False
+    # Checks each batch's modules against the function's packages (adds or warns), or None.
+    packages: PackageSync | None = field(default=None, compare=False)
 
     def invoker_for(self, memory_mb: int | None) -> Invoker:
         """The invoker of the memory tier ``memory_mb`` (None: the function itself)."""

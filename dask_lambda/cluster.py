@@ -27,6 +27,7 @@ from .function import contract
 from .function.protocol import version_mismatches, versions
 from .function.storage import S3Store
 from .ownership import Ledger
+from .packages import PackageSync, client_version
 from .remote.invoker import Invoker
 from .report import ComputeReport
 from .scheduling.compute import Compute
@@ -116,7 +117,9 @@ class LambdaCluster:
         this client's versions, beyond dask-lambda's own (``dask[array]``, ``cloudpickle``,
         ``msgpack``), e.g. ``["pandas", "pyarrow", "s3fs"]``. Tasks see nothing else, as on
         AWS. Past Lambda's 250 MB the dependencies go to the bucket and are unpacked into
-        ``/tmp`` on cold starts.
+        ``/tmp`` on cold starts. ``"auto"`` (the default): the function starts with
+        dask-lambda's own, and before a batch is sent the packages its pickle references that
+        the function lacks are added (:meth:`add_packages`), once, with a line saying so.
     s3_read, s3_write
         For the function the cluster deploys itself: ``s3://bucket[/prefix]`` locations its
         role may read, or read and write (the local Lambda enforces IAM, as AWS does).
@@ -159,7 +162,7 @@ class LambdaCluster:
         infra_retries: int | None = None,
         retry_backoff: float | None = None,
         check_versions: bool = True,
-        packages: list[str] | None = None,
+        packages: list[str] | str | None = None,
         s3_read: list[str] | None = None,
         s3_write: list[str] | None = None,
         memory_tiers: list[int] | None = None,
@@ -185,7 +188,11 @@ class LambdaCluster:
         # on this machine, whatever function it runs: sized and labelled as one.
         self.on_local_lambda = settings.on_local_lambda
         self._check_versions = check_versions
-        self.packages = list(settings.packages)
+        # "auto": sync what tasks reference (dask_lambda.packages); a list: exactly those.
+        self.sync_packages = settings.packages == "auto"
+        self.packages = [] if self.sync_packages else list(settings.packages)
+        self._function_libraries: dict[str, str] | None = None
+        self._deploy_lock = threading.Lock()
         self.s3_read, self.s3_write = list(settings.s3_read), list(settings.s3_write)
         self.memory_tiers = list(settings.memory_tiers)
         self.build_report: dict[str, Any] = {}
@@ -236,9 +243,7 @@ class LambdaCluster:
                 f"No spill bucket for function {self.function_name!r}: pass bucket=, set"
                 " lambda.bucket (DASK_LAMBDA__BUCKET), or deploy with --bucket"
             )
-        store = S3Store(
-            self.bucket, client=self._client("s3"), kms_key_id=self.settings.kms_key_id
-        )
+        store = S3Store(self.bucket, client=self._client("s3"), kms_key_id=self.settings.kms_key_id)
         self._check_bucket(store)
         ledger = resources["ledger"] = Ledger(
             store, self.prefix, f"cluster {self.function_name!r}",
@@ -283,14 +288,53 @@ class LambdaCluster:
             tiers=tiers,
             local_endpoint=self.on_local_lambda,
             deployed_by_cluster=self.local is not None,
+            packages=self._package_sync(),
         )
+
+    def _package_sync(self) -> PackageSync:
+        """What checks each batch's modules against the function's packages: adds them to a
+        function this cluster deployed with ``packages="auto"``, else warns with the fix."""
+        name = self.function_name
+
+        def libraries() -> dict[str, str]:
+            if self._function_libraries is None:
+                self._function_libraries = self.ping().get("libraries", {})
+            return self._function_libraries
+
+        def fix(names: list[str]) -> str:
+            if self.local is not None:
+                return f"Add them: cluster.add_packages({names!r})."
+            includes = " ".join(f"--include {n}=={client_version(n)}" for n in names)
+            return f"Deploy them: dask-lambda update {name} {includes}"
+
+        add = self.add_packages if self.local is not None and self.sync_packages else None
+        return PackageSync(name, libraries, add=add, fix=fix)
+
+    def add_packages(self, packages: list[str]) -> dict[str, str]:
+        """Add installed ``packages`` (names, at this client's versions, with what they need)
+        to the function this cluster deployed, without a new cluster; return the function's
+        distributions, ``{name: version}``.
+
+        New invocations run the new code in new runtimes; what runs keeps its runtime. A
+        function the cluster did not deploy is updated with ``dask-lambda update NAME
+        --include PACKAGE``, which the ``ValueError`` raised for it names.
+        """
+        if self.local is None:
+            includes = " ".join(f"--include {name}" for name in packages)
+            raise ValueError(
+                f"Lambda function {self.function_name!r} was not deployed by this cluster:"
+                f" add packages to it with dask-lambda update {self.function_name} {includes}"
+            )
+        with self._deploy_lock:
+            wanted = [name for name in packages if name not in self.packages]
+            if wanted:
+                self._deploy_local([*self.packages, *wanted], update=True)
+                self.packages.extend(wanted)
+        return dict(self._function_libraries or {})
 
     def _start_local(self, resources: dict) -> None:
         import time
 
-        from .deploy.build import BuildSpec, build
-        from .deploy.functions import FunctionSettings
-        from .deploy.provision import Request, provision
         from .emulator import LocalLambda
 
         started = time.perf_counter()
@@ -304,36 +348,60 @@ class LambdaCluster:
         self.aws = Aws(
             region=local.region, endpoint_url=local.endpoint_url, credentials=credentials
         )
-        server_ready = time.perf_counter()
-        # A real package, as AWS would run it: the runtime sees nothing of this client.
-        built = build(BuildSpec(include=self.packages, from_installed=True, deps_on_s3=None,
-                                split_allowed=True))  # fmt: skip
-        package_ready = time.perf_counter()
-        self.function_name = "dask-lambda-" + code_digest(
-            built.zip_bytes + " ".join(built.pinned).encode()
-        )
-        if self._explicit_prefix is None:
-            self.prefix = config.function_prefix(self.function_name)
         self.bucket = self.bucket or LOCAL_BUCKET
         self._client("s3").create_bucket(Bucket=self.bucket)
+        self.build_report = {
+            "server_seconds": round(time.perf_counter() - started, 3),
+            **self._deploy_local(self.packages, update=False),
+        }
+
+    def _deploy_local(self, packages: list[str], update: bool) -> dict[str, Any]:
+        """Build dask-lambda's handler with ``packages`` from this client's installed files and
+        deploy it into the local Lambda (created, or its code updated); return what it took."""
+        import time
+
+        from .deploy.build import BuildSpec, build
+        from .deploy.functions import FunctionSettings
+        from .deploy.provision import Request, provision
+
+        started = time.perf_counter()
+        # A real package, as AWS would run it: the runtime sees nothing of this client.
+        built = build(BuildSpec(include=packages, from_installed=True, deps_on_s3=None,
+                                split_allowed=True))  # fmt: skip
+        package_ready = time.perf_counter()
+        current_env = None
+        if update:
+            current = self._client("lambda").get_function_configuration(
+                FunctionName=self.function_name
+            )
+            current_env = (current.get("Environment") or {}).get("Variables", {})
+        else:
+            self.function_name = "dask-lambda-" + code_digest(
+                built.zip_bytes + " ".join(built.pinned).encode()
+            )
+            if self._explicit_prefix is None:
+                self.prefix = config.function_prefix(self.function_name)
         # What `dask-lambda deploy --create-role` would make: the local Lambda enforces the role.
         provision(self._client, Request(
             name=self.function_name,
             settings=FunctionSettings(memory=self.memory, timeout=self.timeout),
-            built=built, bucket=self.bucket, prefix=self.prefix,
+            built=built, bucket=self.bucket, prefix=self.prefix, current_env=current_env,
             create_role=True, role_name=LOCAL_ROLE, s3_read=self.s3_read, s3_write=self.s3_write,
             memory_tiers=self.memory_tiers,
         ))  # fmt: skip
-        self.build_report = {
+        self._function_libraries = dict(pin.split("==", 1) for pin in built.pinned)
+        report = {
             "packages": built.pinned,
             "zip_mb": round(built.size / 1e6, 1),
             "unpacked_mb": round((built.unpacked_size + built.dependencies_unpacked) / 1e6, 1),
             "dependencies_on_s3": bool(built.dependencies_zip),
             "cached": built.dependencies_cached,
-            "server_seconds": round(server_ready - started, 3),
-            "build_seconds": round(package_ready - server_ready, 3),
+            "build_seconds": round(package_ready - started, 3),
             "deploy_seconds": round(time.perf_counter() - package_ready, 3),
         }
+        if update:
+            self.build_report.update(report)
+        return report
 
     def _where(self) -> str:
         region = self.aws.region_name or "no region"
@@ -427,6 +495,13 @@ class LambdaCluster:
                 f" {self.function_name}"
             )
         return contract.read_key(self._client("ssm"), parameter)
+
+    @property
+    def s3(self):
+        """A boto3 S3 client where the function's bucket is, with the cluster's credentials: on
+        the embedded local Lambda, its S3 (``cluster.s3.create_bucket(Bucket="my-data")``,
+        ``cluster.s3.upload_file(path, "my-data", key)``)."""
+        return self._client("s3")
 
     def _client(self, service: str, client_config=None):
         if client_config is None and service == "s3":  # one connection per concurrent invocation
@@ -546,6 +621,14 @@ class LambdaCluster:
             records = list(self.invoker.stats.records)
         return plot_timeline(records, path, repr(self.function_name))
 
+    def scale(self, n: int | None = None, **_options: Any) -> None:
+        """Nothing to do, for code written for distributed's clusters (``cluster.scale(10)``,
+        ``cluster.adapt()``): Lambda starts an execution environment per concurrent invocation
+        on demand, up to ``max_concurrency`` (an argument of the cluster) and the account's
+        limit, and stops them when idle."""
+
+    adapt = scale
+
     def ping(self) -> dict[str, Any]:
         """Invoke the function's ping; return its versions and stats."""
         return self.invoker.call({"op": "ping"})
@@ -560,6 +643,7 @@ class LambdaCluster:
         from .deploy.compatibility import client_libraries, library_differences
 
         answer = self.ping()
+        self._function_libraries = answer.get("libraries", {})
         if "dependencies" in answer.get("stats", {}):
             self.build_report["dependencies_mount"] = answer["stats"]["dependencies"]
         remote = answer.get("versions", {})

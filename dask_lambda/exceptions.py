@@ -141,7 +141,7 @@ def deployment_hint(
             )
         package = providers[0]
         fixes = [f"dask-lambda update {name} --include {package} (or -r requirements.txt)"] * by_cli
-        fixes += [f"a new LambdaCluster(packages=[{package!r}])"] * by_cluster
+        fixes += [f"cluster.add_packages([{package!r}])"] * by_cluster
         return (
             f"Lambda function {name!r} has no module {module!r}: a function sees only its"
             " deployment package, its layers and the runtime's boto3, not this client's"

@@ -117,9 +117,12 @@ class ComputeReport:
             f" {self.wall_time:.2f} s;"
             f" {self.bytes_spilled / MiB:.1f} MiB spilled, {self.bytes_inline / MiB:.2f} MiB"
             f" inline, {self.bytes_through_client / MiB:.2f} MiB through the client;"
-            + (f" {self.billed_gb_seconds:.3f} GB-s, ~${self.cost_usd:.6f} if run on AWS"
-               " (an estimate: this ran on a local Lambda)" if self.local else
-               f" {self.billed_gb_seconds:.3f} GB-s billed, ~${self.cost_usd:.6f}")
+            + (
+                f" {self.billed_gb_seconds:.3f} GB-s, ~${self.cost_usd:.6f} if run on AWS"
+                " (an estimate: this ran on a local Lambda)"
+                if self.local
+                else f" {self.billed_gb_seconds:.3f} GB-s billed, ~${self.cost_usd:.6f}"
+            )
         )
 
     def to_dict(self) -> dict[str, Any]:

@@ -42,7 +42,7 @@ class Settings:
     # The function the cluster deploys itself.
     memory: int = _key("memory")
     timeout: int = _key("timeout")
-    packages: tuple[str, ...] = _key("packages")
+    packages: tuple[str, ...] | str = _key("packages")  # or "auto"
     s3_read: tuple[str, ...] = _key("s3-read")
     s3_write: tuple[str, ...] = _key("s3-write")
     memory_tiers: tuple[int, ...] = _key("memory-tiers")
@@ -188,6 +188,8 @@ def _convert(rule: dict, value: Any) -> Any:
         if rule.get("nullable"):
             return None
         raise TypeError(kind)
+    if isinstance(value, str) and value in rule.get("also", ()):
+        return value
     if kind.startswith("list["):
         if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple, set)):
             raise TypeError(kind)
@@ -220,4 +222,5 @@ def _valid(rule: dict) -> str:
         words += f" of at least {low}"
     elif high is not None:
         words += f" of at most {high}"
-    return words + (", or null" if rule.get("nullable") else "")
+    also = "".join(f", or {word!r}" for word in rule.get("also", ()))
+    return words + also + (", or null" if rule.get("nullable") else "")

@@ -101,15 +101,15 @@ def test_task_importing_an_undeployed_package_names_the_fix(cluster):
         dask.delayed(_tblib_version)().compute(scheduler=cluster)
     notes = " ".join(info.value.__notes__)
     # The cluster deployed this function itself: the fix is its argument, not the CLI.
-    assert "LambdaCluster(packages=['tblib'])" in notes and "dask-lambda update" not in notes
+    assert "cluster.add_packages(['tblib'])" in notes and "dask-lambda update" not in notes
     from dask_lambda import LambdaExecutor, LambdaPool
 
     with LambdaExecutor(cluster=cluster) as ex, pytest.raises(ModuleNotFoundError) as info:
         ex.submit(_tblib_version).result(timeout=60)
-    assert "packages=['tblib']" in " ".join(info.value.__notes__)
+    assert "add_packages(['tblib'])" in " ".join(info.value.__notes__)
     with LambdaPool(cluster=cluster) as pool, pytest.raises(ModuleNotFoundError) as info:
         pool.apply(_tblib_version)
-    assert "packages=['tblib']" in " ".join(info.value.__notes__)
+    assert "add_packages(['tblib'])" in " ".join(info.value.__notes__)
 
 
 @pytest.mark.slow

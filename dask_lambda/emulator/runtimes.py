@@ -91,9 +91,19 @@ def managed_runtime(progress=lambda _message: None) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f"{target.name}-", dir=target.parent))
     progress(f"Installing the local Lambda's managed runtime ({', '.join(MANAGED_RUNTIME_PINS)})")
-    command = [sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
-               "--no-input", "--only-binary=:all:", "--target", str(staging),
-               *MANAGED_RUNTIME_PINS]
+    command = [
+        sys.executable,
+        "-m",
+        "pip",
+        "install",
+        "--quiet",
+        "--disable-pip-version-check",
+        "--no-input",
+        "--only-binary=:all:",
+        "--target",
+        str(staging),
+        *MANAGED_RUNTIME_PINS,
+    ]
     done = subprocess.run(command, capture_output=True, text=True)
     if done.returncode != 0:
         shutil.rmtree(staging, ignore_errors=True)

@@ -26,6 +26,7 @@ from .invoker import InvokeStats
 __all__ = ["BatchResponse", "fetch_value", "pickle_spec", "send_batch"]
 
 RESPONSE_BUDGET = 4_000_000  # raw bytes of a response (6 MB after base64)
+MISSING_PACKAGE_ROUNDS = 3  # a package added, the batch sent again, then the next import fails
 
 
 def pickle_spec(spec: BatchSpec) -> bytes:
@@ -63,6 +64,9 @@ def send_batch(
     out of memory at the same size (the caller escalates it).
     """
     settings = backend.settings
+    sync = backend.packages
+    if sync is not None:  # what the batch references, on the function first
+        sync.ensure(spec_bytes)
     request = protocol.run_request(
         spec_bytes,
         bucket=backend.store.bucket,
@@ -72,11 +76,15 @@ def send_batch(
         max_object_bytes=settings.max_object_bytes,
         kms_key_id=settings.kms_key_id,
     )
-    response = backend.invoker_for(memory_tier).call(
-        request, task_keys=keys, stats=stats, payload_prefix=payload_prefix, split=split,
-        confirm_memory=confirm_memory,
-    )  # fmt: skip
-    return BatchResponse.from_payload(response)
+    for _ in range(MISSING_PACKAGE_ROUNDS + 1):
+        response = BatchResponse.from_payload(backend.invoker_for(memory_tier).call(
+            request, task_keys=keys, stats=stats, payload_prefix=payload_prefix, split=split,
+            confirm_memory=confirm_memory,
+        ))  # fmt: skip
+        # An import the pickle did not show: with packages="auto" it is added, and sent again.
+        if sync is None or not response.errors or not sync.added_for(response.errors.values()):
+            break
+    return response
 
 
 def fetch_value(store: Store, where: Inline | Stored) -> tuple[Any, int]:
