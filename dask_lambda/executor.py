@@ -160,8 +160,9 @@ class LambdaExecutor(Executor):
         self._folder = compute_folder(self._prefix, self._id)
         settings = self._backend.settings
         budget = int(settings.task_retries if retries is None else retries)
+        self._retries: dict = {}  # the calls submitted with retries= of their own
         self._policy = BatchPolicy(
-            retries_of=lambda key: budget,
+            retries_of=lambda key: self._retries.get(key, budget),
             next_tier=self._backend.next_tier if settings.escalate_memory else None,
             isolate=True,
         )
@@ -178,7 +179,14 @@ class LambdaExecutor(Executor):
         reference: the call runs once they have succeeded, and fails with their error if one
         failed.
         """
-        key = new_key("call")
+        return self.submit_as(None, fn, *args, **kwargs)
+
+    def submit_as(
+        self, key: Any, fn: Callable, /, *args: Any, retries: int | None = None, **kwargs: Any
+    ) -> LambdaFuture:
+        """:meth:`submit` with the future named ``key`` (a new one if None), and ``retries``
+        for this call instead of the executor's (as ``distributed.Client.submit``)."""
+        task_key = new_key("call")  # unique, whatever the future's name
         needed: dict = {}
         args, kwargs = _by_reference((args, kwargs), needed)
         for dependency in needed.values():  # before anything is queued
@@ -186,7 +194,13 @@ class LambdaExecutor(Executor):
         if needed:  # references inside containers become graph nodes that resolve them
             args = tuple(parse_input(a) for a in args)
             kwargs = {k: parse_input(v) for k, v in kwargs.items()}
-        return self._submit(Task(key, fn, *args, **kwargs), key, needed)
+        if retries is not None:
+            self._retries[task_key] = int(retries)
+        task = Task(task_key, fn, *args, **kwargs)
+        future = self._submit(task, task_key if key is None else key, needed)
+        if retries is not None:
+            future.add_done_callback(lambda _: self._retries.pop(task_key, None))
+        return future
 
     def _submit(self, task: Task, key=None, needed: dict | None = None) -> LambdaFuture:
         with self._lock:
@@ -250,8 +264,10 @@ class LambdaExecutor(Executor):
             )
 
     def gather(self, futures: Any) -> Any:
-        """The values of ``futures`` (a future, or lists, tuples and dicts of them, nested),
-        downloaded in parallel."""
+        """The values of ``futures`` (a future, or lists, tuples, sets and dicts of them,
+        nested), downloaded in parallel; of an iterator (such as :meth:`map`'s), a list."""
+        if isinstance(futures, Iterator):
+            futures = list(futures)
         found: list[Future] = []
         _collect(futures, found)
         if len(found) > 1:
@@ -502,7 +518,7 @@ def _collect(value: Any, found: list) -> None:
     elif isinstance(value, dict):
         for item in value.values():
             _collect(item, found)
-    elif isinstance(value, (list, tuple)):
+    elif isinstance(value, (list, tuple, set, frozenset)):
         for item in value:
             _collect(item, found)
 
@@ -512,7 +528,7 @@ def _replace_futures(value: Any) -> Any:
         return value.result()
     if isinstance(value, dict):
         return {k: _replace_futures(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
+    if isinstance(value, (list, tuple, set, frozenset)):
         return type(value)(_replace_futures(v) for v in value)
     return value
 

@@ -11,9 +11,9 @@ def missing(module: str) -> ModuleNotFoundError:
     return ModuleNotFoundError(f"No module named {module!r}", name=module)
 
 
-def test_a_missing_package_of_a_cluster_deployed_function_names_the_cluster_argument():
+def test_a_missing_package_of_a_cluster_deployed_function_names_add_packages():
     hint = deployment_hint(missing("tblib"), "dask-lambda-0123", deployed_by_cluster=True)
-    assert "LambdaCluster(packages=['tblib'])" in hint and "dask-lambda update" not in hint
+    assert "cluster.add_packages(['tblib'])" in hint and "dask-lambda update" not in hint
 
 
 def test_a_missing_package_of_a_named_function_names_the_cli():
@@ -23,7 +23,7 @@ def test_a_missing_package_of_a_named_function_names_the_cli():
 
 def test_unknown_origin_names_both():
     hint = deployment_hint(missing("tblib"), "f")
-    assert "dask-lambda update f --include tblib" in hint and "packages=['tblib']" in hint
+    assert "dask-lambda update f --include tblib" in hint and "add_packages(['tblib'])" in hint
 
 
 @pytest.mark.parametrize(("by_cluster", "cli"), [(True, False), (False, True)])
