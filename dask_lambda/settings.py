@@ -224,3 +224,46 @@ def _valid(rule: dict) -> str:
         words += f" of at most {high}"
     also = "".join(f", or {word!r}" for word in rule.get("also", ()))
     return words + also + (", or null" if rule.get("nullable") else "")
+
+
+REFERENCE_START = ".. configuration reference: generated from lambda-schema.yaml"
+REFERENCE_END = ".. end of the configuration reference"
+
+
+def reference() -> str:
+    """The configuration reference (reStructuredText) of every ``lambda.*`` key: meaning, valid
+    values, default and environment variable, from the schema and ``lambda.yaml``;
+    ``docs/configuration.rst`` holds it between :data:`REFERENCE_START` and
+    :data:`REFERENCE_END`."""
+    import yaml as _yaml
+
+    defaults = _yaml.safe_load(Path(__file__).with_name("lambda.yaml").read_text())["lambda"]
+    entries = [REFERENCE_START, ""]
+    for key, rule in schema().items():
+        value: Any = defaults
+        for part in key.split("."):
+            value = value.get(part) if isinstance(value, dict) else None
+        default = "null" if value is None else _yaml.safe_dump(value, default_flow_style=True)
+        default = default.strip().removesuffix("...").strip()
+        entries += [
+            f"``lambda.{key}`` (``{environment_variable(key)}``)",
+            f"    {rule['description']}. {_valid(rule).capitalize()}; default ``{default}``.",
+            "",
+        ]
+    return "\n".join([*entries, REFERENCE_END]) + "\n"
+
+
+def write_reference(path: Path | None = None) -> None:
+    """Rewrite the reference in ``docs/configuration.rst`` (:func:`reference`)."""
+    path = path or Path(__file__).parents[1] / "docs" / "configuration.rst"
+    text = path.read_text()
+    if REFERENCE_START in text:
+        before = text[: text.index(REFERENCE_START)]
+        after = text[text.index(REFERENCE_END) + len(REFERENCE_END) :].lstrip("\n")
+    else:
+        before, after = text.rstrip("\n") + "\n\nReference\n---------\n\n", ""
+    path.write_text(before + reference() + ("\n" + after if after else ""))
+
+
+if __name__ == "__main__":
+    write_reference()

@@ -1,6 +1,6 @@
 """Attacks and careless use, each tried for real against the embedded local Lambda.
 
-One test per promise of README "Security" and "Guarantees": an allowlist that dotted names cannot
+One test per promise of docs/guarantees.rst: an allowlist that dotted names cannot
 escape; spilled objects that whoever can write the bucket cannot swap; references that are never
 fetched unsigned, outside the function's bucket or past their size; errors that always fit a
 response and keep their type; ``clean`` and ``deploy`` that never touch what is not theirs; and a

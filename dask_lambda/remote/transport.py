@@ -11,7 +11,8 @@ what came back, in one shape for both:
 
 :class:`Boto3Transport` is the client's ``invoke``. :class:`LeanTransport` is the hot path for
 wide computes: it signs with botocore's own :class:`~botocore.auth.SigV4Auth` and sends over a
-pool of keep-alive connections, skipping botocore's per-call pipeline (see README "Scale").
+pool of keep-alive connections, skipping botocore's per-call pipeline (docs/benchmarks.rst,
+"Scale").
 Everything around the call
 is still boto3's: the endpoint (``endpoint_url``, ``AWS_ENDPOINT_URL_LAMBDA``, the region's) and
 region are read from a boto3 client, and credentials are the boto3 session's, refreshed as boto3

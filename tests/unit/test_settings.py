@@ -146,3 +146,12 @@ def test_the_schema_holds_lambdas_limits():
     assert (rules["memory-tiers"]["min"], rules["memory-tiers"]["max"]) == (
         limits.MIN_MEMORY_MB, limits.MAX_MEMORY_MB)  # fmt: skip
     assert rules["timeout"]["max"] == limits.MAX_TIMEOUT_SECONDS
+
+
+def test_the_configuration_reference_is_generated_from_the_schema():
+    from pathlib import Path
+
+    from dask_lambda.settings import reference
+
+    docs = Path(__file__).parents[2] / "docs" / "configuration.rst"
+    assert reference() in docs.read_text(), "regenerate it: python -m dask_lambda.settings"
