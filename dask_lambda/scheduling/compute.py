@@ -267,13 +267,25 @@ class Compute:
         self.kept = self.ledger.claim(found.values(), lasting=True)
         return found
 
+    def _may_have_written(self, failed: bool) -> bool:
+        """Whether anything may be under the compute's folder: a value or request stored, or
+        an attempt whose writes no response accounts for (a failure, a retry, a split, an
+        escalation, a speculative copy)."""
+        stats = self.stats
+        return bool(
+            failed or self.report.bytes_spilled or stats.spilled_requests or stats.infra_retries
+            or stats.splits or stats.escalations or stats.task_retries or self.report.speculations
+        )  # fmt: skip
+
     def _cleanup(self, failed: bool, started: float) -> None:
         if failed and self.kept is not None:
             self.kept.release("a failed persist")
             self.kept = None
         try:
-            held = self.ledger.sweep(self.folder)  # all it wrote but what something holds
-            self.report.s3_objects_left = len(self.backend.store.list(self.folder + "/")) - held
+            if self._may_have_written(failed):  # else no S3 round trip: there is nothing
+                held = self.ledger.sweep(self.folder)  # all it wrote but what something holds
+                left = len(self.backend.store.list(self.folder + "/")) - held
+                self.report.s3_objects_left = left
         finally:
             self.reading.release("the end of the compute")
             self.report.count_invocations(self.stats)
