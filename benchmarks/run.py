@@ -12,9 +12,10 @@ W5  how wide one client drives Lambda: the invoker alone against an endpoint tha
     benchmarks/scale.py).
 
 Each (workload, peer) runs in a process of its own (so no peer inherits another's threads or
-processes), once to warm up and then ``--repeat`` times; the best time counts, and the ratio
-compares it with the best peer of the same workload in this run. A peer that cannot run here, or
-does not finish within ``--budget`` seconds, is reported as skipped with the reason.
+processes): its start-up is timed, then a first compute (fresh: cold runtimes, nothing learned,
+reported apart) and ``--repeat`` more; their median counts (min and max beside it), and the
+ratio compares it with the fastest peer of the same workload in this run. A peer that cannot
+run here, or does not finish within ``--budget`` seconds, is reported as skipped with the reason.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import json
 import os
 import platform
 import signal
+import statistics
 import subprocess
 import sys
 import time
@@ -45,9 +47,15 @@ W4_PEERS = {
 
 
 def measure_graph(build, peer_factory, repeat: int, **compute_kwargs) -> dict:
+    """A peer's start-up, its first compute (fresh: nothing learned, cold runtimes), and the
+    median with min and max of ``repeat`` computes after it."""
     collection, expected, *_ = build()
+    began = time.perf_counter()
     with peer_factory() as scheduler:
-        first = collection.compute(scheduler=scheduler, **compute_kwargs)  # warm-up
+        startup = time.perf_counter() - began
+        began = time.perf_counter()
+        first = collection.compute(scheduler=scheduler, **compute_kwargs)  # fresh, and warm-up
+        first_seconds = time.perf_counter() - began
         if expected is not None:
             assert first == expected, (first, expected)
         times, report = [], None
@@ -57,11 +65,11 @@ def measure_graph(build, peer_factory, repeat: int, **compute_kwargs) -> dict:
             times.append(time.perf_counter() - began)
             assert result == first
             report = getattr(scheduler, "last_report", None)
-    row: dict = {"seconds": min(times), "all_seconds": times}
+    row: dict = timing(times, startup_seconds=startup, first_seconds=first_seconds)
     if report is not None:
         # Every spilled object is written once and read at least once, in row["seconds"].
         if report.bytes_spilled:
-            row["throughput_mb_s"] = 2 * report.bytes_spilled / min(times) / 1e6
+            row["throughput_mb_s"] = 2 * report.bytes_spilled / row["seconds"] / 1e6
         row.update(
             invocations=report.invocations,
             tasks=report.tasks,
@@ -72,6 +80,13 @@ def measure_graph(build, peer_factory, repeat: int, **compute_kwargs) -> dict:
             cost_usd=report.cost_usd,
         )
     return row
+
+
+def timing(times: list[float], **extra: float) -> dict:
+    """The row of repeated timings: their median (what ratios compare), min and max."""
+    ordered = sorted(times)
+    return {"seconds": statistics.median(ordered), "min_seconds": ordered[0],
+            "max_seconds": ordered[-1], "all_seconds": times, **extra}  # fmt: skip
 
 
 def plan(selected: list[str], repeat: int) -> list[tuple[str, str, object]]:
@@ -191,6 +206,12 @@ def print_tables(results: dict) -> None:
 
 def describe(row: dict) -> str:
     parts = []
+    if "min_seconds" in row:
+        parts.append(f"{row['min_seconds']:.3f}-{row['max_seconds']:.3f} s")
+    if "startup_seconds" in row:
+        parts.append(f"start-up {row['startup_seconds']:.2f} s")
+    if "first_seconds" in row:
+        parts.append(f"first (fresh) {row['first_seconds']:.2f} s")
     if "invocations" in row:
         parts.append(
             f"{row['invocations']} invocations, {row['tasks_per_invocation']:.0f} tasks/inv"
