@@ -286,7 +286,7 @@ class GraphState:
         for entry in others:
             heapq.heappush(ready, entry)
         fusable = (lambda key: group(key) == kind) if group is not None else None
-        self._fuse(members, roots, 2 * max_tasks, tally, spare_slots <= 0, fusable)
+        self._fuse(members, roots, max_tasks, tally, spare_slots <= 0, fusable)
         tasks = sorted(members, key=self.priority.__getitem__)
         inputs = {dep for key in tasks for dep in self.dependencies[key]} - members
         outputs = [

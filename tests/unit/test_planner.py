@@ -41,6 +41,16 @@ def test_max_tasks_caps_a_batch_and_no_slot_means_no_batch():
     assert len(batch.keys) == 4
 
 
+def test_max_tasks_caps_a_batch_with_what_is_fused_into_it():
+    graph = {k: v for i in range(6) for k, v in chain(f"c{i}-", 5).items()}
+    state = GraphState(graph, [f"c{i}-4" for i in range(6)])
+    sizes = []
+    while (batch := state.next_batch(1, Limits(max_tasks=8))) is not None:
+        sizes.append(len(batch.keys))
+        state.finish(batch.keys)
+    assert max(sizes) <= 8 and sum(sizes) == 30
+
+
 def test_a_chain_is_fused_into_one_batch_and_only_its_end_is_returned():
     state = GraphState(chain("c", 5), ["c4"])
     batch = state.next_batch(2, Limits())
