@@ -21,6 +21,7 @@ run here, or does not finish within ``--budget`` seconds, is reported as skipped
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import json
 import os
@@ -175,10 +176,22 @@ def run_isolated(workload: str, peer: str, args) -> dict:
     finally:
         if child.poll() is None:
             os.killpg(child.pid, signal.SIGKILL)
+        _kill_detached_runners()
     for line in out.splitlines():
         if line.startswith("RESULT "):
             return json.loads(line[len("RESULT ") :])
     return {"error": f"exited with status {child.returncode} and no result"}
+
+
+def _kill_detached_runners() -> None:
+    """Lithops' localhost runner leaves its own session, so a budget's killpg misses it: left
+    running, it would load the machine for every later row (and anything else run after)."""
+    import psutil
+
+    for process in psutil.process_iter(["cmdline"]):
+        if any("localhost-runner" in part for part in process.info["cmdline"] or ()):
+            with contextlib.suppress(psutil.Error):
+                process.kill()
 
 
 def machine() -> dict:

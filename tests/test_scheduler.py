@@ -140,7 +140,8 @@ def test_large_graph_literals_and_arguments_spill(cluster):
     literal = np.arange(1_000_000, dtype="float64")  # 8 MB inside the graph
     x = dask.delayed(tasks.array_sum)(dask.delayed(literal, name="big-literal"))
     assert x.compute(scheduler=cluster) == literal.sum()
-    inline_argument = dask.delayed(tasks.nbytes_of)(b"x" * 7_000_000)  # 7 MB in the task itself
+    # 7 MB in the task itself, incompressible: the request stays over Lambda's 6 MB compressed
+    inline_argument = dask.delayed(tasks.nbytes_of)(os.urandom(7_000_000))
     assert inline_argument.compute(scheduler=cluster) == 7_000_000
     assert cluster.invoker.stats.spilled_requests >= 1
     assert spill_objects(cluster) == []
