@@ -98,7 +98,7 @@ def test_as_completed_wait_cancel_and_callbacks(cluster):
         done, not_done = wait([future, failed])
         assert not not_done and future in done
         assert called.wait(60) and seen == [5]
-        slow = client.submit(_slow, 1, event_seconds=30, pure=False)
+        slow = client.submit(_slow, 1, event_seconds=5, pure=False)
         with pytest.raises(TimeoutError):
             wait(slow, timeout=0.5)
         waiting = client.submit(_slow, slow, pure=False)  # runs once slow has finished
