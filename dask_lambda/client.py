@@ -89,11 +89,10 @@ class Client:
         if key is None:
             token = tokenize(func, args, kwargs) if pure else uuid.uuid4().hex
             key = f"{funcname(func)}-{token}"
-        with self._lock:
-            if pure or key is not None:
-                known = self._pure.get(key)
-                if known is not None and not known.cancelled():
-                    return known
+        with self._lock:  # a key named twice is one future (an impure key is never reused)
+            known = self._pure.get(key)
+            if known is not None and not known.cancelled():
+                return known
             future = self.executor.submit_as(key, func, *args, retries=retries, **kwargs)
             self._pure[key] = future
         return future

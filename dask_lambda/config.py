@@ -13,9 +13,9 @@ from typing import Any
 import dask.config
 import yaml
 
-_DEFAULTS = Path(__file__).with_name("lambda.yaml")
+DEFAULTS_FILE = Path(__file__).with_name("lambda.yaml")
 
-with _DEFAULTS.open() as _f:
+with DEFAULTS_FILE.open() as _f:
     dask.config.update_defaults(yaml.safe_load(_f))
 
 

@@ -36,7 +36,7 @@ from packaging.markers import default_environment
 from packaging.requirements import InvalidRequirement, Requirement
 from packaging.utils import canonicalize_name
 
-from .deploy.compatibility import MANAGED, TOOLING
+from .deploy.compatibility import MANAGED, TOOLING, client_libraries
 
 __all__ = ["MissingPackagesWarning", "PackageSync", "referenced_modules"]
 
@@ -106,10 +106,8 @@ def _extra_requirements(distribution: str, extra: str) -> list[str]:
 
 
 def client_version(distribution: str) -> str | None:
-    try:
-        return importlib.metadata.version(distribution)
-    except importlib.metadata.PackageNotFoundError:
-        return None
+    """The version of ``distribution`` installed on this client, or None."""
+    return client_libraries().get(canonicalize_name(distribution))
 
 
 def needed_packages(modules: Iterable[str], present: Iterable[str]) -> dict[str, str]:
@@ -179,11 +177,7 @@ class PackageSync:
             return
         with self._lock:
             modules -= self._checked
-            if self._present is None:
-                self._present = set(self._libraries())
-            needed = needed_packages(modules, self._present)
-            if needed:
-                self._act(needed)
+            self._add_or_warn(modules)
             self._checked |= modules
 
     def added_for(self, errors: Iterable[Mapping]) -> bool:
@@ -200,14 +194,20 @@ class PackageSync:
         if not modules:
             return False
         with self._lock:
-            if self._present is None:
-                self._present = set(self._libraries())
-            needed = needed_packages(modules, self._present)
-            if needed:
-                self._act(needed)
+            if self._add_or_warn(modules):
                 return True
             # Added while this batch ran (another batch needed it first): send it again too.
             return bool(needed_packages(modules, self._present - self._added))
+
+    def _add_or_warn(self, modules: set[str]) -> bool:
+        """Add (or warn of) what ``modules`` need that the function lacks; whether anything
+        was needed. Called with the lock held."""
+        if self._present is None:
+            self._present = set(self._libraries())
+        needed = needed_packages(modules, self._present)
+        if needed:
+            self._act(needed)
+        return bool(needed)
 
     def _act(self, needed: dict[str, str]) -> None:
         names = sorted(needed)

@@ -235,15 +235,13 @@ def reference() -> str:
     values, default and environment variable, from the schema and ``lambda.yaml``;
     ``docs/configuration.rst`` holds it between :data:`REFERENCE_START` and
     :data:`REFERENCE_END`."""
-    import yaml as _yaml
-
-    defaults = _yaml.safe_load(Path(__file__).with_name("lambda.yaml").read_text())["lambda"]
+    defaults = yaml.safe_load(config.DEFAULTS_FILE.read_text())["lambda"]
     entries = [REFERENCE_START, ""]
     for key, rule in schema().items():
         value: Any = defaults
         for part in key.split("."):
             value = value.get(part) if isinstance(value, dict) else None
-        default = "null" if value is None else _yaml.safe_dump(value, default_flow_style=True)
+        default = "null" if value is None else yaml.safe_dump(value, default_flow_style=True)
         default = default.strip().removesuffix("...").strip()
         entries += [
             f"``lambda.{key}`` (``{environment_variable(key)}``)",
