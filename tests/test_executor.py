@@ -42,6 +42,12 @@ def test_map_with_chunksize_and_several_iterables(executor):
         executor.map(tasks.inc, [1], chunksize=0)
 
 
+def test_gather_of_an_iterator_is_a_list(executor):
+    gathered = executor.gather(executor.map(tasks.inc, range(3)))  # as distributed users write
+    assert gathered == [1, 2, 3]
+    assert executor.gather({executor.submit(tasks.inc, 1)}) == {2}  # sets keep their shape
+
+
 def test_exceptions_keep_their_type(executor):
     future = executor.submit(tasks.fail, 5)
     with pytest.raises(ValueError, match="task failed on 5"):

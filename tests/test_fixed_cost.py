@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import dask
 import numpy as np
+import pytest
+import tasks
 from conftest import spill_objects
 
 
@@ -43,3 +45,11 @@ def test_a_compute_that_spilled_still_cleans_up(cluster):
         assert dask.delayed(np.ones)(100_000).compute(scheduler=cluster).sum() == 100_000
     assert "ListObjectsV2" in calls.names
     assert cluster.last_report.bytes_spilled > 0 and spill_objects(cluster) == []
+
+
+def test_a_failed_compute_deletes_what_its_failing_batch_stored(cluster):
+    big = dask.delayed(np.ones)(100_000)  # a target: stored by the batch that also fails
+    failing = dask.delayed(tasks.fail)(dask.delayed(len)(big))
+    with pytest.raises(ValueError):
+        dask.compute(big, failing, scheduler=cluster)
+    assert cluster.last_report.failed and spill_objects(cluster) == []

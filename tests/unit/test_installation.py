@@ -6,6 +6,8 @@ from __future__ import annotations
 import importlib.metadata
 import subprocess
 import sys
+import tomllib
+from pathlib import Path
 
 from packaging.requirements import Requirement
 
@@ -13,17 +15,10 @@ from dask_lambda.emulator.runtimes import MANAGED_RUNTIME_PINS
 
 
 def requirements(extra: str | None = None) -> list[Requirement]:
-    found = []
-    for text in importlib.metadata.requires("dask-lambda") or []:
-        requirement = Requirement(text)
-        marker = requirement.marker
-        if extra is None:
-            wanted = marker is None
-        else:
-            wanted = marker is not None and marker.evaluate({"extra": extra})
-        if wanted:
-            found.append(requirement)
-    return found
+    """What pyproject.toml requires, or its ``extra`` adds (as written, not as installed)."""
+    project = tomllib.loads((Path(__file__).parents[2] / "pyproject.toml").read_text())["project"]
+    texts = project["dependencies"] if extra is None else project["optional-dependencies"][extra]
+    return [Requirement(text) for text in texts]
 
 
 def test_boto3_is_not_pinned_on_the_client():

@@ -26,8 +26,13 @@ def test_globals_by_reference_and_by_value_imports_are_found():
 
 
 def test_strings_that_look_like_modules_are_not_references():
-    data = cloudpickle.dumps({"names": ["pandas", "numpy"], "call": ("pyarrow",)})
-    assert not referenced_modules(data) & {"pandas", "numpy", "pyarrow"}
+    import operator
+
+    data = cloudpickle.dumps({"names": ["pandas", "numpy"], "call": ("pyarrow",),
+                              "getter": operator.attrgetter("scipy")})  # a call on one name
+    assert not referenced_modules(data) & {"pandas", "numpy", "pyarrow", "scipy"}
+    # bytes that look like a global but whose string lengths are not the strings' (binary data)
+    assert referenced_modules(b"\x8c\x05pandas\x8c\x01DataFrame\x93") == set()
 
 
 def test_needed_packages_follow_extras_and_skip_what_is_not_a_package():
