@@ -239,4 +239,3 @@ def wait(
     if timeout is not None and return_when == "ALL_COMPLETED" and done.not_done:
         raise TimeoutError(f"{len(done.not_done)} futures not done after {timeout} s")
     return done
-

@@ -45,7 +45,7 @@ STRUCTURE: dict[str, frozenset[str]] = {
         "dask._task_spec": {
             "Task", "DataNode", "Alias", "TaskRef", "List", "Tuple", "Set", "Dict", "GraphNode",
         },
-        "dask_lambda.function.protocol": {"BatchSpec", "Inline", "Stored"},
+        "dask_lambda.function.protocol": {"BatchSpec", "Inline", "Stored", "task"},
         "dask_lambda.function.calls": {"PersistedValue", "load_persisted"},
         "numpy": {"ndarray", "dtype", *_NUMPY_SCALARS},
         "numpy.core.multiarray": {"_reconstruct", "scalar"},
@@ -54,6 +54,11 @@ STRUCTURE: dict[str, frozenset[str]] = {
         "numpy._core.numeric": {"_frombuffer"},
     }.items()
 }  # fmt: skip
+
+
+# A task-spec container (``List``, ``Tuple``, ``Dict``, ``Set``: ``delayed(f)([a, b])``) pickles
+# its function as this one dotted name; it is matched exactly, never resolved by attribute walk.
+_CONTAINER_METHODS = {("dask._task_spec", "NestedContainer.to_container")}
 
 
 def parse(value: str | None) -> list[str]:
@@ -77,6 +82,10 @@ class RestrictedUnpickler(pickle.Unpickler):
                 self.exact.setdefault(module, set()).add(name)
 
     def find_class(self, module: str, name: str) -> Any:
+        if (module, name) in _CONTAINER_METHODS:  # exact strings, resolved here, not walked
+            from dask._task_spec import NestedContainer
+
+            return NestedContainer.to_container
         if "." not in name and not name.startswith("__"):
             if name in STRUCTURE.get(module, ()) or name in self.exact.get(module, ()):
                 return super().find_class(module, name)

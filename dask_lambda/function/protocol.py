@@ -206,6 +206,15 @@ class BatchSpec:
     inputs: dict = field(default_factory=dict)
 
 
+def task(key: Any, func: Any, args: tuple, kwargs: dict, data_producer: bool) -> Any:
+    """A dask ``Task`` rebuilt from its fields: how a batch carries one (the client's
+    :func:`~dask_lambda.remote.invocation.pickle_spec` reduces a ``Task`` to this call; its
+    dependencies and caches are derived again here, not pickled)."""
+    from dask._task_spec import Task
+
+    return Task(key, func, *args, _data_producer=data_producer, **kwargs)
+
+
 def digest(data: bytes) -> str:
     """Hex SHA-256, as :class:`Stored` and ``payload_ref`` carry it."""
     return hashlib.sha256(data).hexdigest()

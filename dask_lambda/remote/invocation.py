@@ -12,9 +12,11 @@ checked against the size and SHA-256 the function reported
 
 from __future__ import annotations
 
+import io
 from typing import Any
 
 import cloudpickle
+from dask._task_spec import Task
 
 from ..backend import Backend
 from ..exceptions import DataReleasedError, ForeignDataError
@@ -29,10 +31,30 @@ RESPONSE_BUDGET = 4_000_000  # raw bytes of a response (6 MB after base64)
 MISSING_PACKAGE_ROUNDS = 3  # a package added, the batch sent again, then the next import fails
 
 
+def _reduce_task(node: Task) -> tuple:
+    return protocol.task, (node.key, node.func, node.args, node.kwargs, node._data_producer)
+
+
+class _SpecPickler(cloudpickle.Pickler):
+    """cloudpickle with a dispatch table that is a plain dict (cloudpickle's is a ``ChainMap``,
+    looked up in Python for every object) and a ``Task`` sent as its fields (dask's
+    ``__getstate__`` builds a tuple of ten slots in Python per task): three times faster for a
+    batch of small tasks, and smaller."""
+
+    def __init__(self, file: io.BytesIO):
+        # Built per batch (cloudpickle's reducers before copyreg's, as its ChainMap has them),
+        # so a reducer registered with copyreg after import still counts; set before the C
+        # pickler's __init__, which is where it reads the attribute.
+        self.dispatch_table = {**dict(cloudpickle.Pickler.dispatch_table), Task: _reduce_task}
+        super().__init__(file, protocol=5)
+
+
 def pickle_spec(spec: BatchSpec) -> bytes:
     """The pickled batch, or a ``TypeError`` naming the first task and the fix."""
     try:
-        return cloudpickle.dumps(spec, protocol=5)
+        buffer = io.BytesIO()
+        _SpecPickler(buffer).dump(spec)
+        return buffer.getvalue()
     except (DataReleasedError, ForeignDataError):
         raise  # a persisted value that is gone or not this cluster's: its own message
     except Exception as e:

@@ -24,8 +24,9 @@ from dask.order import order
 from dask.utils import ensure_dict
 
 from .. import config
+from ..function.calls import load_persisted
 from ..function.protocol import Inline, Stored
-from ..persist import PersistedRef, persisted_ref, persisted_refs
+from ..persist import PersistedRef, persisted_ref
 
 
 class Value(NamedTuple):
@@ -92,9 +93,8 @@ def prepare(
         dsk = dsk.__dask_graph__()
     dsk = convert_legacy_graph(ensure_dict(dsk))
     dask_cpu = time.thread_time() - started
-    refuse_what_cannot_run_remotely(dsk)
+    reads = refuse_what_cannot_run_remotely(dsk)
     cache = dict(cache or {})
-    reads = persisted_refs(dsk)
     location: dict[Any, Location] = {k: Value(v) for k, v in cache.items()}
     for key, node in dsk.items():
         if isinstance(node, DataNode) and key not in cache:
@@ -219,8 +219,9 @@ def _refuse_client_path(key, path: str) -> None:
     )
 
 
-def refuse_what_cannot_run_remotely(dsk: Mapping) -> None:
-    """Raise ``ValueError`` for a graph that only works inside one process, before anything runs.
+def refuse_what_cannot_run_remotely(dsk: Mapping) -> list[PersistedRef]:
+    """Raise ``ValueError`` for a graph that only works inside one process, before anything runs;
+    return the persisted values (:class:`~.persist.PersistedRef`) the graph reads.
 
     - A shuffle through a ``partd`` folder on local disk writes every partition to one process's
       ``/tmp`` and reads it back in later tasks; on Lambda every execution environment has its own
@@ -232,43 +233,63 @@ def refuse_what_cannot_run_remotely(dsk: Mapping) -> None:
       when the collection is built: ``to_textfiles('data/*.json')``, ``read_csv``,
       ``to_parquet``, ...): in Lambda the paths name the function's own filesystem. Refused
       unless ``lambda.allow-local-paths`` (a function that mounts shared storage there).
+
+    One walk over every task, its nested tasks and fused subgraphs does both (it is per task
+    on the client: a bag's 1,000 partitions are 1,000 fused subgraphs).
     """
     check_paths = not config.setting("allow-local-paths")
     kinds: dict[int, str | None] = {}  # per distinct function (the graph keeps them alive)
+    reads: dict[int, PersistedRef] = {}
     for key, node in dsk.items():
-        stack = [(node, dsk)]
-        while stack:  # the node, its nested tasks, and fused subgraphs (dicts of nodes)
-            task, graph = stack.pop()
+        # (task, the graph its references name, or the fused task and subgraph that scope it)
+        stack: list = [(node, dsk, None)]
+        while stack:
+            task, graph, fused = stack.pop()
             if not isinstance(task, Task):
                 continue
-            kind = kinds.get(id(task.func), "?")
+            func = task.func
+            if func is load_persisted and (ref := persisted_ref(task)) is not None:
+                reads.setdefault(id(ref), ref)
+                continue
+            kind = kinds.get(id(func), "?")
             if kind == "?":
-                kind = kinds[id(task.func)] = _kind(task.func)
-                if check_paths and (path := _client_path(task.func)) is not None:
+                kind = kinds[id(func)] = _kind(func)
+                if check_paths and (path := _client_path(func)) is not None:
                     _refuse_client_path(key, path)
-            if kind == "disk-shuffle":
-                raise ValueError(
-                    f"Task {key!r} belongs to a shuffle through local disk (partd), which cannot"
-                    " work on Lambda: every invocation has its own /tmp, so the data would be"
-                    " lost. Build the collection with the task-based shuffle: pass"
-                    " shuffle='tasks' (bag.groupby, DataFrame.shuffle/set_index/groupby) or set"
-                    " dask.config.set({'dataframe.shuffle.method': 'tasks'}) before building it."
-                    " A running LambdaCluster makes 'tasks' the default."
-                )
-            if kind == "store" and _stores_into_client_memory(task, graph):
-                raise ValueError(
-                    f"Task {key!r} stores into a numpy array (or memmap) of this process, which"
-                    " tasks running in Lambda cannot write to: the target would silently stay as"
-                    " it was. Store into remote storage (e.g. zarr on S3) instead, or compute and"
-                    " assign here: target[...] = x.compute()."
-                )
-            for arg in task.args:
+            if kind is not None:
+                if fused is not None:
+                    graph = _subgraph_scope(*fused)
+                _refuse_kind(key, kind, task, graph)
+            for arg in (*task.args, *task.kwargs.values()) if task.kwargs else task.args:
                 if check_paths:
                     value = arg.value if isinstance(arg, DataNode) else arg
-                    if (path := _client_path(value)) is not None:
+                    if (
+                        getattr(value, "fs", None) is not None
+                        and (path := _client_path(value)) is not None
+                    ):
                         _refuse_client_path(key, path)
                 if isinstance(arg, Task):
-                    stack.append((arg, graph))
+                    stack.append((arg, graph, fused))
                 elif isinstance(arg, dict):  # a fused subgraph: its inputs are the task's args
-                    stack.extend((n, _subgraph_scope(task, arg, graph)) for n in arg.values()
-                                 if isinstance(n, Task))  # fmt: skip
+                    scope = (task, arg, graph if fused is None else _subgraph_scope(*fused))
+                    stack.extend((n, None, scope) for n in arg.values() if isinstance(n, Task))
+    return list(reads.values())
+
+
+def _refuse_kind(key, kind: str, task: Task, graph: Mapping) -> None:
+    if kind == "disk-shuffle":
+        raise ValueError(
+            f"Task {key!r} belongs to a shuffle through local disk (partd), which cannot"
+            " work on Lambda: every invocation has its own /tmp, so the data would be"
+            " lost. Build the collection with the task-based shuffle: pass"
+            " shuffle='tasks' (bag.groupby, DataFrame.shuffle/set_index/groupby) or set"
+            " dask.config.set({'dataframe.shuffle.method': 'tasks'}) before building it."
+            " A running LambdaCluster makes 'tasks' the default."
+        )
+    if kind == "store" and _stores_into_client_memory(task, graph):
+        raise ValueError(
+            f"Task {key!r} stores into a numpy array (or memmap) of this process, which"
+            " tasks running in Lambda cannot write to: the target would silently stay as"
+            " it was. Store into remote storage (e.g. zarr on S3) instead, or compute and"
+            " assign here: target[...] = x.compute()."
+        )

@@ -267,7 +267,12 @@ class GraphState:
         roots = []
         others = []  # ready tasks of another group than this batch's, put back after
         kind = group(ready[0][1]) if group is not None else None
-        while ready and len(roots) < size:
+        fusable = (lambda key: group(key) == kind) if group is not None else None
+        fan_out = spare_slots <= 0
+        # Per waiting task, how many of its inputs are members: it joins when that is all of
+        # the inputs it still waits for (counted per edge, never rescanning a wide task's inputs).
+        in_batch: collections.Counter = collections.Counter()
+        while ready and len(roots) < size and len(members) < max_tasks:
             _, key = ready[0]
             if group is not None and group(key) != kind:
                 others.append(heapq.heappop(ready))
@@ -283,10 +288,12 @@ class GraphState:
             inputs |= new_inputs
             roots.append(key)
             members.add(key)
+            in_batch.update(self.dependents.get(key, ()))
+            # Fused as each root joins: the batch fills with whole sub-graphs in priority order
+            # (a reduction's subtree), not with roots whose dependents no longer fit.
+            self._fuse(members, key, max_tasks, tally, fan_out, in_batch, fusable)
         for entry in others:
             heapq.heappush(ready, entry)
-        fusable = (lambda key: group(key) == kind) if group is not None else None
-        self._fuse(members, roots, max_tasks, tally, spare_slots <= 0, fusable)
         tasks = sorted(members, key=self.priority.__getitem__)
         inputs = {dep for key in tasks for dep in self.dependencies[key]} - members
         outputs = [
@@ -298,17 +305,15 @@ class GraphState:
         return Batch(keys=tasks, outputs=outputs, inputs=sorted(inputs, key=str),
                      probe=tally.untimed > 0)  # fmt: skip
 
-    def _fuse(self, members: set, frontier: list, limit: int, tally: _Tally, fan_out: bool,
+    def _fuse(self, members: set, root, limit: int, tally: _Tally, fan_out: bool,
+              in_batch: collections.Counter,
               allowed: Callable[[object], bool] | None = None) -> None:  # fmt: skip
-        """Add every waiting dependent whose inputs are all in ``members`` or finished, within
-        ``limit`` tasks and the predicted memory; with ``fan_out`` False, one branch per task."""
+        """Add every waiting dependent of ``root`` (transitively) whose inputs are all in
+        ``members`` or finished, within ``limit`` tasks and the predicted memory; with
+        ``fan_out`` False, one branch per task. ``in_batch`` counts, per waiting task, its
+        inputs that are members, and is kept up to date."""
         waiting = self.state["waiting"]
-        # A waiting task's unfinished inputs are all in the batch when as many of them are
-        # members as it waits for: counted per edge, never by rescanning a wide task's inputs.
-        in_batch: collections.Counter = collections.Counter()
-        for key in members:
-            in_batch.update(self.dependents.get(key, ()))
-        stack = list(frontier)
+        stack = [root]
         while stack and len(members) < limit:
             key = stack.pop()
             fusable = [

@@ -51,6 +51,38 @@ def test_max_tasks_caps_a_batch_with_what_is_fused_into_it():
     assert max(sizes) <= 8 and sum(sizes) == 30
 
 
+def tree(leaves: int) -> tuple[dict, str]:
+    """A binary tree reduction, as dask.delayed builds it (W2)."""
+    graph = {f"leaf{i}": Task(f"leaf{i}", inc, i) for i in range(leaves)}
+    level, depth = list(graph), 0
+    while len(level) > 1:
+        depth += 1
+        level = [f"add{depth}-{i}" for i in range(len(level) // 2)]
+        for i, key in enumerate(level):
+            below = [f"leaf{2 * i}", f"leaf{2 * i + 1}"] if depth == 1 else [
+                f"add{depth - 1}-{2 * i}", f"add{depth - 1}-{2 * i + 1}"]  # fmt: skip
+            graph[key] = Task(key, operator.add, TaskRef(below[0]), TaskRef(below[1]))
+    return graph, level[0]
+
+
+def test_a_reduction_fills_a_full_batch_with_whole_subtrees_not_with_roots():
+    """Fusion happens as each root joins: a batch of max_tasks holds subtrees and returns only
+    their tops. (Filling it with roots first left nothing to fuse: every batch returned all of
+    its 1,000 values and the next one sent them back.)"""
+    graph, top = tree(4096)
+    state = GraphState(graph, [top])
+    batches = []
+    while not state.complete:
+        batch = state.next_batch(2, Limits(max_tasks=1000))
+        batches.append(batch)
+        state.finish(batch.keys)
+    assert max(len(b.keys) for b in batches) <= 1000
+    assert sum(len(b.keys) for b in batches) == len(graph)
+    full = [b for b in batches if len(b.keys) == 1000]
+    assert len(full) >= 6 and all(len(b.outputs) <= 16 for b in full)
+    assert sum(len(b.inputs) for b in batches) < 100
+
+
 def test_a_chain_is_fused_into_one_batch_and_only_its_end_is_returned():
     state = GraphState(chain("c", 5), ["c4"])
     batch = state.next_batch(2, Limits())
