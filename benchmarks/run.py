@@ -26,6 +26,7 @@ import datetime
 import json
 import os
 import platform
+import resource
 import signal
 import statistics
 import subprocess
@@ -59,14 +60,18 @@ def measure_graph(build, peer_factory, repeat: int, **compute_kwargs) -> dict:
         first_seconds = time.perf_counter() - began
         if expected is not None:
             assert first == expected, (first, expected)
-        times, report = [], None
+        times, cpu, report = [], [], None
         for _ in range(repeat):
-            began = time.perf_counter()
+            began, cpu_began = time.perf_counter(), _process_cpu()
             result = collection.compute(scheduler=scheduler, **compute_kwargs)
             times.append(time.perf_counter() - began)
+            cpu.append(_process_cpu() - cpu_began)
             assert result == first
             report = getattr(scheduler, "last_report", None)
     row: dict = timing(times, startup_seconds=startup, first_seconds=first_seconds)
+    # This process's CPU per compute: the client, and for LocalCluster its scheduler too
+    # (its workers are other processes, as dask-lambda's runtimes are).
+    row["process_cpu_seconds"] = statistics.median(cpu)
     if report is not None:
         # Every spilled object is written once and read at least once, in row["seconds"].
         if report.bytes_spilled:
@@ -79,8 +84,15 @@ def measure_graph(build, peer_factory, repeat: int, **compute_kwargs) -> dict:
             bytes_spilled=report.bytes_spilled,
             cold_starts=report.cold_starts,
             cost_usd=report.cost_usd,
+            client_cpu_us_per_task=report.client_cpu_seconds / report.tasks * 1e6,
+            dask_graph_us_per_task=report.dask_graph_cpu_seconds / report.tasks * 1e6,
         )
     return row
+
+
+def _process_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 def timing(times: list[float], **extra: float) -> dict:
@@ -225,6 +237,8 @@ def describe(row: dict) -> str:
         parts.append(f"start-up {row['startup_seconds']:.2f} s")
     if "first_seconds" in row:
         parts.append(f"first (fresh) {row['first_seconds']:.2f} s")
+    if "process_cpu_seconds" in row:
+        parts.append(f"process CPU {row['process_cpu_seconds']:.2f} s/compute")
     if "invocations" in row:
         parts.append(
             f"{row['invocations']} invocations, {row['tasks_per_invocation']:.0f} tasks/inv"
@@ -240,6 +254,7 @@ def describe(row: dict) -> str:
                        ("client_cpu_ms_per_invocation", "ms client CPU/inv"),
                        ("lambda_cpu_ms_per_invocation", "ms local Lambda CPU/inv"),
                        ("scheduler_us_per_task", "µs scheduler/task"),
+                       ("client_cpu_us_per_task", "µs client CPU/task"),
                        ("dask_graph_us_per_task", "µs of it dask's graph work"),
                        ("client_busy", "client busy"),
                        ("lambda_busy", "local Lambda busy")):  # fmt: skip

@@ -51,6 +51,9 @@ class ComputeReport:
     # schedulers pay too
     scheduler_cpu_seconds: float = 0.0
     dask_graph_cpu_seconds: float = 0.0
+    # CPU seconds the client's pool threads spent sending batches: pickling, encoding and
+    # signing requests, decoding responses (waiting on Lambda costs no CPU)
+    send_cpu_seconds: float = 0.0
     bytes_inline: int = 0
     bytes_spilled: int = 0
     bytes_to_client: int = 0
@@ -62,6 +65,11 @@ class ComputeReport:
     architecture: str = "x86_64"
     local: bool = False  # ran on a local Lambda: the cost is what AWS would bill
     invocation_records: list = field(default_factory=list, repr=False)
+
+    @property
+    def client_cpu_seconds(self) -> float:
+        """All the client's CPU for this compute: scheduling thread and pool threads."""
+        return self.scheduler_cpu_seconds + self.send_cpu_seconds
 
     def count_invocations(self, stats) -> None:
         """Add the counters of the compute's invocations (an :class:`~.invoker.InvokeStats`)."""
@@ -114,7 +122,8 @@ class ComputeReport:
             f"{self.tasks} tasks in {self.invocations} invocations"
             f" ({self.tasks_per_invocation:.1f} per invocation), {self.cold_starts} cold starts,"
             f" {self.infra_retries} infrastructure retries ({self.splits} by splitting),"
-            f" {self.wall_time:.2f} s;"
+            f" {self.wall_time:.2f} s, client CPU {self.client_cpu_seconds:.2f} s (dask's graph"
+            f" work {self.dask_graph_cpu_seconds:.2f} s);"
             f" {self.bytes_spilled / MiB:.1f} MiB spilled, {self.bytes_inline / MiB:.2f} MiB"
             f" inline, {self.bytes_through_client / MiB:.2f} MiB through the client;"
             + (
@@ -129,6 +138,7 @@ class ComputeReport:
         data = asdict(self)
         data.update(
             tasks_per_invocation=self.tasks_per_invocation,
+            client_cpu_seconds=self.client_cpu_seconds,
             billed_gb_seconds=self.billed_gb_seconds,
             cost_usd=self.cost_usd,
         )

@@ -31,6 +31,10 @@ def test_report_counts_and_cost(cluster):
     assert "if run on AWS (an estimate" in report.summary()  # the cost is what AWS would bill
     # The scheduling thread's own CPU, dask's graph work part of it (benchmarks' W5 reads it)
     assert 0 < report.dask_graph_cpu_seconds <= report.scheduler_cpu_seconds < report.wall_time
+    # and the pool threads' (pickling, encoding, decoding), counted in the client's CPU
+    assert 0 < report.send_cpu_seconds < report.client_cpu_seconds
+    assert report.client_cpu_seconds == report.scheduler_cpu_seconds + report.send_cpu_seconds
+    assert "client CPU" in report.summary()
 
 
 def test_timeline_pngs(cluster, tmp_path):

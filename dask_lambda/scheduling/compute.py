@@ -31,6 +31,7 @@ by way of the compute's :class:`~.locations.Locations`.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Mapping
 from concurrent.futures import wait
@@ -95,6 +96,7 @@ class Compute:
         persist: bool = False,
     ):
         self._cpu_started = time.thread_time()  # planning and bookkeeping: the report's
+        self._cpu_lock = threading.Lock()  # the pool threads add their CPU to the report
         prepared = prepare(dsk, keys, cache, backend.tier_for)
         settings = backend.settings
         self.backend = backend
@@ -244,7 +246,12 @@ class Compute:
     # -- one batch (runs in the backend's pool) -------------------------------------------------
     def _attempt(self, spec: BatchSpec) -> BatchResponse:
         """Run ``spec`` under the attempt policy; raise the first task error it still holds."""
-        response = run_batch(spec, self._send, self.policy, self.stats)
+        started = time.thread_time()
+        try:
+            response = run_batch(spec, self._send, self.policy, self.stats)
+        finally:
+            with self._cpu_lock:
+                self.report.send_cpu_seconds += time.thread_time() - started
         name, ours = self.backend.function_name, self.backend.deployed_by_cluster
         if response.fatal is not None:
             raise_fatal(response.fatal, name, ours)
