@@ -88,6 +88,7 @@ def _lambda_persist(collections, **kwargs):
 
 
 _lambda_get.persist = _lambda_persist
+NO_SCHEDULER_ENV = "DASK_LAMBDA_NO_SCHEDULER"  # set for a process that registers no scheduler
 
 
 def _register() -> None:
@@ -98,6 +99,8 @@ def _register() -> None:
         # Inside Lambda there is no client to register for, and dependencies deployed on S3 are
         # not importable until dask_lambda.function has mounted them.
         return
+    if os.environ.get(NO_SCHEDULER_ENV):  # the local Lambda's own process: it runs no computes,
+        return  # and not importing dask is a third of its start-up
 
     base = sys.modules.get("dask.base")
     if base is None:  # dask not imported yet: register when it is (cheap either way)

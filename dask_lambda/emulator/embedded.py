@@ -19,6 +19,7 @@ import time
 import weakref
 from typing import Any
 
+from .. import NO_SCHEDULER_ENV
 from .endpoint import DEFAULT_REGION, service_env
 
 
@@ -99,6 +100,7 @@ class LocalLambda:
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=stderr,
+            env={**os.environ, NO_SCHEDULER_ENV: "1"},
         )
         self._finalizer = weakref.finalize(self, _stop, proc, stderr)
         line = _read_line(proc, self.startup_timeout)
