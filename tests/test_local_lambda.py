@@ -399,3 +399,20 @@ def test_cli_local_runs_in_the_foreground_and_prints_exports():
         process.kill()
         process.stdout.close()
         process.stderr.close()
+
+
+def test_the_server_process_starts_without_importing_dask(local):
+    """The local Lambda's own process registers no scheduler, so it never imports dask (a third
+    of its import time); a client's ``import dask_lambda`` still registers ``"lambda"``."""
+    with open(f"/proc/{local.pid}/environ", "rb") as environ:
+        assert b"DASK_LAMBDA_NO_SCHEDULER=1" in environ.read().split(b"\0")
+    check = "import sys, dask_lambda.emulator.server; print('dask' in sys.modules)"
+    env = {**os.environ, "DASK_LAMBDA_NO_SCHEDULER": "1"}
+    server = subprocess.run([sys.executable, "-c", check], env=env, capture_output=True,
+                            text=True, check=True)  # fmt: skip
+    assert server.stdout.strip() == "False"
+    client = "import dask_lambda, dask.base; print('lambda' in dask.base.named_schedulers)"
+    env.pop("DASK_LAMBDA_NO_SCHEDULER")
+    registered = subprocess.run([sys.executable, "-c", client], env=env, capture_output=True,
+                                text=True, check=True)  # fmt: skip
+    assert registered.stdout.strip() == "True"

@@ -288,7 +288,6 @@ class GraphState:
             inputs |= new_inputs
             roots.append(key)
             members.add(key)
-            in_batch.update(self.dependents.get(key, ()))
             # Fused as each root joins: the batch fills with whole sub-graphs in priority order
             # (a reduction's subtree), not with roots whose dependents no longer fit.
             self._fuse(members, key, max_tasks, tally, fan_out, in_batch, fusable)
@@ -311,8 +310,9 @@ class GraphState:
         """Add every waiting dependent of ``root`` (transitively) whose inputs are all in
         ``members`` or finished, within ``limit`` tasks and the predicted memory; with
         ``fan_out`` False, one branch per task. ``in_batch`` counts, per waiting task, its
-        inputs that are members, and is kept up to date."""
+        inputs that are members (``root``, a new member, included here), kept up to date."""
         waiting = self.state["waiting"]
+        in_batch.update(self.dependents.get(root, ()))
         stack = [root]
         while stack and len(members) < limit:
             key = stack.pop()
