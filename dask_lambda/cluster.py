@@ -111,7 +111,10 @@ class LambdaCluster:
         Bounded retries with jittered exponential backoff for infrastructure failures (a task's
         own exceptions are retried only with ``compute(retries=N)``).
     check_versions
-        Ping the function on start and refuse Python, dask or cloudpickle mismatches.
+        Ping a deployed function (``function_name``) on start and refuse Python, dask or
+        cloudpickle mismatches. A function the cluster deploys itself is built from this
+        client's installed files, so it matches by construction and is not pinged: its first
+        runtime starts with the first compute.
     packages
         For the function the cluster deploys itself: installed packages to deploy with it at
         this client's versions, beyond dask-lambda's own (``dask[array]``, ``cloudpickle``,
@@ -133,9 +136,8 @@ class LambdaCluster:
     ----------
     build_report : dict
         For a function the cluster deployed itself: its packages, sizes, whether the
-        dependencies live in S3 and the seconds each start-up step took. For any function whose
-        dependencies live in S3, ``"dependencies_mount"``: what unpacking them cost the first
-        runtime that answered (``download_seconds``, ``extract_seconds``).
+        dependencies live in S3 and the seconds each start-up step took (what mounting the
+        dependencies costs each cold start is in :attr:`last_report`'s ``dependency_mounts``).
 
     Examples
     --------
@@ -214,7 +216,7 @@ class LambdaCluster:
             if self.function_name is None:
                 self._start_local(resources)
             self.backend = self._connect(resources)
-            if self._check_versions:
+            if self._check_versions and self.local is None:
                 self.check_versions()
             preload.join()
         except BaseException:
@@ -328,7 +330,7 @@ class LambdaCluster:
         with self._deploy_lock:
             wanted = [name for name in packages if name not in self.packages]
             if wanted:
-                self._deploy_local([*self.packages, *wanted], update=True)
+                self._deploy_local(*self._build([*self.packages, *wanted]), update=True)
                 self.packages.extend(wanted)
         return dict(self._function_libraries or {})
 
@@ -338,10 +340,14 @@ class LambdaCluster:
         from .emulator import LocalLambda
 
         started = time.perf_counter()
-        local = resources["local"] = LocalLambda(
-            concurrency_limit=self.settings.local_concurrency_limit,
-            idle_timeout=self.settings.local_idle_timeout,
-        ).start()
+        # The package is built (from the cache, mostly) while the server process starts.
+        with ThreadPoolExecutor(1, thread_name_prefix="dask-lambda-build") as builder:
+            building = builder.submit(self._build, self.packages)
+            local = resources["local"] = LocalLambda(
+                concurrency_limit=self.settings.local_concurrency_limit,
+                idle_timeout=self.settings.local_idle_timeout,
+            ).start()
+            built, build_seconds = building.result()
         self.local = local
         self.endpoint_url, self.region = local.endpoint_url, local.region
         credentials = {k: v for k, v in local.client_kwargs().items() if k.startswith("aws_")}
@@ -352,22 +358,31 @@ class LambdaCluster:
         self._client("s3").create_bucket(Bucket=self.bucket)
         self.build_report = {
             "server_seconds": round(time.perf_counter() - started, 3),
-            **self._deploy_local(self.packages, update=False),
+            **self._deploy_local(built, build_seconds, update=False),
         }
 
-    def _deploy_local(self, packages: list[str], update: bool) -> dict[str, Any]:
-        """Build dask-lambda's handler with ``packages`` from this client's installed files and
-        deploy it into the local Lambda (created, or its code updated); return what it took."""
+    @staticmethod
+    def _build(packages: list[str]) -> tuple[Any, float]:
+        """dask-lambda's handler with ``packages`` from this client's installed files, and the
+        seconds building it took."""
         import time
 
         from .deploy.build import BuildSpec, build
-        from .deploy.functions import FunctionSettings
-        from .deploy.provision import Request, provision
 
         started = time.perf_counter()
         # A real package, as AWS would run it: the runtime sees nothing of this client.
         built = build(BuildSpec(include=packages, from_installed=True, deps_on_s3=None,
                                 split_allowed=True))  # fmt: skip
+        return built, time.perf_counter() - started
+
+    def _deploy_local(self, built, build_seconds: float, update: bool) -> dict[str, Any]:
+        """Deploy a package :meth:`_build` made into the local Lambda (created, or its code
+        updated); return what it took."""
+        import time
+
+        from .deploy.functions import FunctionSettings
+        from .deploy.provision import Request, provision
+
         package_ready = time.perf_counter()
         current_env = None
         if update:
@@ -388,6 +403,8 @@ class LambdaCluster:
             built=built, bucket=self.bucket, prefix=self.prefix, current_env=current_env,
             create_role=True, role_name=LOCAL_ROLE, s3_read=self.s3_read, s3_write=self.s3_write,
             memory_tiers=self.memory_tiers,
+            # Through the loopback S3: the server then decodes no 27 MB of base64 JSON.
+            stage_code=True,
         ))  # fmt: skip
         self._function_libraries = dict(pin.split("==", 1) for pin in built.pinned)
         report = {
@@ -396,7 +413,7 @@ class LambdaCluster:
             "unpacked_mb": round((built.unpacked_size + built.dependencies_unpacked) / 1e6, 1),
             "dependencies_on_s3": bool(built.dependencies_zip),
             "cached": built.dependencies_cached,
-            "build_seconds": round(package_ready - started, 3),
+            "build_seconds": round(build_seconds, 3),
             "deploy_seconds": round(time.perf_counter() - package_ready, 3),
         }
         if update:
@@ -644,8 +661,6 @@ class LambdaCluster:
 
         answer = self.ping()
         self._function_libraries = answer.get("libraries", {})
-        if "dependencies" in answer.get("stats", {}):
-            self.build_report["dependencies_mount"] = answer["stats"]["dependencies"]
         remote = answer.get("versions", {})
         problems = version_mismatches(versions(), remote)
         libraries = library_differences(client_libraries(), answer.get("libraries", {}))

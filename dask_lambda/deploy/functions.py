@@ -319,11 +319,13 @@ def deploy(
     handler: str = HANDLER,
     runtime: str | None = None,
     adopt: bool = False,
+    stage_code: bool = False,
 ) -> DeployResult:
     """Create ``name`` or update only what changed; wait until it is ready.
 
-    ``code`` None updates the configuration only. Zips over 50 MB are uploaded to ``bucket``
-    first (and deleted from it once Lambda has taken them). An existing function that
+    ``code`` None updates the configuration only. Zips over 50 MB, or any with ``stage_code``
+    (which spares both ends base64 and JSON of the zip), are uploaded to ``bucket`` first
+    (and deleted from it once Lambda has taken them). An existing function that
     dask-lambda did not create is left alone (:class:`NotOursError`) unless ``adopt``, which tags
     it as dask-lambda's.
     """
@@ -343,7 +345,7 @@ def deploy(
         config = settings.configuration()
         if settings.architecture:
             config["Architectures"] = [settings.architecture]
-        with _code_location(code, s3_client, bucket, prefix) as location:
+        with _code_location(code, s3_client, bucket, prefix, stage_code) as location:
             lambda_client.create_function(
                 FunctionName=name, Runtime=runtime, Handler=handler, Code=location,
                 Tags={**CREATED_BY, **version_tags(), **(tags or {})}, **config,
@@ -361,7 +363,7 @@ def deploy(
         settings.architecture
     ]
     if code is not None and (current.get("CodeSha256") != code_sha256(code) or arch_changed):
-        with _code_location(code, s3_client, bucket, prefix) as location:
+        with _code_location(code, s3_client, bucket, prefix, stage_code) as location:
             extra = {"Architectures": [settings.architecture]} if arch_changed else {}
             lambda_client.update_function_code(FunctionName=name, **location, **extra)
             lambda_client.get_waiter("function_updated_v2").wait(FunctionName=name)
@@ -408,18 +410,20 @@ def current_configuration(lambda_client: Any, name: str) -> dict | None:
 class _code_location:
     """``Code`` for Create/UpdateFunctionCode: the zip inline, or staged in S3 for the call."""
 
-    def __init__(self, code: bytes, s3_client: Any, bucket: str | None, prefix: str):
+    def __init__(self, code: bytes, s3_client: Any, bucket: str | None, prefix: str,
+                 stage: bool = False):  # fmt: skip
         self.code, self.s3, self.bucket = code, s3_client, bucket
         self.key = f"{prefix.strip('/')}/deploy/{uuid.uuid4().hex}.zip"  # see admin.clean
+        self.staged = bucket is not None and (stage or len(code) > DIRECT_UPLOAD_LIMIT)
 
     def __enter__(self) -> dict[str, Any]:
-        if len(self.code) <= DIRECT_UPLOAD_LIMIT:
+        if not self.staged:
             return {"ZipFile": self.code}
         self.s3.put_object(Bucket=self.bucket, Key=self.key, Body=self.code, Tagging=WRITE_TAGGING)
         return {"S3Bucket": self.bucket, "S3Key": self.key}
 
     def __exit__(self, *exc: object) -> None:
-        if len(self.code) > DIRECT_UPLOAD_LIMIT:
+        if self.staged:
             self.s3.delete_object(Bucket=self.bucket, Key=self.key)
 
 

@@ -73,6 +73,8 @@ class Request:
         Extra tags of the function.
     expire_days
         Days after which the bucket expires what crashed clients left (None: no rule).
+    stage_code
+        Upload the zip to the bucket and create the function from there, whatever its size.
     """
 
     name: str
@@ -91,6 +93,7 @@ class Request:
     adopt: bool = False
     tags: dict[str, str] | None = None
     expire_days: int | None = None
+    stage_code: bool = False
 
 
 @dataclass
@@ -162,7 +165,8 @@ def provision(
     settings.environment = None if built is None and unchanged else environment
     code = built.zip_bytes if built is not None else None
     outcome = deploy(lam, request.name, code, settings, s3_client=s3, bucket=bucket,
-                     prefix=prefix, adopt=request.adopt, tags=request.tags)  # fmt: skip
+                     prefix=prefix, adopt=request.adopt, tags=request.tags,
+                     stage_code=request.stage_code)  # fmt: skip
     if s3 is not None and request.expire_days is not None:
         ensure_expiry(s3, bucket, prefix, request.expire_days)
     base = outcome.configuration
@@ -173,7 +177,8 @@ def provision(
             environment=(base.get("Environment") or {}).get("Variables"),
         )  # fmt: skip
         tiers[memory] = deploy(lam, tier_name(request.name, memory), code, variant, s3_client=s3,
-                               bucket=bucket, prefix=prefix, adopt=request.adopt)  # fmt: skip
+                               bucket=bucket, prefix=prefix, adopt=request.adopt,
+                               stage_code=request.stage_code)  # fmt: skip
     return Provisioned(outcome, built, tiers)
 
 

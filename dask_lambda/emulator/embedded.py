@@ -167,6 +167,11 @@ class LocalLambda:
         """Runtimes, invocations, cold starts, throttles, runtime pids and injected faults."""
         return self._admin("stats")
 
+    def reap(self, function: str) -> int:
+        """Stop the idle runtimes of ``function`` and its memory tiers, so that its next
+        invocation is a cold start; return how many were stopped."""
+        return self._admin("reap", {"function": function})["stopped"]
+
     def _admin(self, route: str, body: dict | None = None) -> dict:
         import urllib.error
         import urllib.request

@@ -282,6 +282,7 @@ class Invoker:
                 "request_id": remote.get("request_id"),
                 "runtime_id": remote.get("runtime_id"),
                 "task_timings": decoded.get("timings"),
+                **({"dependencies": remote["dependencies"]} if "dependencies" in remote else {}),
             }
         )
         return decoded
