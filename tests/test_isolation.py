@@ -58,6 +58,31 @@ def test_a_task_cannot_switch_iam_off_or_read_the_admins_key(cluster):
     assert isinstance(cluster.local.stats()["pids"], list)  # the admin still may
 
 
+def _read_parameters(names: list[str]) -> list[str]:
+    import boto3
+
+    answers = []
+    for name in names:
+        try:
+            boto3.client("ssm").get_parameter(Name=name, WithDecryption=True)
+            answers.append("read")
+        except Exception as e:
+            answers.append(e.response["ResponseMetadata"]["HTTPStatusCode"])
+    return answers
+
+
+def test_a_task_reads_its_own_signing_key_and_no_other(cluster, local):
+    """The role grants one SSM parameter by its ARN: the local Lambda checks SSM actions
+    against the parameter named, as AWS does, not against ``*``."""
+    from dask_lambda.function.contract import key_parameter_name
+
+    other = key_parameter_name(unique("someone-else"))
+    local.client("ssm").put_parameter(Name=other, Value="secret", Type="SecureString")
+    own = key_parameter_name(cluster.function_name)
+    read = dask.delayed(_read_parameters)([own, other]).compute(scheduler=cluster)
+    assert read == ["read", 403], read
+
+
 def _forge_init_errors() -> list[int]:
     """Post ``/runtime/init/error`` to every other listener on 127.0.0.1 (Runtime API ports are
     found in /proc/net/tcp, as an attacker would): the statuses that accepted it."""

@@ -14,9 +14,8 @@ moto's own IAM authorisation (``INITIAL_NO_AUTH_ACTION_COUNT``, see moto's
   not touch gets ``AccessDenied``.
 - moto authorises SSM actions against the resource ``*`` only, so a policy naming one parameter
   (what dask-lambda's role grants for its signing key) would never match; :func:`enforce` gives
-  SSM the parameter's ARN, through the ``_determine_resource`` hook moto's IAM and SQS responses
-  use. CloudWatch Logs are answered by this server (:mod:`.logs`) and checked by
-  :func:`authorize`.
+  SSM the parameter's ARN when it checks an SSM request's action. CloudWatch Logs are answered
+  by this server (:mod:`.logs`) and checked by :func:`authorize`.
 - moto checks the signature of a body-less REST request (a ``GET`` such as Lambda's
   ``GetFunctionConfiguration``) against its query or, without one, its *headers* taken as form
   data (its ``setup_class`` fills ``data`` with them), so every such request would fail;
@@ -83,15 +82,17 @@ def enforce() -> None:
     """From now on, moto checks every request's signature and the caller's policies."""
     from moto import settings
     from moto.core.authorization import ActionAuthenticatorMixin
-    from moto.ssm.responses import SimpleSystemManagerResponse
 
-    SimpleSystemManagerResponse._determine_resource = _ssm_resource
     ActionAuthenticatorMixin._authenticate_and_authorize_normal_action = _normal_action
     settings.INITIAL_NO_AUTH_ACTION_COUNT = 0
     ActionAuthenticatorMixin.request_count = 0
 
 
 def _normal_action(self: Any, resource: str = "*") -> None:
+    # Told by class, not by patching SSM's response class: importing moto.ssm imports all of
+    # moto.ec2, a second of the server's start.
+    if resource == "*" and type(self).__module__ == "moto.ssm.responses":
+        resource = _ssm_resource(self)
     self._authenticate_and_authorize_action(_iam_request_class(), resource)
 
 

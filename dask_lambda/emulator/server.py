@@ -22,6 +22,7 @@ A function's :class:`~dask_lambda.emulator.runtimes.FunctionSpec` is read throug
 from __future__ import annotations
 
 import base64
+import functools
 import io
 import json
 import os
@@ -139,6 +140,33 @@ class _KeepAliveHandler(MotoRequestHandler):
         self.wfile.flush()
 
 
+def _share_one_botocore_session() -> None:
+    """Have moto's ``Session().get_available_regions`` calls share one botocore session.
+
+    moto's EC2 model (imported with SSM's) asks a new session for its regions three times at
+    import, each parsing botocore's EC2 model and endpoints again: 0.6 s of the first SSM
+    request. One session keeps what its loader read. Only this server's process is changed.
+    """
+    from boto3.session import Session
+
+    unshared = Session.get_available_regions
+    shared = functools.cache(Session)
+
+    def get_available_regions(self, service_name, partition_name="aws", allow_non_regional=False):
+        return unshared(shared(), service_name, partition_name, allow_non_regional)
+
+    Session.get_available_regions = get_available_regions
+
+
+class _Dispatcher(DomainDispatcherApplication):
+    """moto's dispatcher, remembering which backend serves a host: moto lists its package's
+    folders on disk for every request to find out (a third of an S3 call's time)."""
+
+    @functools.lru_cache(maxsize=1024)  # noqa: B019 (one dispatcher per server, kept for its life)
+    def get_backend_for_host(self, host: str | None) -> Any:
+        return super().get_backend_for_host(host)
+
+
 class LocalLambdaServer:
     """Everything of the embedded local Lambda that lives in the serving process.
 
@@ -165,7 +193,7 @@ class LocalLambdaServer:
     ):
         self._tmp = None if workdir else tempfile.TemporaryDirectory(prefix="dask-lambda-local-")
         self.workdir = Path(workdir or self._tmp.name)
-        self.moto = DomainDispatcherApplication(create_backend_app)
+        self.moto = _Dispatcher(create_backend_app)
         self.code = CodeStore()
         self._server = make_server(
             "127.0.0.1", port, self._wsgi, threaded=True, request_handler=_KeepAliveHandler
@@ -177,6 +205,7 @@ class LocalLambdaServer:
         self.region = DEFAULT_REGION
         self.admin = iam.create_admin(self._unchecked_iam_call)
         iam.enforce()
+        _share_one_botocore_session()
         self.runtimes = RuntimeManager(
             service_env=self.service_env(),
             concurrency_limit=concurrency_limit,
