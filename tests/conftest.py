@@ -26,9 +26,21 @@ UNIT = Path(__file__).parent / "unit"
 LAMBDA_FIXTURES = {"local", "cluster", "deploy", "role_arn", "aws_env", "bucket"}
 
 
+# Seconds each file takes (``--durations=0``, two workers, 2 cores), heaviest first. The two
+# xdist workers take whole files (``--dist loadfile``) in collection order: starting with the
+# longest files keeps one worker from being left with a long file at the end.
+FILE_SECONDS = {
+    "test_dask_conformance.py": 180, "test_aws_fidelity.py": 170, "test_cli.py": 160,
+    "test_scheduler.py": 150, "test_package_sync.py": 120, "test_adaptive_batches.py": 110,
+    "test_soak.py": 90, "test_faults.py": 90, "test_data_plane.py": 85, "test_security.py": 80,
+    "test_readme.py": 60, "test_local_lambda.py": 45, "test_joblib.py": 40, "test_persist.py": 35,
+}  # fmt: skip
+
+
 def pytest_collection_modifyitems(config, items):
     """Tiers: tests/unit needs no Lambda (a test there asking for one is refused); every other
-    test is an integration test."""
+    test is an integration test. Files run longest first (:data:`FILE_SECONDS`)."""
+    items.sort(key=lambda item: -FILE_SECONDS.get(item.path.name, 0))  # stable: file order kept
     for item in items:
         if UNIT not in item.path.parents:
             item.add_marker(pytest.mark.integration)
