@@ -298,9 +298,10 @@ class LambdaCluster:
         function this cluster deployed with ``packages="auto"``, else warns with the fix."""
         name = self.function_name
 
-        def libraries() -> dict[str, str]:
-            if self._function_libraries is None:
-                self._function_libraries = self.ping().get("libraries", {})
+        def libraries(stats) -> dict[str, str]:
+            if self._function_libraries is None:  # the ping is an invocation of the compute
+                answer = self.invoker.call({"op": "ping"}, stats=stats)
+                self._function_libraries = answer.get("libraries", {})
             return self._function_libraries
 
         def fix(names: list[str]) -> str:

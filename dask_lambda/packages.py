@@ -31,6 +31,7 @@ import threading
 import time
 import warnings
 from collections.abc import Callable, Iterable, Mapping
+from typing import Any
 
 from packaging.markers import default_environment
 from packaging.requirements import InvalidRequirement, Requirement
@@ -145,7 +146,8 @@ class PackageSync:
     function_name
         The function, as named in messages.
     libraries
-        Returns the function's ``{distribution: version}`` (asked once, when first needed).
+        ``libraries(stats)`` returns the function's ``{distribution: version}`` (asked once,
+        when first needed), counting any invocation it makes in ``stats`` (the compute's).
     add
         Adds packages (requirement names) to the function, or None: warn instead.
     fix
@@ -157,7 +159,7 @@ class PackageSync:
     def __init__(
         self,
         function_name: str,
-        libraries: Callable[[], Mapping[str, str]],
+        libraries: Callable[[Any], Mapping[str, str]],
         add: Callable[[list[str]], Mapping[str, str]] | None = None,
         fix: Callable[[list[str]], str] = lambda names: "",
         announce: Callable[[str], None] = lambda line: print(line, file=sys.stderr, flush=True),
@@ -170,14 +172,15 @@ class PackageSync:
         self._added: set[str] = set()
         self._lock = threading.Lock()
 
-    def ensure(self, pickled: bytes) -> None:
-        """Make sure the function has what ``pickled`` references (add it, or warn)."""
+    def ensure(self, pickled: bytes, stats: Any = None) -> None:
+        """Make sure the function has what ``pickled`` references (add it, or warn); a ping
+        this needs is counted in ``stats`` (an ``InvokeStats``)."""
         modules = referenced_modules(pickled) - self._checked
         if not modules:
             return
         with self._lock:
             modules -= self._checked
-            self._add_or_warn(modules)
+            self._add_or_warn(modules, stats)
             self._checked |= modules
 
     def added_for(self, errors: Iterable[Mapping]) -> bool:
@@ -199,11 +202,11 @@ class PackageSync:
             # Added while this batch ran (another batch needed it first): send it again too.
             return bool(needed_packages(modules, self._present - self._added))
 
-    def _add_or_warn(self, modules: set[str]) -> bool:
+    def _add_or_warn(self, modules: set[str], stats: Any = None) -> bool:
         """Add (or warn of) what ``modules`` need that the function lacks; whether anything
         was needed. Called with the lock held."""
         if self._present is None:
-            self._present = set(self._libraries())
+            self._present = set(self._libraries(stats))
         needed = needed_packages(modules, self._present)
         if needed:
             self._act(needed)

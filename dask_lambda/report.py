@@ -31,8 +31,9 @@ class ComputeReport:
 
     ``invocation_records`` holds one dict per invocation: client-side ``start``/``stop`` (epoch
     seconds), handler ``duration``, ``cold_start``, ``runtime_id``, ``tasks``, ``attempt``,
-    request/response bytes, ``peak_memory_mb`` and the per-task ``task_timings``
-    (``[start, stop]`` seconds from the handler's start).
+    request/response bytes, ``peak_memory_mb``, ``task_seconds`` (the run time of all its
+    tasks) and ``task_timings`` (``[start, stop, nbytes]``, seconds from the handler's start,
+    of a sample of its tasks: see :meth:`task_timings`).
     """
 
     compute_id: str
@@ -108,7 +109,9 @@ class ComputeReport:
         )
 
     def task_timings(self) -> list[tuple[float, float]]:
-        """``(start, stop)`` of every task, epoch seconds (client clock, estimated)."""
+        """``(start, stop)`` of the tasks timed in full, epoch seconds (client clock,
+        estimated): every task of a batch of up to 64, an evenly spread 64 of a larger one
+        (:data:`~dask_lambda.function.protocol.TIMING_SAMPLE`)."""
         timings = []
         for record in self.invocation_records:
             handler_start = _handler_start(record)
@@ -116,6 +119,12 @@ class ComputeReport:
                 if span:
                     timings.append((handler_start + span[0], handler_start + span[1]))
         return timings
+
+    @property
+    def task_seconds(self) -> float:
+        """Seconds the tasks themselves ran, summed over every task and invocation (the rest
+        of the billed time is loading, reading and writing values, and the handler)."""
+        return sum(r.get("task_seconds") or 0.0 for r in self.invocation_records)
 
     @property
     def dependency_mounts(self) -> list[dict[str, Any]]:
@@ -153,6 +162,7 @@ class ComputeReport:
         data.update(
             tasks_per_invocation=self.tasks_per_invocation,
             client_cpu_seconds=self.client_cpu_seconds,
+            task_seconds=self.task_seconds,
             dependency_mounts=self.dependency_mounts,
             billed_gb_seconds=self.billed_gb_seconds,
             cost_usd=self.cost_usd,

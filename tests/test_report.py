@@ -24,8 +24,10 @@ def test_report_counts_and_cost(cluster):
     with dask.config.set({"lambda.pricing.gb-second.x86_64": 1.0, "lambda.pricing.request": 0}):
         assert math.isclose(report.cost_usd, report.billed_gb_seconds)
     timings = report.task_timings()
-    assert len(timings) >= report.tasks - 40  # aliases resolved on the client have no timing
+    # batches of up to 64 tasks are timed task by task (aliases resolved on the client are not)
+    assert len(timings) >= report.tasks - 40
     assert all(stop >= start for start, stop in timings)
+    assert 0 < report.task_seconds < report.billed_gb_seconds * 1024 / report.memory_mb
     assert report.to_dict()["cost_usd"] == report.cost_usd
     assert report.local and "GB-s, ~$" in report.summary()  # a local Lambda bills nothing:
     assert "if run on AWS (an estimate" in report.summary()  # the cost is what AWS would bill
@@ -35,6 +37,20 @@ def test_report_counts_and_cost(cluster):
     assert 0 < report.send_cpu_seconds < report.client_cpu_seconds
     assert report.client_cpu_seconds == report.scheduler_cpu_seconds + report.send_cpu_seconds
     assert "client CPU" in report.summary()
+
+
+def test_a_large_batch_reports_a_sample_of_its_timings_and_all_of_its_task_time(cluster):
+    from dask_lambda.function.protocol import TIMING_SAMPLE
+
+    bag = db.from_sequence(range(2000), npartitions=1000).map(tasks.inc)
+    with dask.config.set({"lambda.batch.max-tasks": 1000}):
+        assert bag.sum().compute(scheduler=cluster) == sum(range(1, 2001))
+    report = cluster.last_report
+    large = [r for r in report.invocation_records if r["tasks"] > TIMING_SAMPLE]
+    assert large, [r["tasks"] for r in report.invocation_records]
+    assert all(0 < len(r["task_timings"]) <= TIMING_SAMPLE for r in large)
+    assert all(r["task_seconds"] >= sum(t[1] - t[0] for t in r["task_timings"]) for r in large)
+    assert len(report.task_timings()) < report.tasks
 
 
 def test_timeline_pngs(cluster, tmp_path):

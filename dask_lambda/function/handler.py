@@ -209,7 +209,10 @@ def _run(payload: dict, started: float) -> dict:
             raise protocol.TransientError(f"Could not write a result to S3: {e}") from e
         stats["s3_bytes_written"] += stored.nbytes
         entry[0], entry[4] = "ok", stored.sha256
-    return {"results": results, "errors": errors.entries, "timings": timings, "stats": stats}
+    stats["task_seconds"] = sum(span[1] - span[0] for span in timings if span)
+    step = protocol.timing_step(len(timings))
+    return {"results": results, "errors": errors.entries, "timings": timings[::step],
+            "timing_step": step, "stats": stats}  # fmt: skip
 
 
 def _load_inputs(spec: protocol.BatchSpec, store: S3Store, stats: dict) -> tuple[dict, dict]:

@@ -61,10 +61,12 @@ Response (the handler's return value, JSON)
     ``fatal``
         Instead of ``results``: the batch could not be loaded at all (an import error, an
         integrity error), as one error entry.
-    ``timings``
-        ``[start, stop, nbytes]`` per task: seconds since the invocation began, and the size of
-        its value (``dask.sizeof``), which the scheduler learns batch sizes from; None for a
-        task that did not run.
+    ``timings``, ``timing_step``
+        ``[start, stop, nbytes]`` of every ``timing_step``-th task (tasks 0, step, 2 step, ...;
+        :func:`timing_step` keeps it to :data:`TIMING_SAMPLE` a batch): seconds since the
+        invocation began, and the size of its value (``dask.sizeof``), which the scheduler
+        learns batch sizes from; None for a task that did not run. ``stats["task_seconds"]``
+        sums the run time of all of them.
     ``stats``
         cold start flag, peak memory, bytes read and written to S3, handler duration.
     ``versions``
@@ -155,7 +157,7 @@ class BatchResponse:
     errors: dict[int, dict]  # task index -> error entry
     stats: dict
     fatal: dict | None = None  # the batch could not be loaded at all
-    timings: list | None = None  # [start, stop, nbytes] per task, None for one that did not run
+    timings: list | None = None  # [start, stop, nbytes] per task; None: not run, or not sampled
 
     @classmethod
     def from_payload(cls, response: dict[str, Any]) -> BatchResponse:
@@ -166,8 +168,26 @@ class BatchResponse:
             results=[Result(*entry) for entry in response["results"]],
             errors={error["index"]: error for error in response["errors"]},
             stats=response.get("stats", {}),
-            timings=response.get("timings"),
+            timings=expand_timings(response.get("timings"), response.get("timing_step", 1)),
         )
+
+
+TIMING_SAMPLE = 64  # tasks of a batch whose timings a response carries in full
+
+
+def timing_step(tasks: int) -> int:
+    """Every how many tasks a response carries one's timing: at most :data:`TIMING_SAMPLE` a
+    batch, evenly spread (each costs ~25 bytes; a 1,000-task batch's were most of its answer)."""
+    return max(1, -(-tasks // TIMING_SAMPLE))
+
+
+def expand_timings(sampled: list | None, step: int) -> list | None:
+    """A response's sampled timings as one entry per task, None for the tasks not sampled."""
+    if not sampled or step == 1:
+        return sampled
+    timings: list = [None] * ((len(sampled) - 1) * step + 1)
+    timings[::step] = sampled
+    return timings
 
 
 def run_request(

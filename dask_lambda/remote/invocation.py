@@ -88,7 +88,7 @@ def send_batch(
     settings = backend.settings
     sync = backend.packages
     if sync is not None:  # what the batch references, on the function first
-        sync.ensure(spec_bytes)
+        sync.ensure(spec_bytes, stats)
     request = protocol.run_request(
         spec_bytes,
         bucket=backend.store.bucket,

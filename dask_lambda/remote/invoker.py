@@ -278,7 +278,8 @@ class Invoker:
                 "attempt": attempt,
                 "request_bytes": len(body),
                 "response_bytes": len(raw),
-                **{k: remote.get(k) for k in ("cold_start", "duration", "peak_memory_mb")},
+                **{k: remote.get(k) for k in ("cold_start", "duration", "peak_memory_mb",
+                                              "task_seconds")},  # fmt: skip
                 "request_id": remote.get("request_id"),
                 "runtime_id": remote.get("runtime_id"),
                 "task_timings": decoded.get("timings"),

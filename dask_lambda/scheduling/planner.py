@@ -69,13 +69,15 @@ class TaskProfile:
         self._lock = threading.Lock()
 
     def observe(self, keys: list, timings: list | None, sample: int = 64) -> None:
-        """Record the ``[start, stop, nbytes]`` of a batch's tasks (``None``: it did not run),
-        at most ``sample`` of them, evenly spread: enough for a mean, cheap for huge batches."""
-        if not timings:
+        """Record the ``[start, stop, nbytes]`` of a batch's tasks (``None``: not run, or not
+        among the sampled tasks a response times), at most ``sample`` of them, evenly spread:
+        enough for a mean, cheap for huge batches."""
+        timed = [(key, span) for key, span in zip(keys, timings or (), strict=False) if span]
+        if not timed:
             return
-        step = max(1, len(keys) // sample)
+        step = max(1, len(timed) // sample)
         with self._lock:
-            self._observe(keys[::step], timings[::step])
+            self._observe([key for key, _ in timed[::step]], [span for _, span in timed[::step]])
 
     def _observe(self, keys: list, timings: list) -> None:
         for key, span in zip(keys, timings, strict=False):

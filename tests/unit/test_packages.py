@@ -51,7 +51,8 @@ def test_a_sync_adds_once_and_resends_for_an_import_the_pickle_did_not_show():
         added.append(names)
         return {"dask": "1", "numpy": "1", **{n: "1" for name in added for n in name}}
 
-    sync = PackageSync("f", lambda: {"dask": "1", "numpy": "1"}, add=add, announce=lines.append)
+    present = {"dask": "1", "numpy": "1"}
+    sync = PackageSync("f", lambda stats: present, add=add, announce=lines.append)
     sync.ensure(cloudpickle.dumps(pd.DataFrame({"a": [1]})))
     sync.ensure(cloudpickle.dumps(pd.DataFrame({"b": [2]})))
     assert len(added) == 1 and "pandas" in added[0] and "pandas" in lines[0]
@@ -61,4 +62,4 @@ def test_a_sync_adds_once_and_resends_for_an_import_the_pickle_did_not_show():
     assert sync.added_for([error])  # added meanwhile, for another batch: sent again too
     other = {"type": "ModuleNotFoundError", "message": "No module named 'no_such_module'"}
     assert not sync.added_for([other])
-    assert not PackageSync("f", dict).added_for([error])  # no add: the error stands
+    assert not PackageSync("f", lambda stats: {}).added_for([error])  # no add: the error stands

@@ -47,3 +47,24 @@ def test_a_batch_of_tasks_pickles_smaller_than_dasks_own_reduction():
                      [Task(f"k{i}", operator.add, TaskRef(f"k{i - 1}"), 1) for i in range(200)],
                      ["k199"], {})  # fmt: skip
     assert len(pickle_spec(spec)) < len(cloudpickle.dumps(spec, protocol=5))
+
+
+def test_each_key_travels_once_however_many_tasks_name_it():
+    """A key is named by its task, by each task depending on it and maybe as an output: the
+    spec carries its string once (pickle's memo), the rest are 2-byte references."""
+    import collections
+    import pickletools
+
+    import dask
+    from dask._task_spec import convert_legacy_graph
+
+    parts = [dask.delayed(operator.neg)(i) for i in range(300)]
+    total = dask.delayed(sum)([dask.delayed(abs)(p) for p in parts] + parts)
+    graph = convert_legacy_graph(dict(total.__dask_graph__()))
+    keys = list(graph)
+    spec = pickle_spec(BatchSpec("compute", keys, [graph[k] for k in keys], keys, {}))
+    strings = collections.Counter(
+        arg for _, arg, _ in pickletools.genops(spec) if isinstance(arg, str)
+    )
+    assert all(strings[key] == 1 for key in keys), strings.most_common(3)
+    assert len(spec) < 100 * len(keys)
