@@ -86,6 +86,11 @@ def measure_graph(build, peer_factory, repeat: int, **compute_kwargs) -> dict:
             cost_usd=report.cost_usd,
             client_cpu_us_per_task=report.client_cpu_seconds / report.tasks * 1e6,
             dask_graph_us_per_task=report.dask_graph_cpu_seconds / report.tasks * 1e6,
+            # the wire (issue 26's target: 120 bytes a task for W1's batches)
+            request_bytes_per_task=sum(r["request_bytes"] for r in report.invocation_records)
+            / report.tasks,
+            response_bytes_per_task=sum(r["response_bytes"] for r in report.invocation_records)
+            / report.tasks,
         )
     return row
 
@@ -256,6 +261,8 @@ def describe(row: dict) -> str:
                        ("scheduler_us_per_task", "µs scheduler/task"),
                        ("client_cpu_us_per_task", "µs client CPU/task"),
                        ("dask_graph_us_per_task", "µs of it dask's graph work"),
+                       ("request_bytes_per_task", "request B/task"),
+                       ("response_bytes_per_task", "response B/task"),
                        ("client_busy", "client busy"),
                        ("lambda_busy", "local Lambda busy")):  # fmt: skip
         if key in row:
