@@ -140,6 +140,7 @@ class _KeepAliveHandler(MotoRequestHandler):
         self.wfile.flush()
 
 
+@functools.cache  # once a process, however many servers it starts
 def _share_one_botocore_session() -> None:
     """Have moto's ``Session().get_available_regions`` calls share one botocore session.
 

@@ -229,15 +229,12 @@ def _load_inputs(spec: protocol.BatchSpec, store: S3Store, stats: dict) -> tuple
     remote = [(key, ref) for key, ref in spec.inputs.items() if isinstance(ref, protocol.Stored)]
     fetched = dict(zip([key for key, _ in remote], _io_pool().map(fetch, remote), strict=True))
     for key, ref in spec.inputs.items():
-        # popped: each input's bytes are let go once loaded, so the inputs' peak is about one
-        # copy of them, not their bytes and their values together
-        data = fetched.pop(key) if key in fetched else values.read(ref, store)
+        data = fetched[key] if key in fetched else values.read(ref, store)
         if isinstance(data, protocol.MissingDataError):
             missing[key] = data
             continue
-        stats["s3_bytes_read"] += len(data) if isinstance(ref, protocol.Stored) else 0
         inputs[key] = values.loads(data)
-        del data
+        stats["s3_bytes_read"] += len(data) if key in fetched else 0
     return inputs, missing
 
 

@@ -68,16 +68,13 @@ class TaskProfile:
         self._count: dict[str, int] = {}
         self._lock = threading.Lock()
 
-    def observe(self, keys: list, timings: list | None, sample: int = 64) -> None:
+    def observe(self, keys: list, timings: list | None) -> None:
         """Record the ``[start, stop, nbytes]`` of a batch's tasks (``None``: not run, or not
-        among the sampled tasks a response times), at most ``sample`` of them, evenly spread:
-        enough for a mean, cheap for huge batches."""
-        timed = [(key, span) for key, span in zip(keys, timings or (), strict=False) if span]
-        if not timed:
-            return
-        step = max(1, len(timed) // sample)
-        with self._lock:
-            self._observe([key for key, _ in timed[::step]], [span for _, span in timed[::step]])
+        among the tasks its response times: at most 64 a batch, evenly spread, see
+        :data:`~dask_lambda.function.protocol.TIMING_SAMPLE`)."""
+        if timings:
+            with self._lock:
+                self._observe(keys, timings)
 
     def _observe(self, keys: list, timings: list) -> None:
         for key, span in zip(keys, timings, strict=False):
