@@ -68,3 +68,26 @@ def test_each_key_travels_once_however_many_tasks_name_it():
     )
     assert all(strings[key] == 1 for key in keys), strings.most_common(3)
     assert len(spec) < 100 * len(keys)
+
+
+class _Registered:
+    """Pickled through a reducer registered with copyreg after the first batch was pickled."""
+
+
+def _rebuild_registered(marker):
+    return ("rebuilt by the registered reducer", marker)
+
+
+def test_a_reducer_registered_after_a_batch_still_counts():
+    import copyreg
+
+    def spec():
+        return BatchSpec("r", ["r"], [DataNode("r", _Registered())], ["r"], {})
+
+    assert type(pickle.loads(pickle_spec(spec())).tasks[0].value) is _Registered
+    copyreg.pickle(_Registered, lambda obj: (_rebuild_registered, ("marker",)))
+    try:
+        loaded = pickle.loads(pickle_spec(spec()))
+        assert loaded.tasks[0].value == ("rebuilt by the registered reducer", "marker")
+    finally:
+        del copyreg.dispatch_table[_Registered]
