@@ -20,14 +20,17 @@ def dask_named(name: str):
 
 
 @contextlib.contextmanager
-def distributed_local(workers: int = 2):
+def distributed_local(workers: int = 2, processes: bool = True):
     from distributed import Client, LocalCluster
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         with (
             LocalCluster(
-                n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None
+                n_workers=workers,
+                threads_per_worker=1,
+                processes=processes,
+                dashboard_address=None,
             ) as cluster,
             Client(cluster) as client,
         ):

@@ -1,5 +1,7 @@
 """Every workload on every peer, in one run: ``benchmarks/run`` (or ``python -m benchmarks.run``).
 
+W0  the fixed costs: each peer's start-up in fresh processes (import, cluster, first result, peak
+    memory), and a trivial compute on a started peer (see benchmarks/fixed_cost.py).
 W1  bag map+sum over 1000 partitions; W2 delayed tree reduction over 4096 leaves — on dask's sync,
     threads and processes schedulers, distributed LocalCluster(2), Lithops' localhost backend
     (its concurrent.futures executor as the Dask scheduler) and dask-lambda.
@@ -10,6 +12,9 @@ W5  how wide one client drives Lambda: the invoker alone against an endpoint tha
     then 10,000 x 50 ms tasks at concurrency 100/1000/3000 on the thread-mode local Lambda, with
     the lean invoker and with boto3's invoke (before); W6 the same at AWS's latency (see
     benchmarks/scale.py).
+W7  a TPC-H-like join and groupby over ~200 MB of parquet: local disk for dask's threads and
+    distributed LocalCluster(2), the local Lambda's S3 for dask-lambda (benchmarks/tpch.py).
+W8  dask-examples' array notebook at 10,000^2 (y = x + x.T; y[::2, 5000:].mean(axis=1)).
 
 Each (workload, peer) runs in a process of its own (so no peer inherits another's threads or
 processes): its start-up is timed, then a first compute (fresh: cold runtimes, nothing learned,
@@ -36,7 +41,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from benchmarks import calls, scale, workloads
+from benchmarks import calls, fixed_cost, scale, tpch, workloads
 from benchmarks.peers import GRAPH_PEERS, dask_lambda_local, dask_named, distributed_local
 
 W4_PEERS = {
@@ -48,25 +53,59 @@ W4_PEERS = {
 }
 
 
+# W0's trivial compute: distributed in-process (the issue's reference), and dask's threads.
+TRIVIAL_PEERS = {
+    "dask threads": (lambda: dask_named("threads"), False),
+    "distributed LocalCluster(processes=False), client.compute": (
+        lambda: distributed_local(processes=False),
+        True,
+    ),
+    "dask-lambda (local Lambda)": (dask_lambda_local, False),
+}
+# W7 and W8: the same peers, each reading W7's data where it would (see benchmarks/tpch.py).
+DATA_PEERS = {
+    "dask threads": (lambda: dask_named("threads"), tpch.local_prepare),
+    "distributed LocalCluster(2)": (distributed_local, tpch.local_prepare),
+    "dask-lambda (local Lambda)": (tpch.lambda_factory, tpch.lambda_prepare),
+}
+W8_PEERS = {
+    "dask threads": lambda: dask_named("threads"),
+    "distributed LocalCluster(2)": distributed_local,
+    "dask-lambda (local Lambda)": lambda: dask_lambda_local(memory=1024),
+}
+
+
+WORKLOADS = ["W0", "W1", "W2", "W3", "W4", "W5", "W6", "W7", "W8"]
+
+
 def measure_graph(build, peer_factory, repeat: int, **compute_kwargs) -> dict:
     """A peer's start-up, its first compute (fresh: nothing learned, cold runtimes), and the
     median with min and max of ``repeat`` computes after it."""
     collection, expected, *_ = build()
+    return measure(lambda scheduler: (collection, expected), peer_factory, repeat,
+                   **compute_kwargs)  # fmt: skip
+
+
+def measure(prepare, peer_factory, repeat: int, **compute_kwargs) -> dict:
+    """:func:`measure_graph` for a collection that needs the started peer:
+    ``prepare(scheduler) -> (collection, expected or None)`` runs after the start-up's timing
+    (W7 uploads its data to the local Lambda's S3 there)."""
     began = time.perf_counter()
     with peer_factory() as scheduler:
         startup = time.perf_counter() - began
+        collection, expected = prepare(scheduler)
         began = time.perf_counter()
         first = collection.compute(scheduler=scheduler, **compute_kwargs)  # fresh, and warm-up
         first_seconds = time.perf_counter() - began
         if expected is not None:
-            assert first == expected, (first, expected)
+            assert same(first, expected), (first, expected)
         times, cpu, report = [], [], None
         for _ in range(repeat):
             began, cpu_began = time.perf_counter(), _process_cpu()
             result = collection.compute(scheduler=scheduler, **compute_kwargs)
             times.append(time.perf_counter() - began)
             cpu.append(_process_cpu() - cpu_began)
-            assert result == first
+            assert same(result, first)
             report = getattr(scheduler, "last_report", None)
     row: dict = timing(times, startup_seconds=startup, first_seconds=first_seconds)
     # This process's CPU per compute: the client, and for LocalCluster its scheduler too
@@ -95,6 +134,19 @@ def measure_graph(build, peer_factory, repeat: int, **compute_kwargs) -> dict:
     return row
 
 
+def same(a, b) -> bool:
+    """Equal results: numbers, numpy arrays (to float rounding: schedulers sum in different
+    orders) and pandas objects."""
+    import numpy as np
+
+    if hasattr(a, "sort_index") and hasattr(a, "index"):  # pandas: order of groups may differ
+        a, b = a.sort_index(), b.sort_index()
+        return a.index.equals(b.index) and np.allclose(a.to_numpy(), b.to_numpy())
+    if isinstance(a, np.ndarray) or isinstance(b, np.ndarray):
+        return np.shape(a) == np.shape(b) and np.allclose(a, b)
+    return a == b
+
+
 def _process_cpu() -> float:
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
@@ -109,6 +161,12 @@ def timing(times: list[float], **extra: float) -> dict:
 
 def plan(selected: list[str], repeat: int) -> list[tuple[str, str, object]]:
     jobs: list[tuple[str, str, object]] = []
+    if "W0" in selected:
+        jobs += [("W0-start", peer, lambda p=peer: fixed_cost.startup(p))
+                 for peer in fixed_cost.STARTUP_PEERS]  # fmt: skip
+        jobs += [("W0-trivial", peer, lambda f=factory, c=client:
+                  fixed_cost.trivial_compute(f, client_compute=c))
+                 for peer, (factory, client) in TRIVIAL_PEERS.items()]  # fmt: skip
     for name, build in (("W1", workloads.w1_bag), ("W2", workloads.w2_tree)):
         if name in selected:
             for peer, factory in GRAPH_PEERS.items():
@@ -123,6 +181,13 @@ def plan(selected: list[str], repeat: int) -> list[tuple[str, str, object]]:
         jobs += [("W4", peer, lambda f=factory: measure_graph(workloads.w4_large_arrays, f, 1))
                  for peer, factory in W4_PEERS.items()]  # fmt: skip
         jobs.append(("W4", "raw boto3 put+get (same S3)", scale.raw_s3_throughput))
+    if "W7" in selected:
+        jobs += [("W7", peer, lambda f=factory, p=prepare: {
+                     **measure(p, f, repeat), "note": f"{tpch.data_megabytes():.0f} MB of parquet"})
+                 for peer, (factory, prepare) in DATA_PEERS.items()]  # fmt: skip
+    if "W8" in selected:
+        jobs += [("W8", peer, lambda f=factory: measure_graph(workloads.w8_array, f, repeat))
+                 for peer, factory in W8_PEERS.items()]  # fmt: skip
     clients = scale.INVOKE_CLIENTS
     if {"W5", "W5-invoker"} & set(selected):
         jobs += [
@@ -143,7 +208,7 @@ def plan(selected: list[str], repeat: int) -> list[tuple[str, str, object]]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--workloads", nargs="*", default=["W1", "W2", "W3", "W4", "W5", "W6"])
+    parser.add_argument("--workloads", nargs="*", default=WORKLOADS)
     parser.add_argument("--out", default="benchmarks/results", help="folder for the JSON results")
     parser.add_argument("--budget", type=float, default=600, help="seconds per workload and peer")
     parser.add_argument("--job", help=argparse.SUPPRESS)  # "W1::peer": run one, print JSON
@@ -231,7 +296,8 @@ def print_tables(results: dict) -> None:
                 print(f"  {peer:<44}  skipped: {row['error'][:90]}")
                 continue
             details = describe(row)
-            print(f"  {peer:<44}{row['seconds']:>9.3f}{row['seconds'] / best:>7.2f}x  {details}")
+            seconds = f"{row['seconds']:.4f}" if row["seconds"] < 0.1 else f"{row['seconds']:.3f}"
+            print(f"  {peer:<44}{seconds:>9}{row['seconds'] / best:>7.2f}x  {details}")
 
 
 def describe(row: dict) -> str:
@@ -240,6 +306,11 @@ def describe(row: dict) -> str:
         parts.append(f"{row['min_seconds']:.3f}-{row['max_seconds']:.3f} s")
     if "startup_seconds" in row:
         parts.append(f"start-up {row['startup_seconds']:.2f} s")
+    if "import_seconds" in row:
+        parts.append(
+            f"import {row['import_seconds']:.2f} s, first result at"
+            f" {row['first_result_seconds']:.2f} s, peak {row['peak_mib']:.0f} MiB"
+        )
     if "first_seconds" in row:
         parts.append(f"first (fresh) {row['first_seconds']:.2f} s")
     if "process_cpu_seconds" in row:

@@ -56,6 +56,14 @@ def w4_large_arrays(chunks: int = 16, chunk_mb: int = 64):
     return abs(centred).sum(), None, chunks * chunk_mb * 1024 * 1024
 
 
+def w8_array(size: int = 10_000, chunk: int = 1_000):
+    """W8: dask-examples' array notebook at ``size``²: ``y = x + x.T``, then
+    ``y[::2, size // 2:].mean(axis=1)``, on a random array in ``chunk``² chunks (8 MB each)."""
+    x = da.random.random((size, size), chunks=(chunk, chunk))
+    y = x + x.T
+    return y[::2, size // 2 :].mean(axis=1), None
+
+
 def w5_sleepers(tasks: int, seconds: float) -> tuple[dict, str, int]:
     """W5: a raw graph of ``tasks`` independent tasks of ``seconds`` each, then one small sum.
 
