@@ -92,8 +92,12 @@ class Locations:
         wanted = {k: self.where[k] for k in dict.fromkeys(keys)}
         remote = [w for w in wanted.values() if not isinstance(w, Value)]
         store = self.store
-        fetched = dict(zip(remote, pool.map(lambda where: fetch_value(store, where), remote),
+        # Only downloads go through the pool; an inline value is unpickled here, without a
+        # hand-off to a thread and back (most of a small compute's result's cost).
+        stored = [w for w in remote if isinstance(w, Stored)]
+        fetched = dict(zip(stored, pool.map(lambda where: fetch_value(store, where), stored),
                            strict=True))  # fmt: skip
+        fetched.update((w, fetch_value(store, w)) for w in remote if not isinstance(w, Stored))
         found = {}
         for key, where in wanted.items():
             if isinstance(where, Value):
