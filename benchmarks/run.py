@@ -240,8 +240,9 @@ def main() -> None:
 
 def run_isolated(workload: str, peer: str, args) -> dict:
     """Run one (workload, peer) in a child process, killed with its children past the budget."""
+    # The workload that plans the job: W0 for W0-start, W5 for W5-invoker.
     command = [sys.executable, "-m", "benchmarks.run", "--job", f"{workload}::{peer}",
-               "--workloads", workload, "--repeat", str(args.repeat)]  # fmt: skip
+               "--workloads", workload.split("-")[0], "--repeat", str(args.repeat)]  # fmt: skip
     root = str(Path(__file__).resolve().parent.parent)  # Lithops' workers import benchmarks.*
     env = {
         **os.environ,
