@@ -15,6 +15,8 @@ W5  how wide one client drives Lambda: the invoker alone against an endpoint tha
 W7  a TPC-H-like join and groupby over ~200 MB of parquet: local disk for dask's threads and
     distributed LocalCluster(2), the local Lambda's S3 for dask-lambda (benchmarks/tpch.py).
 W8  dask-examples' array notebook at 10,000^2 (y = x + x.T; y[::2, 5000:].mean(axis=1)).
+W9  a cold start: time to the first result on a fresh runtime, for the default package and for
+    pandas + pyarrow, with bytecode and without (before) (benchmarks/cold_start.py).
 
 Each (workload, peer) runs in a process of its own (so no peer inherits another's threads or
 processes): its start-up is timed, then a first compute (fresh: cold runtimes, nothing learned,
@@ -41,7 +43,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from benchmarks import calls, fixed_cost, scale, tpch, workloads
+from benchmarks import calls, cold_start, fixed_cost, scale, tpch, workloads
 from benchmarks.peers import GRAPH_PEERS, dask_lambda_local, dask_named, distributed_local
 
 W4_PEERS = {
@@ -75,7 +77,7 @@ W8_PEERS = {
 }
 
 
-WORKLOADS = ["W0", "W1", "W2", "W3", "W4", "W5", "W6", "W7", "W8"]
+WORKLOADS = ["W0", "W1", "W2", "W3", "W4", "W5", "W6", "W7", "W8", "W9"]
 
 
 def measure_graph(build, peer_factory, repeat: int, **compute_kwargs) -> dict:
@@ -188,6 +190,9 @@ def plan(selected: list[str], repeat: int) -> list[tuple[str, str, object]]:
     if "W8" in selected:
         jobs += [("W8", peer, lambda f=factory: measure_graph(workloads.w8_array, f, repeat))
                  for peer, factory in W8_PEERS.items()]  # fmt: skip
+    if "W9" in selected:
+        jobs += [("W9", peer, lambda a=args: cold_start.cold_start(*a))
+                 for peer, args in cold_start.PEERS.items()]  # fmt: skip
     clients = scale.INVOKE_CLIENTS
     if {"W5", "W5-invoker"} & set(selected):
         jobs += [
@@ -316,6 +321,11 @@ def describe(row: dict) -> str:
         parts.append(f"first (fresh) {row['first_seconds']:.2f} s")
     if "process_cpu_seconds" in row:
         parts.append(f"process CPU {row['process_cpu_seconds']:.2f} s/compute")
+    if "mount_seconds" in row:
+        parts.append(
+            f"mount {row['mount_seconds']:.2f} s (download"
+            f" {row['mount_download_seconds']:.2f}, unpack {row['mount_extract_seconds']:.2f})"
+        )
     if "invocations" in row:
         parts.append(
             f"{row['invocations']} invocations, {row['tasks_per_invocation']:.0f} tasks/inv"

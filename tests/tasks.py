@@ -196,3 +196,56 @@ def memory_size(_=None) -> int:
     import os
 
     return int(os.environ["AWS_LAMBDA_FUNCTION_MEMORY_SIZE"])
+
+
+def imports_without_compiling(packages=("dask", "numpy", "dask_lambda.function"), limit=30):
+    """Inside Lambda: import modules of the shipped packages not imported yet, recording every
+    source Python compiles while doing so, then a control module with no bytecode (which must
+    be compiled, or the recording sees nothing); and try writing beside the code."""
+    import importlib
+    import importlib.machinery
+    import os
+    import pkgutil
+    import sys
+    import tempfile
+
+    compiled: list[str] = []
+    loader = importlib.machinery.SourceFileLoader
+    original = loader.source_to_code
+
+    def recording(self, data, path, *args, **kwargs):
+        compiled.append(str(path))
+        return original(self, data, path, *args, **kwargs)
+
+    imported, files = [], {}
+    loader.source_to_code = recording
+    try:
+        for package in packages:
+            module = importlib.import_module(package)
+            files[package] = module.__file__
+            for info in pkgutil.iter_modules(module.__path__, package + "."):
+                if info.name in sys.modules or "test" in info.name or "conftest" in info.name:
+                    continue
+                try:
+                    importlib.import_module(info.name)
+                except Exception:  # an optional dependency missing: its code was still loaded
+                    pass
+                imported.append(info.name)
+                if len(imported) >= limit * len(files):
+                    break
+        shipped = list(compiled)
+        control = tempfile.mkdtemp()
+        with open(os.path.join(control, "control_module_without_bytecode.py"), "w") as f:
+            f.write("VALUE = 1\n")
+        sys.path.insert(0, control)
+        importlib.import_module("control_module_without_bytecode")
+    finally:
+        loader.source_to_code = original
+    try:
+        with open(os.path.join(os.environ["LAMBDA_TASK_ROOT"], "written-by-a-task"), "w"):
+            pass
+        writable = True
+    except OSError:
+        writable = False
+    return {"imported": imported, "compiled": shipped, "control": compiled[len(shipped):],
+            "files": files, "code_writable": writable}  # fmt: skip

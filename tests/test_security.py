@@ -10,8 +10,11 @@ package that never ships secrets.
 from __future__ import annotations
 
 import importlib
+import importlib.util
+import io
 import json
 import os
+import sys
 import threading
 import time
 import zipfile
@@ -362,9 +365,17 @@ def test_deploying_a_folder_leaves_secrets_out(local, aws_env, bucket, tmp_path)
         (project / name).parent.mkdir(parents=True, exist_ok=True)
         (project / name).write_text(content)
     result = build(BuildSpec(paths=[project], with_dependencies=False, exclude=["*.tmp"]))
-    names = set(zipfile.ZipFile(__import__("io").BytesIO(result.zip_bytes)).namelist())
+    names = set(zipfile.ZipFile(io.BytesIO(result.zip_bytes)).namelist())
     packed = {n for n in names if n.startswith("project/")}
-    assert packed == {"project/work.py", "project/pkg/__init__.py", "project/pkg/data.csv"}
+    tag = sys.implementation.cache_tag
+    # The user's own __pycache__ stays out; the build ships bytecode it compiled from the sources.
+    assert packed == {"project/work.py", "project/pkg/__init__.py", "project/pkg/data.csv",
+                      f"project/__pycache__/work.{tag}.pyc",
+                      f"project/pkg/__pycache__/__init__.{tag}.pyc"}  # fmt: skip
+    shipped = zipfile.ZipFile(io.BytesIO(result.zip_bytes)).read(
+        f"project/__pycache__/work.{tag}.pyc"
+    )
+    assert shipped[16:] and shipped[8:16] == importlib.util.source_hash(files["work.py"].encode())
     summary = result.user_files.summary()
     for left_out in (".env", ".aws/", "id_rsa", "cert.pem", "venv/ (virtualenv)", ".git/",
                      "notes.tmp", "pkg/credentials"):  # fmt: skip

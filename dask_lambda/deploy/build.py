@@ -18,10 +18,14 @@ The zip holds, at its root:
    (any folder with a ``pyvenv.cfg``) and ``__pycache__``; ``exclude`` patterns add more, and
    :class:`UserFiles` says what was packed and what was left out.
 
-Lambda's 250 MB unzipped limit counts code and layers together. Past it (or with ``deps_on_s3``)
-the dependencies become an archive of their own (:attr:`BuildResult.dependencies_zip`, with
-their bytecode, :mod:`.bytecode`) that deploy uploads to the bucket and the function
-unpacks into ``/tmp`` on a cold start (:mod:`dask_lambda.function.dependencies`).
+Every ``.py`` but test suites' ships with its bytecode (:mod:`.bytecode`), so a cold start on a
+read-only ``/var/task`` compiles nothing, when the runtime's Python is the client's.
+
+Lambda's 250 MB unzipped limit counts code and layers together (bytecode included; when only the
+bytecode takes it over, the dependencies go without theirs, or to S3 where that is allowed).
+Past it (or with ``deps_on_s3``) the dependencies become an archive of their own
+(:attr:`BuildResult.dependencies_zip`, with their bytecode) that deploy uploads to the bucket
+and the function unpacks into ``/tmp`` on a cold start (:mod:`dask_lambda.function.dependencies`).
 
 pip's installs and the dependency zips are cached by a hash of what they hold
 (``~/.cache/dask-lambda/builds``); zips are reproducible (sorted entries, fixed timestamps), so
@@ -119,6 +123,8 @@ class BuildSpec:
     split_allowed: bool = False
     # Where the client's version of a package has no runtime wheel, take the newest that has one.
     compatible_versions: bool = False
+    # An unchecked-hash .pyc beside every .py (when the runtime's Python is the client's).
+    bytecode: bool = field(default_factory=lambda: _bytecode_setting())
 
     def pinned(self) -> list[str]:
         """Requirement specifiers: runtime dependencies and ``include`` at the client's versions."""
@@ -132,6 +138,12 @@ class BuildSpec:
                     " install it, or list it in a requirements file instead of --include"
                 )
         return specs
+
+
+def _bytecode_setting() -> bool:
+    from .. import config  # dask.config: not at import (the local Lambda's server imports this)
+
+    return bool(config.setting("bytecode"))
 
 
 @dataclass
@@ -220,10 +232,25 @@ def build(spec: BuildSpec, progress: Callable[[str], None] = lambda _: None) -> 
     if spec.with_dependencies:
         deps, pins, recipe, cached = _dependency_entries(spec, progress)
     deps_size = sum(source.stat().st_size for source, _ in deps)
-    unpacked = own_size + deps_size
+    bytecode = spec.bytecode and bytecode_module.matches_runtime(spec.python_version)
+    if spec.bytecode and not bytecode:
+        progress(f"no bytecode: python{spec.python_version} is not this client's Python, so each"
+                 " cold start compiles what it imports (deploy from a client of that version)")
+    own = entries + (bytecode_module.bytecode_entries(entries) if bytecode else [])
+    own_unpacked = sum(_entry_size(entry) for entry in own)
     split = spec.deps_on_s3 or (
-        spec.deps_on_s3 is None and spec.split_allowed and unpacked > UNZIPPED_LIMIT
+        spec.deps_on_s3 is None and spec.split_allowed and own_size + deps_size > UNZIPPED_LIMIT
     )
+    if not split and deps:
+        deps_zip = _dependencies_zip(deps, recipe, progress, bytecode=bytecode)
+        unpacked = own_unpacked + unpacked_size(deps_zip)
+        if unpacked > UNZIPPED_LIMIT and bytecode:
+            if spec.deps_on_s3 is None and spec.split_allowed:
+                split = True  # the bytecode takes it over 250 MB: /tmp has the room
+            else:
+                progress(f"dependencies without bytecode: with it the package would be"
+                         f" {unpacked / 1e6:.0f} MB unzipped, over Lambda's 250 MB")  # fmt: skip
+                deps_zip = _dependencies_zip(deps, recipe, progress, bytecode=False)
     if split and spec.with_dependencies:
         if own_size > UNZIPPED_LIMIT:
             raise BuildError(
@@ -231,13 +258,15 @@ def build(spec: BuildSpec, progress: Callable[[str], None] = lambda _: None) -> 
                 " leave out what the tasks do not need (--exclude)."
             )
         progress(f"dependencies ({deps_size / 1e6:.1f} MB) go to S3, unpacked on cold starts")
-        # Unpacked into /tmp, where nothing is compiled yet: ship the bytecode too.
-        bytecode = bytecode_module.matches_runtime(spec.python_version)
-        deps_zip = _dependencies_zip(deps, recipe, progress, bytecode=bytecode)
+        # Unpacked on every cold start: fast deflate (13% larger, a third the time to unpack).
+        deps_zip = _dependencies_zip(deps, recipe, progress, bytecode=bytecode, compresslevel=1)
         return BuildResult(
-            zip_entries(entries), own_size, len(entries), cached, user,
-            dependencies_zip=deps_zip, dependencies_unpacked=deps_size, pinned=pins,
+            zip_entries(own), own_unpacked, len(entries), cached, user,
+            dependencies_zip=deps_zip, dependencies_unpacked=unpacked_size(deps_zip),
+            pinned=pins,
         )  # fmt: skip
+    deps_zip = deps_zip if deps else b""
+    unpacked = own_unpacked + (unpacked_size(deps_zip) if deps_zip else 0)
     if unpacked > UNZIPPED_LIMIT:
         raise BuildError(
             f"The package would be {unpacked / 1e6:.0f} MB unzipped, over Lambda's 250 MB limit"
@@ -245,12 +274,23 @@ def build(spec: BuildSpec, progress: Callable[[str], None] = lambda _: None) -> 
             " /tmp on a cold start: --deps-on-s3 with --bucket (LambdaCluster does so by"
             " itself); or drop what the tasks do not need from --include/--requirements."
         )
-    progress(f"zipping {len(entries) + len(deps)} files ({unpacked / 1e6:.1f} MB)")
-    deps_zip = _dependencies_zip(deps, recipe, progress) if deps else b""
+    progress(f"zipping {len(entries) + len(deps)} files ({unpacked / 1e6:.1f} MB"
+             + (", bytecode included" if bytecode else "") + ")")  # fmt: skip
     return BuildResult(
-        zip_entries(entries, base=deps_zip), unpacked, len(entries) + len(deps), cached, user,
+        zip_entries(own, base=deps_zip), unpacked, len(entries) + len(deps), cached, user,
         pinned=pins,
     )  # fmt: skip
+
+
+def _entry_size(entry: tuple[Path | bytes, str]) -> int:
+    source = entry[0]
+    return len(source) if isinstance(source, bytes) else source.stat().st_size
+
+
+def unpacked_size(archive: bytes) -> int:
+    """Bytes ``archive`` unpacks to, from its central directory."""
+    with zipfile.ZipFile(io.BytesIO(archive)) as opened:
+        return sum(info.file_size for info in opened.infolist())
 
 
 def _dependency_entries(
@@ -269,21 +309,18 @@ def _dependency_entries(
 
 def _dependencies_zip(
     entries: list[tuple[Path, str]], recipe: dict, progress: Callable[[str], None],
-    bytecode: bool = False,
+    bytecode: bool, compresslevel: int = 6,
 ) -> bytes:  # fmt: skip
     """The dependencies' zip, cached by what they are (the same recipe gives the same bytes)."""
-    recipe = {**recipe, "bytecode": bytecode}
+    recipe = {**recipe, "bytecode": bytecode, "compresslevel": compresslevel}
     digest = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:20]
     archive = cache_root() / f"{digest}.zip"
     if archive.exists():
         progress(f"dependencies from cache {archive}")
         return archive.read_bytes()
     progress(f"packing {len(entries)} dependency files" + (" and bytecode" if bytecode else ""))
-    if bytecode:
-        # Unpacked on every cold start: fast deflate (13% larger, a third the time to unpack).
-        data = zip_entries([*entries, *bytecode_module.bytecode_entries(entries)], compresslevel=1)
-    else:
-        data = zip_entries(entries)
+    pycs = bytecode_module.bytecode_entries(entries) if bytecode else []
+    data = zip_entries([*entries, *pycs], compresslevel=compresslevel)
     archive.parent.mkdir(parents=True, exist_ok=True)
     staging = archive.with_suffix(f".{os.getpid()}.partial")
     staging.write_bytes(data)

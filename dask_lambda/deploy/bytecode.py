@@ -1,17 +1,19 @@
-"""Compiled bytecode shipped with dependencies unpacked on a cold start.
+"""Compiled bytecode shipped in every package: the zip and the dependency archive.
 
 A function's ``.py`` files without matching ``.pyc`` are compiled on import, on every cold start
-(Lambda's ``/var/task`` is read-only, and an archive unpacked into ``/tmp`` starts with none). For
-the dependency archive that goes to S3 (:mod:`dask_lambda.function.dependencies`) the bytecode
-pip already wrote at install time is reused: each up-to-date ``__pycache__`` file is re-headed as
-an *unchecked hash-based* pyc (PEP 552), valid whatever the unpacked files' timestamps, so the
-function imports without compiling. Only for the interpreter version that wrote it: the magic
-number is per minor version, and a mismatched pyc would only be ignored.
+(Lambda's ``/var/task`` is read-only, and an archive unpacked into ``/tmp`` starts with none):
+for dask, dask.bag and numpy, 0.86 s of CPU against 0.36 s with bytecode. So every ``.py`` that
+ships (but test suites') ships with an *unchecked hash-based* pyc (PEP 552), valid whatever the
+unpacked files' timestamps and never checked against its source, so the function imports without
+compiling or even reading its sources. The bytecode pip wrote at install time is reused where it
+is up to date (re-headed); the rest is compiled here. Only for this interpreter's minor version:
+the magic number is per minor version, and a mismatched pyc would only be ignored.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import marshal
 import sys
 from pathlib import Path
 
@@ -48,6 +50,19 @@ def unchecked_pyc(source: Path) -> bytes | None:
     return importlib.util.MAGIC_NUMBER + _UNCHECKED_HASH + source_hash + data[16:]
 
 
+def compiled_pyc(source: Path) -> bytes | None:
+    """``source`` compiled here, as an unchecked hash-based pyc (``None`` if it does not compile:
+    a template or a file for another Python, which its package does not import either)."""
+    try:
+        source_bytes = source.read_bytes()
+        code = compile(source_bytes, str(source), "exec", dont_inherit=True)
+    except (OSError, SyntaxError, ValueError):
+        return None
+    # The code's file name is the client's path; the importer sets the runtime's at load.
+    source_hash = importlib.util.source_hash(source_bytes)
+    return importlib.util.MAGIC_NUMBER + _UNCHECKED_HASH + source_hash + marshal.dumps(code)
+
+
 def bytecode_entries(entries: list[tuple[Path, str]]) -> list[tuple[bytes, str]]:
     """``(pyc bytes, archive name)`` for the ``.py`` files among ``(file, archive name)``, but
     not for test suites (most of the files, rarely imported: unpacking them costs every cold
@@ -57,7 +72,7 @@ def bytecode_entries(entries: list[tuple[Path, str]]) -> list[tuple[bytes, str]]
     for source, name in entries:
         if not name.endswith(".py") or "/tests/" in name:
             continue
-        pyc = unchecked_pyc(source)
+        pyc = unchecked_pyc(source) or compiled_pyc(source)
         if pyc is not None:
             folder, _, stem = name[:-3].rpartition("/")
             prefix = f"{folder}/" if folder else ""

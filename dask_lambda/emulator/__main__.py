@@ -41,6 +41,9 @@ def serve(argv: list[str] | None = None) -> None:
         # interval to ask for it. At the default 5 ms that storm of wake-ups cost more CPU than
         # the handlers (W5 at concurrency 1000: 4.7 s, 3.5 s at 50 ms).
         sys.setswitchinterval(THREAD_MODE_SWITCH_INTERVAL)
+        # Handlers import from the shared unpacked code: write no bytecode into it (a package
+        # runs as shipped, see code_store).
+        sys.dont_write_bytecode = True
     server = LocalLambdaServer(
         port=args.port,
         concurrency_limit=args.concurrency_limit,

@@ -5,10 +5,12 @@ Zips are recorded as they pass through ``CreateFunction``, ``UpdateFunctionCode`
 code exactly as it was deployed, and two functions with the same zip share one folder. Lambda's
 packaging limits are checked here, before moto sees the request.
 
-The folders live in a per-machine cache (:func:`shared_root`) and are compiled to bytecode once,
-in the background: a zip holding dask and numpy is unpacked and compiled once per machine, not on
-every start of a local Lambda (runtimes themselves never write bytecode). Content addressing makes
-sharing safe: a folder's name is the SHA-256 of the zip it came from.
+The folders live in a per-machine cache (:func:`shared_root`): a zip holding dask and numpy is
+unpacked once per machine, not on every start of a local Lambda. Content addressing makes sharing
+safe: a folder's name is the SHA-256 of the zip it came from. A folder holds the zip as it was
+shipped and nothing more: no bytecode is compiled into it (runtimes see it read-only, as
+``/var/task`` is on AWS, and write none), so a package shipped without its bytecode pays for
+compiling on every cold start here too.
 """
 
 from __future__ import annotations
@@ -33,14 +35,8 @@ class InvalidCode(ValueError):
 def shared_root() -> Path:
     from ..deploy.build import cache_root
 
-    return cache_root().parent / "local-code"
-
-
-def _compile(folder: Path) -> None:
-    import compileall
-
-    compileall.compile_dir(folder, quiet=2, workers=1)
-    (folder / ".compiled").touch()
+    # Not "local-code": its folders had bytecode compiled into them after unpacking.
+    return cache_root().parent / "local-code-as-shipped"
 
 
 class CodeStore:
@@ -77,8 +73,6 @@ class CodeStore:
                     partial.rename(target)
                 except OSError:  # another local Lambda unpacked the same zip first
                     shutil.rmtree(partial, ignore_errors=True)
-            if not (target / ".compiled").exists():
-                threading.Thread(target=_compile, args=(target,), daemon=True).start()
         with self._lock:
             self._by_sha[sha] = target
         return sha

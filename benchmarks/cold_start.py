@@ -1,0 +1,80 @@
+"""W9: what a cold start costs (issue 27): time to the first task result on a fresh runtime.
+
+For the default package (dask, numpy: the task imports dask.bag and dask.array) and for
+``packages=["pandas", "pyarrow"]`` (dependencies in S3, mounted into ``/tmp``; the task imports
+dask.dataframe), each shipped with its bytecode and, as before issue 27, without. The local
+Lambda runs a package as shipped (read-only, nothing compiled into it), so a package without
+bytecode compiles what it imports on every cold start here as on AWS.
+
+Each sample stops the function's idle runtimes first (``LocalLambda.reap``), so the compute's
+one invocation starts a new runtime: process, Python, the handler's imports, the dependency
+mount, then the task's imports. The median of ``samples`` counts.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+
+import dask
+
+SAMPLES = 3
+
+PACKAGES = {
+    "default package": ([], ("dask.bag", "dask.array")),
+    "pandas + pyarrow (dependencies in S3)": (["pandas", "pyarrow"], ("dask.dataframe",)),
+}
+
+
+def import_modules(names):
+    """The task: import ``names`` (what a workload's first task would)."""
+    import importlib
+
+    for name in names:
+        importlib.import_module(name)
+    return len(names)
+
+
+def cold_start(package: str, bytecode: bool, samples: int = SAMPLES) -> dict:
+    """Median seconds to a first result on a fresh runtime, with the mount's own steps."""
+    import sys
+
+    import cloudpickle
+
+    from dask_lambda import LambdaCluster
+
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the task is defined here
+    packages, modules = PACKAGES[package]
+    task = dask.delayed(import_modules)(modules)
+    with (
+        dask.config.set({"lambda.bytecode": bytecode}),
+        LambdaCluster(packages=packages) as cluster,
+    ):
+        assert task.compute(scheduler=cluster) == len(modules)  # the deploy's own first start
+        times, mounts = [], []
+        for _ in range(samples):
+            cluster.local.reap(cluster.function_name)
+            began = time.perf_counter()
+            assert task.compute(scheduler=cluster) == len(modules)
+            times.append(time.perf_counter() - began)
+            assert cluster.last_report.cold_starts == 1
+            mounts += cluster.last_report.dependency_mounts
+        build = cluster.build_report
+    ordered = sorted(times)
+    row = {"seconds": statistics.median(ordered), "min_seconds": ordered[0],
+           "max_seconds": ordered[-1], "zip_mb": build["zip_mb"],
+           "unpacked_mb": build["unpacked_mb"]}  # fmt: skip
+    if mounts:
+        for step in ("seconds", "download_seconds", "extract_seconds"):
+            row[f"mount_{step}"] = statistics.median(m.get(step, 0.0) for m in mounts)
+    row["note"] = ("with bytecode" if bytecode else "sources only") + (
+        f"; zip {build['zip_mb']} MB, {build['unpacked_mb']} MB unpacked"
+    )
+    return row
+
+
+PEERS = {
+    f"{package}, {'bytecode' if bytecode else 'sources only'}": (package, bytecode)
+    for package in PACKAGES
+    for bytecode in (False, True)
+}
