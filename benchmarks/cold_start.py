@@ -2,7 +2,8 @@
 
 For the default package (dask, numpy: the task imports dask.bag and dask.array) and for
 ``packages=["pandas", "pyarrow"]`` (dependencies in S3, mounted into ``/tmp``; the task imports
-dask.dataframe), each shipped with its bytecode and, as before issue 27, without. The local
+dask.dataframe), each shipped with its bytecode and with sources only (what the zip held before
+issue 27; the S3 archive already had pip's bytecode where pip had written it). The local
 Lambda runs a package as shipped (read-only, nothing compiled into it), so a package without
 bytecode compiles what it imports on every cold start here as on AWS.
 
