@@ -416,3 +416,20 @@ def test_the_server_process_starts_without_importing_dask(local):
     registered = subprocess.run([sys.executable, "-c", client], env=env, capture_output=True,
                                 text=True, check=True)  # fmt: skip
     assert registered.stdout.strip() == "True"
+
+
+def test_ssm_and_ec2_work_though_ssm_is_loaded_without_ec2(local):
+    """moto's SSM is imported with EC2 deferred (server._import_ssm_without_ec2): SSM's paths
+    that reach into EC2 still find it, and EC2's own API is the real one."""
+    ssm, ec2 = local.client("ssm"), local.client("ec2")
+    name = "/dask-lambda-tests/" + unique("param")
+    ssm.put_parameter(Name=name, Value="v", Type="String")
+    assert ssm.get_parameter(Name=name)["Parameter"]["Value"] == "v"
+    command = ssm.send_command(  # Run Command targets are resolved through EC2's model
+        DocumentName="AWS-RunShellScript", Parameters={"commands": ["true"]},
+        Targets=[{"Key": "tag:Name", "Values": ["no-such-instance"]}],
+    )["Command"]  # fmt: skip
+    assert command["CommandId"] and command["TargetCount"] == 0
+    assert ec2.describe_instances()["Reservations"] == []
+    assert ec2.describe_regions()["Regions"]
+    ssm.delete_parameter(Name=name)
