@@ -433,3 +433,16 @@ def test_ssm_and_ec2_work_though_ssm_is_loaded_without_ec2(local):
     assert ec2.describe_instances()["Reservations"] == []
     assert ec2.describe_regions()["Regions"]
     ssm.delete_parameter(Name=name)
+
+
+def test_a_json_service_refuses_a_bad_signature_in_its_own_error_format(local):
+    """moto answers authorization errors in XML for every service; a JSON-protocol service
+    (SSM, DynamoDB) answers as AWS does, so boto3 reads the code."""
+    import boto3
+
+    kwargs = {**local.client_kwargs(), "aws_secret_access_key": "not-the-secret"}
+    for service, call in (("ssm", lambda c: c.get_parameter(Name="/any")),
+                          ("dynamodb", lambda c: c.list_tables())):  # fmt: skip
+        with pytest.raises(botocore.exceptions.ClientError) as info:
+            call(boto3.client(service, **kwargs))
+        assert info.value.response["Error"]["Code"] == "InvalidSignatureException", service

@@ -15,7 +15,8 @@ from .invoke import Response
 PAGE_SIZE = 10_000
 
 
-def logs_error(code: str, message: str, status: int = 400) -> Response:
+def json_error(code: str, message: str, status: int = 400) -> Response:
+    """An error of an AWS JSON-protocol service (Logs, SSM, ...), as botocore reads it."""
     body = json.dumps({"__type": code, "message": message}).encode()
     return status, {"Content-Type": "application/x-amz-json-1.1"}, body
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import base64
 import functools
+import html
 import io
 import json
 import logging
@@ -49,7 +50,7 @@ from .code_store import CodeStore, InvalidCode, code_sha256
 from .endpoint import DEFAULT_REGION, service_env
 from .faults import FaultInjector
 from .invoke import InvokeService, Response, error_response
-from .logs import filter_log_events, logs_error
+from .logs import filter_log_events, json_error
 from .runtimes import FunctionSpec, RuntimeManager
 
 ADMIN_PREFIX = "/_dask_lambda/"  # the local Lambda's own routes: admin-signed requests only
@@ -76,7 +77,8 @@ LISTEN_BACKLOG = 4096
 # moto backends a new cluster calls first, loaded in the background at start (see _preload).
 PRELOADED_SERVICES = ("s3", "lambda", "ssm")
 log = logging.getLogger(__name__)
-# moto's (IAM/STS-style) authorization error codes, as Lambda's API names them.
+# moto's (IAM/STS-style) authorization error codes, as Lambda's and the JSON-protocol services'
+# APIs name them.
 LAMBDA_AUTH_ERRORS = {
     "AccessDenied": "AccessDeniedException",
     "SignatureDoesNotMatch": "InvalidSignatureException",
@@ -350,6 +352,10 @@ class LocalLambdaServer:
             status, headers, body = response
             start_response(_status_line(status), list(headers.items()))
             return [body]
+        if "HTTP_X_AMZ_TARGET" in environ:  # a JSON-protocol service: SSM, DynamoDB, ...
+            status, headers, body = _json_auth_error(self._call_moto(environ, _read_body(environ)))
+            start_response(_status_line(status), list(headers.items()))
+            return [body]
         return self.moto(environ, start_response)
 
     def _admin(self, environ: dict[str, Any], body: bytes) -> Response:
@@ -412,10 +418,10 @@ class LocalLambdaServer:
         arn = f"arn:aws:logs:{self.region}:{iam.ACCOUNT_ID}:log-group:{group}:*"
         denied = iam.authorize(environ, _read_body(environ), "FilterLogEvents", arn)
         if denied is not None:
-            return logs_error(*denied, status=400 if "Token" in denied[0] else 403)
+            return json_error(*denied, status=400 if "Token" in denied[0] else 403)
         lines = self.runtimes.logs(group.removeprefix("/aws/lambda/"))
         if not lines:
-            return logs_error(
+            return json_error(
                 "ResourceNotFoundException", "The specified log group does not exist."
             )
         return filter_log_events(lines, request)
@@ -556,6 +562,27 @@ class LocalLambdaServer:
         with self._specs_lock:
             self._specs[(region, name)] = spec
         return spec
+
+
+_XML_ERROR = re.compile(rb"<Code>(?P<code>[^<]+)</Code>\s*<Message>(?P<message>[^<]*)</Message>")
+
+
+def _json_auth_error(response: Response) -> Response:
+    """moto's authorization errors for a JSON-protocol service, as that service sends them.
+
+    moto answers a denied, unsigned or badly signed request to any service in the query
+    protocol's XML, which boto3 cannot read for SSM or DynamoDB (the error's code becomes
+    ``"403"``); AWS sends ``{"__type": "AccessDeniedException", "message": ...}``.
+    """
+    status, headers, body = response
+    match = _XML_ERROR.search(body) if status in (400, 403) and body.startswith(b"<?xml") else None
+    if match is None:
+        return response
+    code = match["code"].decode()
+    if code not in LAMBDA_AUTH_ERRORS:
+        return response
+    message = html.unescape(match["message"].decode())
+    return json_error(LAMBDA_AUTH_ERRORS[code], message, status)
 
 
 def _read_body(environ: dict[str, Any]) -> bytes:
