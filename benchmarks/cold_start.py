@@ -19,6 +19,8 @@ import time
 
 import dask
 
+from benchmarks.rows import timing
+
 SAMPLES = 3
 
 PACKAGES = {
@@ -61,10 +63,7 @@ def cold_start(package: str, bytecode: bool, samples: int = SAMPLES) -> dict:
             assert cluster.last_report.cold_starts == 1
             mounts += cluster.last_report.dependency_mounts
         build = cluster.build_report
-    ordered = sorted(times)
-    row = {"seconds": statistics.median(ordered), "min_seconds": ordered[0],
-           "max_seconds": ordered[-1], "zip_mb": build["zip_mb"],
-           "unpacked_mb": build["unpacked_mb"]}  # fmt: skip
+    row = timing(times, zip_mb=build["zip_mb"], unpacked_mb=build["unpacked_mb"])
     if mounts:
         for step in ("seconds", "download_seconds", "extract_seconds"):
             row[f"mount_{step}"] = statistics.median(m.get(step, 0.0) for m in mounts)

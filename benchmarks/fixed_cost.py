@@ -20,6 +20,7 @@ import time
 
 import dask
 
+from benchmarks.rows import timing
 from benchmarks.workloads import inc
 
 SAMPLES = 3
@@ -68,15 +69,12 @@ def startup(peer: str, samples: int = SAMPLES) -> dict:
                              timeout=300, check=True).stdout  # fmt: skip
         [line] = [line for line in out.splitlines() if line.startswith("STARTUP ")]
         runs.append(json.loads(line.removeprefix("STARTUP ")))
-    starts = sorted(run["start"] for run in runs)
-
     def median(key: str) -> float:
         return statistics.median(run[key] for run in runs)
 
-    return {"seconds": statistics.median(starts), "min_seconds": starts[0],
-            "max_seconds": starts[-1], "import_seconds": median("import"),
-            "first_result_seconds": median("first"), "peak_mib": median("peak_mib"),
-            "note": f"fresh processes, median of {samples}; import included"}  # fmt: skip
+    return timing([run["start"] for run in runs], import_seconds=median("import"),
+                  first_result_seconds=median("first"), peak_mib=median("peak_mib"),
+                  note=f"fresh processes, median of {samples}; import included")  # fmt: skip
 
 
 def trivial_compute(peer_factory, computes: int = TRIVIAL_COMPUTES, client_compute=False) -> dict:
@@ -101,7 +99,4 @@ def trivial_compute(peer_factory, computes: int = TRIVIAL_COMPUTES, client_compu
             began = time.perf_counter()
             assert compute() == 2
             times.append(time.perf_counter() - began)
-    ordered = sorted(times)
-    return {"seconds": statistics.median(ordered), "min_seconds": ordered[0],
-            "max_seconds": ordered[-1], "startup_seconds": startup_seconds,
-            "note": f"median of {computes}"}  # fmt: skip
+    return timing(times, startup_seconds=startup_seconds, note=f"median of {computes}")

@@ -16,7 +16,7 @@ W7  a TPC-H-like join and groupby over ~200 MB of parquet: local disk for dask's
     distributed LocalCluster(2), the local Lambda's S3 for dask-lambda (benchmarks/tpch.py).
 W8  dask-examples' array notebook at 10,000^2 (y = x + x.T; y[::2, 5000:].mean(axis=1)).
 W9  a cold start: time to the first result on a fresh runtime, for the default package and for
-    pandas + pyarrow, with bytecode and without (before) (benchmarks/cold_start.py).
+    pandas + pyarrow, with bytecode and sources only (benchmarks/cold_start.py).
 
 Each (workload, peer) runs in a process of its own (so no peer inherits another's threads or
 processes): its start-up is timed, then a first compute (fresh: cold runtimes, nothing learned,
@@ -45,6 +45,7 @@ from tqdm import tqdm
 
 from benchmarks import calls, cold_start, fixed_cost, scale, tpch, workloads
 from benchmarks.peers import GRAPH_PEERS, dask_lambda_local, dask_named, distributed_local
+from benchmarks.rows import timing
 
 W4_PEERS = {
     "dask sync": lambda: dask_named("sync"),
@@ -64,7 +65,7 @@ TRIVIAL_PEERS = {
     ),
     "dask-lambda (local Lambda)": (dask_lambda_local, False),
 }
-# W7 and W8: the same peers, each reading W7's data where it would (see benchmarks/tpch.py).
+# W7: each peer reads the data where it would (see benchmarks/tpch.py).
 DATA_PEERS = {
     "dask threads": (lambda: dask_named("threads"), tpch.local_prepare),
     "distributed LocalCluster(2)": (distributed_local, tpch.local_prepare),
@@ -152,13 +153,6 @@ def same(a, b) -> bool:
 def _process_cpu() -> float:
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
-
-
-def timing(times: list[float], **extra: float) -> dict:
-    """The row of repeated timings: their median (what ratios compare), min and max."""
-    ordered = sorted(times)
-    return {"seconds": statistics.median(ordered), "min_seconds": ordered[0],
-            "max_seconds": ordered[-1], "all_seconds": times, **extra}  # fmt: skip
 
 
 def plan(selected: list[str], repeat: int) -> list[tuple[str, str, object]]:

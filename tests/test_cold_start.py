@@ -51,3 +51,26 @@ def test_a_package_shipped_without_bytecode_compiles_on_every_cold_start():
             )
             assert sources_only.last_report.cold_starts == 1
             assert any(p.startswith("/var/task/dask/") for p in found["compiled"]), found
+
+
+def test_thread_mode_writes_no_bytecode_into_the_shared_code(deploy, monkeypatch):
+    """Thread-mode runtimes import the deployed code in the server's own process: it must not
+    leave bytecode in the unpacked folder that process runtimes later share."""
+    monkeypatch.delenv("PYTHONDONTWRITEBYTECODE", raising=False)  # the server's own doing
+    import hashlib
+    import json
+
+    from conftest import unique, zip_files
+
+    from dask_lambda.emulator import LocalLambda
+    from dask_lambda.emulator.code_store import shared_root
+
+    module = unique("fresh_handler").replace("-", "_")
+    code = zip_files({f"{module}.py": "def handler(event, context):\n    return {'ok': 1}\n"})
+    with LocalLambda(runtime_mode="thread") as server:
+        name = deploy(f"{module}.handler", code, server=server)
+        answer = server.client("lambda").invoke(FunctionName=name, Payload=b"{}")
+        assert json.loads(answer["Payload"].read()) == {"ok": 1}
+    folder = shared_root() / hashlib.sha256(code).hexdigest()
+    assert (folder / f"{module}.py").exists()
+    assert not list(folder.rglob("*.pyc")), list(folder.rglob("*.pyc"))

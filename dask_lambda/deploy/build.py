@@ -99,6 +99,12 @@ class BuildError(ValueError):
     """The package cannot be built or would not fit in Lambda; the message says what to do."""
 
 
+def _bytecode_setting() -> bool:
+    from .. import config  # dask.config: not at import (the local Lambda's server imports this)
+
+    return bool(config.setting("bytecode"))
+
+
 @dataclass
 class BuildSpec:
     """What goes into a deployment zip.
@@ -124,7 +130,7 @@ class BuildSpec:
     # Where the client's version of a package has no runtime wheel, take the newest that has one.
     compatible_versions: bool = False
     # An unchecked-hash .pyc beside every .py (when the runtime's Python is the client's).
-    bytecode: bool = field(default_factory=lambda: _bytecode_setting())
+    bytecode: bool = field(default_factory=_bytecode_setting)
 
     def pinned(self) -> list[str]:
         """Requirement specifiers: runtime dependencies and ``include`` at the client's versions."""
@@ -138,12 +144,6 @@ class BuildSpec:
                     " install it, or list it in a requirements file instead of --include"
                 )
         return specs
-
-
-def _bytecode_setting() -> bool:
-    from .. import config  # dask.config: not at import (the local Lambda's server imports this)
-
-    return bool(config.setting("bytecode"))
 
 
 @dataclass
@@ -241,6 +241,7 @@ def build(spec: BuildSpec, progress: Callable[[str], None] = lambda _: None) -> 
     split = spec.deps_on_s3 or (
         spec.deps_on_s3 is None and spec.split_allowed and own_size + deps_size > UNZIPPED_LIMIT
     )
+    deps_zip = b""
     if not split and deps:
         deps_zip = _dependencies_zip(deps, recipe, progress, bytecode=bytecode)
         unpacked = own_unpacked + unpacked_size(deps_zip)
@@ -265,7 +266,6 @@ def build(spec: BuildSpec, progress: Callable[[str], None] = lambda _: None) -> 
             dependencies_zip=deps_zip, dependencies_unpacked=unpacked_size(deps_zip),
             pinned=pins,
         )  # fmt: skip
-    deps_zip = deps_zip if deps else b""
     unpacked = own_unpacked + (unpacked_size(deps_zip) if deps_zip else 0)
     if unpacked > UNZIPPED_LIMIT:
         raise BuildError(
