@@ -228,3 +228,42 @@ def test_partial_isolation_is_said_at_start(monkeypatch):
     monkeypatch.setenv("DASK_LAMBDA__LOCAL__ISOLATION", "none")
     with pytest.warns(RuntimeWarning, match="without a sandbox .*lambda.local.isolation: none"):
         LocalLambda().start().close()
+
+
+def _privileges_a_task_tries() -> dict:
+    """What an attacker inside a task tries to leave the sandbox: a device node for the
+    machine's disk (to mount it and read the client's files), a mount, raw packets."""
+    import ctypes
+    import os
+    import socket
+    import stat
+
+    tried: dict = {}
+    with open("/proc/self/status") as f:
+        tried["CapEff"] = next(line.split()[1] for line in f if line.startswith("CapEff"))
+    try:
+        os.mknod("/tmp/disk", stat.S_IFBLK | 0o600, os.makedev(8, 0))
+        tried["mknod"] = "made"
+    except OSError as e:
+        tried["mknod"] = e.errno
+    libc = ctypes.CDLL(None, use_errno=True)
+    os.makedirs("/tmp/mnt", exist_ok=True)
+    tried["mount"] = libc.mount(b"none", b"/tmp/mnt", b"tmpfs", 0, None) or "mounted"
+    try:
+        socket.socket(socket.AF_PACKET, socket.SOCK_RAW).close()
+        tried["raw_socket"] = "opened"
+    except OSError as e:
+        tried["raw_socket"] = e.errno
+    return tried
+
+
+def test_a_task_has_no_privileges_to_leave_its_sandbox(cluster):
+    """As on AWS, where a function runs as an unprivileged user: the local Lambda's server
+    runs as root here, yet its tasks hold no capability, so none can make a device node for
+    this machine's disk, mount it, or sniff the network."""
+    import errno
+
+    tried = dask.delayed(_privileges_a_task_tries)().compute(scheduler=cluster)
+    assert tried["CapEff"] == "0000000000000000", tried
+    assert tried["mknod"] == errno.EPERM and tried["mount"] == -1, tried
+    assert tried["raw_socket"] == errno.EPERM, tried

@@ -12,7 +12,8 @@ and PID namespace of its own:
   and the host folders named in ``lambda.local.mounts`` (an EFS stand-in, bound at their path);
 - a fresh ``/proc`` of its own PID namespace: no process of the client, the server or another
   runtime is visible or signalable;
-- the host's network, so it reaches the local endpoints (S3, SSM, Lambda) on 127.0.0.1.
+- the host's network, so it reaches the local endpoints (S3, SSM, Lambda) on 127.0.0.1;
+- no capabilities, even when the server runs as root: no device nodes, mounts or raw sockets.
 
 Nothing else of the client's filesystem — its home, working directory, ``/tmp`` — exists inside.
 Where bubblewrap is missing or namespaces are not allowed (macOS, a container without user
@@ -73,9 +74,11 @@ def command(
 ) -> list[str]:
     """``bwrap ... argv`` for a runtime; ``argv`` names paths as seen inside (see
     :func:`inside_paths`)."""
+    # --cap-drop ALL: bwrap run by root keeps root's capabilities, with which a task could make
+    # a device node for this machine's disk and mount it; on AWS a function holds none.
     args = [shutil.which("bwrap") or "bwrap", "--unshare-pid", "--unshare-ipc", "--unshare-uts",
-            "--hostname", "localhost", "--die-with-parent", "--proc", "/proc", "--dev",
-            "/dev"]  # fmt: skip
+            "--hostname", "localhost", "--die-with-parent", "--cap-drop", "ALL", "--proc",
+            "/proc", "--dev", "/dev"]  # fmt: skip
     args += _system_binds()
     args += ["--ro-bind", runtime_dir, RUNTIME_DIR, "--ro-bind", bootstrap, BOOTSTRAP]
     args += ["--ro-bind", code_dir, TASK_ROOT]
