@@ -185,6 +185,10 @@ def _deploy_options(defaults: bool):
         click.option("--memory-tiers", metavar="MB[,MB...]", default="",
                      help="Also deploy variants of the function with these memory sizes, for"
                           " tasks annotated dask.annotate(resources={'memory': MB})."),
+        click.option("--snapstart/--no-snapstart", default=None,
+                     help="SnapStart (python3.12+): publish a version whose init is snapshotted"
+                          " once, and invoke it; new runtimes are restored from the snapshot."
+                          " An update of a SnapStart function publishes a new version."),
         click.option("--exclude", multiple=True, metavar="PATTERN",
                      help="Leave files matching PATTERN out of PATHS (dotfiles, credentials,"
                           " virtualenvs and __pycache__ always are). Repeatable."),
@@ -300,6 +304,7 @@ def _deploy_or_update(
             layers=list(options["layers"]) or None,
             environment=_parse_env(options["env"]),
             role=options["role"],
+            snapstart=options["snapstart"],
         ),
         build=build,
         bucket=options["bucket"],
@@ -325,6 +330,9 @@ def _deploy_or_update(
         changes = ["code"] if outcome.code_updated else []
         changes += list(outcome.configuration_changes)
         click.echo(f"Updated {name}: {', '.join(changes)}" if changes else f"{name} is up to date")
+    if outcome.version:
+        click.echo(f"SnapStart: published version {outcome.version} (snapshot made), alias"
+                   f" dask-lambda -> {outcome.invoke_target}")  # fmt: skip
     click.echo(
         f"  {configuration.get('MemorySize')} MB, {configuration.get('Timeout')} s,"
         f" {(configuration.get('Architectures') or ['x86_64'])[0]},"
@@ -417,11 +425,12 @@ def info(aws, name: str) -> None:
 
     lam = aws.client("lambda")
     configuration = lam.get_function_configuration(FunctionName=name)
+    target = _invoke_target(lam, configuration)
 
     variables = (configuration.get("Environment") or {}).get("Variables", {})
     parameter = variables.get(contract.KEY_PARAMETER)
     key = contract.read_key(aws.client("ssm"), parameter) if parameter else None
-    invoker = Invoker(name, lambda cfg: aws.client("lambda", cfg), 1,
+    invoker = Invoker(target, lambda cfg: aws.client("lambda", cfg), 1,
                       configuration.get("Timeout", 60), store=None, infra_retries=1,
                       signing_key=key)  # fmt: skip
     response = invoker.call({"op": "ping"})
@@ -429,6 +438,11 @@ def info(aws, name: str) -> None:
     click.echo(f"Function    {configuration['FunctionArn']}")
     click.echo(f"Memory      {configuration.get('MemorySize')} MB, timeout"
                f" {configuration.get('Timeout')} s")  # fmt: skip
+    if target != name:
+        version = lam.get_function_configuration(FunctionName=target)
+        optimization = version["SnapStart"]["OptimizationStatus"]
+        click.echo(f"SnapStart   version {target.rsplit(':', 1)[1]} (alias dask-lambda),"
+                   f" {version['State']}, optimization {optimization}")  # fmt: skip
     bucket = variables.get(contract.BUCKET)
     click.echo(f"Bucket      {bucket or '(none: pass bucket= to LambdaCluster)'}")
     click.echo(f"Cold start  {stats.get('cold_start')}")
@@ -451,6 +465,15 @@ def info(aws, name: str) -> None:
         click.echo(f"Compatible  yes, with other minor versions: {libraries.fix(name)}")
         return
     click.echo("Compatible  yes")
+
+
+def _invoke_target(lam, configuration: dict) -> str:
+    from .deploy.functions import DeployError, invoke_target
+
+    try:
+        return invoke_target(lam, configuration)
+    except DeployError as e:
+        raise click.ClickException(str(e)) from None
 
 
 # -- logs / clean ---------------------------------------------------------------------------------

@@ -131,6 +131,12 @@ class LambdaCluster:
         annotated ``dask.annotate(resources={"memory": MB})``: each runs on the smallest tier
         with that much. The cluster creates them for the function it deploys; for a named
         function, ``dask-lambda deploy NAME --memory-tiers MB,...`` does.
+    snapstart
+        SnapStart for the function the cluster deploys itself (python3.12 or later): each
+        deploy publishes a version whose init AWS runs once and snapshots, and the cluster
+        invokes that version; new runtimes are restored from the snapshot instead of importing
+        everything again. A named function deployed with ``dask-lambda deploy --snapstart`` is
+        invoked at the version its ``dask-lambda`` alias points to when the cluster starts.
 
     Attributes
     ----------
@@ -168,13 +174,14 @@ class LambdaCluster:
         s3_read: list[str] | None = None,
         s3_write: list[str] | None = None,
         memory_tiers: list[int] | None = None,
+        snapstart: bool | None = None,
     ):
         self.settings = settings = Settings.from_config(
             function_name=function_name, bucket=bucket, region=region, endpoint_url=endpoint_url,
             memory=memory, timeout=timeout, max_concurrency=max_concurrency, max_tasks=max_tasks,
             max_bytes=max_bytes, per_slot=per_slot, inline_limit=inline_limit,
             infra_retries=infra_retries, retry_backoff=retry_backoff, packages=packages,
-            s3_read=s3_read, s3_write=s3_write, memory_tiers=memory_tiers,
+            s3_read=s3_read, s3_write=s3_write, memory_tiers=memory_tiers, snapstart=snapstart,
         )  # fmt: skip
         self.function_name = settings.function_name
         self.bucket = settings.bucket
@@ -270,7 +277,7 @@ class LambdaCluster:
                 credentials=self.aws.session.get_credentials(),
             )
 
-        invoker = invoker_of(self.function_name)
+        invoker = invoker_of(self._invoke_target(function))
         tiers = {memory: invoker_of(self._tier(memory)) for memory in self.memory_tiers}
         resources["invokers"] = [invoker, *tiers.values()]
         pool = resources["pool"] = ThreadPoolExecutor(
@@ -398,9 +405,10 @@ class LambdaCluster:
             if self._explicit_prefix is None:
                 self.prefix = config.function_prefix(self.function_name)
         # What `dask-lambda deploy --create-role` would make: the local Lambda enforces the role.
-        provision(self._client, Request(
+        provisioned = provision(self._client, Request(
             name=self.function_name,
-            settings=FunctionSettings(memory=self.memory, timeout=self.timeout),
+            settings=FunctionSettings(memory=self.memory, timeout=self.timeout,
+                                      snapstart=self.settings.snapstart or None),
             built=built, bucket=self.bucket, prefix=self.prefix, current_env=current_env,
             create_role=True, role_name=LOCAL_ROLE, s3_read=self.s3_read, s3_write=self.s3_write,
             memory_tiers=self.memory_tiers,
@@ -408,6 +416,10 @@ class LambdaCluster:
             stage_code=True,
         ))  # fmt: skip
         self._function_libraries = dict(pin.split("==", 1) for pin in built.pinned)
+        if update and provisioned.outcome.version:  # SnapStart: the new code is a new version
+            self.backend.invoker.function_name = provisioned.outcome.invoke_target
+            for memory, tier in provisioned.tiers.items():
+                self.backend.tiers[memory].function_name = tier.invoke_target
         report = {
             "packages": built.pinned,
             "zip_mb": round(built.size / 1e6, 1),
@@ -487,14 +499,17 @@ class LambdaCluster:
             raise
 
     def _tier(self, memory: int) -> str:
-        """The name of the function's memory tier ``memory``, once it is known to exist."""
+        """What to invoke for the function's memory tier ``memory``, once it is known to
+        exist."""
         import botocore.exceptions as bce
 
         from .deploy.functions import tier_name
 
         name = tier_name(self.function_name, memory)
         try:
-            self._client("lambda").get_function_configuration(FunctionName=name)
+            return self._invoke_target(
+                self._client("lambda").get_function_configuration(FunctionName=name)
+            )
         except bce.ClientError as e:
             if e.response.get("Error", {}).get("Code") != "ResourceNotFoundException":
                 raise
@@ -502,7 +517,12 @@ class LambdaCluster:
                 f"Function {self.function_name!r} has no {memory} MB memory tier ({name!r})."
                 f" Deploy it: dask-lambda update {self.function_name} --memory-tiers {memory}"
             ) from None
-        return name
+
+    def _invoke_target(self, configuration: dict[str, Any]) -> str:
+        """The function (or tier) to invoke; for SnapStart, its published version."""
+        from .deploy.functions import invoke_target
+
+        return invoke_target(self._client("lambda"), configuration)
 
     def _signing_key(self, env: dict[str, str]) -> bytes:
         parameter = env.get(contract.KEY_PARAMETER)

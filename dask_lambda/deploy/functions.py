@@ -49,6 +49,7 @@ class FunctionSettings:
     layers: list[str] | None = None
     environment: dict[str, str] | None = None
     role: str | None = None
+    snapstart: bool | None = None
 
     def validate(self) -> None:
         """Raise :class:`DeployError` for values Lambda would refuse."""
@@ -83,6 +84,8 @@ class FunctionSettings:
             config["Environment"] = {"Variables": dict(self.environment)}
         if self.role is not None:
             config["Role"] = self.role
+        if self.snapstart is not None:
+            config["SnapStart"] = {"ApplyOn": "PublishedVersions" if self.snapstart else "None"}
         return config
 
 
@@ -92,6 +95,92 @@ class DeployResult:
     created: bool = False
     code_updated: bool = False
     configuration_changes: dict[str, Any] = field(default_factory=dict)
+    version: str | None = None  # the version published for SnapStart (invoke that, not $LATEST)
+
+    @property
+    def invoke_target(self) -> str:
+        """What to invoke: the published version (``name:N``) or the function."""
+        name = self.configuration["FunctionName"]
+        return f"{name}:{self.version}" if self.version else name
+
+
+# The alias that points at the version dask-lambda published last for a SnapStart function:
+# how a client finds what to invoke (and pins it for its lifetime).
+SNAPSTART_ALIAS = "dask-lambda"
+SNAPSTART_MIN_PYTHON = (3, 12)
+SNAPSTART_TMP_LIMIT_MB = limits.MIN_EPHEMERAL_MB  # SnapStart's /tmp is at most 512 MB
+
+
+def snapstart_on(settings: FunctionSettings, current: dict | None) -> bool:
+    """Whether the function will have SnapStart: as asked, or as it is when not asked."""
+    if settings.snapstart is not None:
+        return settings.snapstart
+    return (current or {}).get("SnapStart", {}).get("ApplyOn") == "PublishedVersions"
+
+
+def check_snapstart(runtime: str, settings: FunctionSettings) -> None:
+    """Raise :class:`DeployError` where AWS would refuse SnapStart for this function."""
+    if not settings.snapstart:
+        return
+    version = tuple(int(part) for part in runtime.removeprefix("python").split("."))
+    if version < SNAPSTART_MIN_PYTHON:
+        raise DeployError(
+            f"SnapStart needs python3.12 or later, and dask-lambda deploys the client's Python"
+            f" ({runtime}): deploy from a Python 3.12+ environment, or without --snapstart"
+            " (snapstart=False)."
+        )
+    if (settings.ephemeral_storage or 512) > SNAPSTART_TMP_LIMIT_MB:
+        raise DeployError(
+            f"SnapStart allows a /tmp of at most {SNAPSTART_TMP_LIMIT_MB} MB, and this function"
+            f" asks for {settings.ephemeral_storage} MB (--ephemeral-storage, or dependencies"
+            " unpacked into /tmp from S3): ship the dependencies in the zip (up to 250 MB) or in"
+            " a layer, or deploy without --snapstart."
+        )
+
+
+def publish(lambda_client: Any, name: str) -> str:
+    """Publish the function's code and configuration as a version (SnapStart snapshots its
+    init then), wait until the version is active, and point :data:`SNAPSTART_ALIAS` at it;
+    return the version. Nothing changed since the last version: that version."""
+    import botocore.exceptions as bce
+
+    version = lambda_client.publish_version(FunctionName=name)["Version"]
+    try:
+        lambda_client.get_waiter("published_version_active").wait(
+            FunctionName=name, Qualifier=version
+        )
+    except bce.WaiterError as e:
+        reason = (e.last_response or {}).get("StateReason") or str(e)
+        raise DeployError(
+            f"Version {version} of {name!r} did not become active: its SnapStart snapshot"
+            f" failed. The init (the handler's imports and before-snapshot hooks) said:"
+            f" {reason}. Fix it and deploy again."
+        ) from None
+    try:
+        lambda_client.update_alias(FunctionName=name, Name=SNAPSTART_ALIAS, FunctionVersion=version)
+    except lambda_client.exceptions.ResourceNotFoundException:
+        lambda_client.create_alias(FunctionName=name, Name=SNAPSTART_ALIAS,
+                                   FunctionVersion=version,
+                                   Description="The version dask-lambda invokes")  # fmt: skip
+    return version
+
+
+def invoke_target(lambda_client: Any, configuration: dict[str, Any]) -> str:
+    """What a client invokes: the function, or for a SnapStart function ``name:N``, the
+    version :data:`SNAPSTART_ALIAS` points at (resolved once: a later deploy does not move a
+    running client to other code)."""
+    name = configuration["FunctionName"]
+    if (configuration.get("SnapStart") or {}).get("ApplyOn") != "PublishedVersions":
+        return name
+    try:
+        alias = lambda_client.get_alias(FunctionName=name, Name=SNAPSTART_ALIAS)
+    except lambda_client.exceptions.ResourceNotFoundException:
+        raise DeployError(
+            f"Lambda function {name!r} has SnapStart on but no version published by"
+            f" dask-lambda (alias {SNAPSTART_ALIAS!r}): publish one with dask-lambda update"
+            f" {name} --snapstart"
+        ) from None
+    return f"{name}:{alias['FunctionVersion']}"
 
 
 def version_tags() -> dict[str, str]:
@@ -331,6 +420,19 @@ def deploy(
     """
     settings.validate()
     runtime = runtime or f"python{versions()['python']}"
+    check_snapstart(runtime, settings)
+    result = _create_or_update(lambda_client, name, code, settings, s3_client, bucket, prefix,
+                               tags, handler, runtime, adopt, stage_code)  # fmt: skip
+    if snapstart_on(settings, result.configuration):
+        result.version = publish(lambda_client, name)
+    return result
+
+
+def _create_or_update(
+    lambda_client: Any, name: str, code: bytes | None, settings: FunctionSettings,
+    s3_client: Any, bucket: str | None, prefix: str, tags: dict[str, str] | None, handler: str,
+    runtime: str, adopt: bool, stage_code: bool,
+) -> DeployResult:  # fmt: skip
     if code is not None and len(code) > DIRECT_UPLOAD_LIMIT and bucket is None:
         raise DeployError(
             f"The zip is {len(code) / 1e6:.1f} MB, over the 50 MB Lambda accepts directly:"
@@ -473,6 +575,8 @@ def _differs(current: dict, key: str, wanted: Any) -> bool:
         return (current.get("EphemeralStorage") or {}).get("Size", 512) != wanted["Size"]
     if key == "Layers":
         return [layer["Arn"] for layer in current.get("Layers") or []] != wanted
+    if key == "SnapStart":
+        return (current.get("SnapStart") or {}).get("ApplyOn", "None") != wanted["ApplyOn"]
     return current.get(key) != wanted
 
 

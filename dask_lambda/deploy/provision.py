@@ -11,7 +11,9 @@ deploys its own function both call :func:`provision`, which runs every step in o
 4. **signing key**: every function gets its own, once (:mod:`.signing`);
 5. **function**: created, or updated where it differs (:func:`~.deploy.deploy`);
 6. **expiry**: the bucket's rule for what crashed clients leave (``expire_days``);
-7. **memory tiers**: a variant per tier with the function's code, role and environment.
+7. **memory tiers**: a variant per tier with the function's code, role and environment;
+8. **SnapStart**: a function with it gets a version published (and snapshotted) for each
+   change, and its ``dask-lambda`` alias moved there (:func:`~.deploy.functions.publish`).
 
 It raises :class:`~.deploy.DeployError` (or :class:`~.build.BuildError`) naming the fix, before
 anything touches AWS where it can, and tells ``progress`` what it did, a line per step.
@@ -27,6 +29,7 @@ from typing import Any
 from ..function import contract
 from .build import BuildResult, BuildSpec, build
 from .functions import (
+    SNAPSTART_TMP_LIMIT_MB,
     DeployError,
     DeployResult,
     FunctionSettings,
@@ -38,6 +41,7 @@ from .functions import (
     ensure_role,
     ephemeral_storage_for,
     role_policy,
+    snapstart_on,
     tier_name,
     upload_dependencies,
 )
@@ -127,7 +131,8 @@ def provision(
         bucket, prefix = check_location(bucket, prefix)
     lam = client("lambda")
     s3 = client("s3") if bucket else None
-    check_ownership(lam, current_configuration(lam, request.name), request.adopt)
+    current = current_configuration(lam, request.name)
+    check_ownership(lam, current, request.adopt)
 
     environment = {**(request.current_env or {}), **(settings.environment or {})}
     environment.update(
@@ -139,6 +144,8 @@ def provision(
         built = _build(request.build, progress)
     if built is not None:
         environment.pop(contract.DEPENDENCIES, None)
+        if built.dependencies_zip and snapstart_on(settings, current):
+            _fit_snapstart_tmp(built, settings)
         if built.dependencies_zip:
             if s3 is None:
                 raise DeployError("--deps-on-s3 needs --bucket: the archive lives there")
@@ -180,6 +187,20 @@ def provision(
                                bucket=bucket, prefix=prefix, adopt=request.adopt,
                                stage_code=request.stage_code)  # fmt: skip
     return Provisioned(outcome, built, tiers)
+
+
+def _fit_snapstart_tmp(built: BuildResult, settings: FunctionSettings) -> None:
+    """A SnapStart function unpacks its dependency archive into its snapshot's ``/tmp``, which
+    SnapStart caps at 512 MB: size it so, or refuse with the fix."""
+    peak_mb = (len(built.dependencies_zip) + built.dependencies_unpacked) / 1e6
+    if peak_mb > SNAPSTART_TMP_LIMIT_MB:
+        raise DeployError(
+            f"With SnapStart, /tmp is at most {SNAPSTART_TMP_LIMIT_MB} MB, and these dependencies"
+            f" need {peak_mb:.0f} MB there ({len(built.dependencies_zip) / 1e6:.0f} MB archive,"
+            f" {built.dependencies_unpacked / 1e6:.0f} MB unpacked): deploy fewer packages (the"
+            " zip holds up to 250 MB unpacked), or deploy without --snapstart."
+        )
+    settings.ephemeral_storage = settings.ephemeral_storage or SNAPSTART_TMP_LIMIT_MB
 
 
 def _build(spec: BuildSpec, progress: Callable[[str], None]) -> BuildResult:

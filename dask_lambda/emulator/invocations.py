@@ -37,6 +37,8 @@ class FunctionSpec:
     revision: str
     credentials: dict[str, str] = field(default_factory=dict)  # of the execution role
     ephemeral_mb: int = 512  # /tmp
+    version: str = "$LATEST"
+    snapstart: bool = False  # a published version restored from its snapshot (snapshots.py)
 
 
 @dataclass
@@ -54,6 +56,7 @@ class Invocation:
     started: float = 0.0
     ended: float = 0.0
     init_duration_ms: float | None = None
+    restored: bool = False  # its runtime was restored from a snapshot: "Restore Duration"
     max_rss: int = 0
     log_lines: list[str] = field(default_factory=list)
     doomed: bool = False  # an injected fault decides the result, not the runtime's answer

@@ -98,7 +98,7 @@ class InvokeService:
             return error_response(
                 429, "TooManyRequestsException", "Rate Exceeded.", Reason=e.reason
             )
-        out = {"Content-Type": "application/json", "X-Amz-Executed-Version": "$LATEST",
+        out = {"Content-Type": "application/json", "X-Amz-Executed-Version": spec.version,
                "x-amzn-RequestId": inv.request_id}  # fmt: skip
         if inv.error_type:
             out["X-Amz-Function-Error"] = inv.error_type
@@ -136,7 +136,7 @@ class InvokeService:
                 time.sleep(injected.cold_start_ms / 1000)
         inv = Invocation(payload=payload, function_arn=spec.arn, timeout_s=spec.timeout_s)
         inv.doomed = fault is not None
-        inv.log_lines.append(f"START RequestId: {inv.request_id} Version: $LATEST")
+        inv.log_lines.append(f"START RequestId: {inv.request_id} Version: {spec.version}")
         self.runtimes.record_log(spec.name, runtime.log_stream, inv.log_lines[0])
         try:
             runtime.assign(inv)
@@ -186,8 +186,9 @@ class InvokeService:
             f"Memory Size: {spec.memory_mb} MB\t"
             f"Max Memory Used: {math.ceil(inv.max_rss / MiB)} MB\t"
         )
-        if cold and inv.init_duration_ms is not None:
-            report += f"Init Duration: {inv.init_duration_ms:.2f} ms\t"
+        if cold and inv.init_duration_ms is not None:  # SnapStart's restore replaces the init
+            label = "Restore Duration" if inv.restored else "Init Duration"
+            report += f"{label}: {inv.init_duration_ms:.2f} ms\t"
         inv.log_lines += [f"END RequestId: {rid}", report]  # START was recorded at the start
         for line in inv.log_lines[-2:]:
             self.runtimes.record_log(spec.name, stream, line)

@@ -14,6 +14,10 @@ invocation times out or runs out of memory). The routes are the ones AWS documen
 ``POST /runtime/init/error``
     The handler could not be loaded; answered 202, after which the runtime exits. Only heard
     while the runtime initialises (before its first ``next``).
+``GET /runtime/restore/next`` and ``POST /runtime/restore/error``
+    SnapStart: a runtime of a SnapStart version asks to go on after its restore (answered 200 at
+    once: it was restored before it asked), or reports that an after-restore hook failed (as an
+    init error).
 
 Each listener answers only its own runtime: a connection whose other end is not a socket of the
 runtime's processes (:meth:`RuntimeEndpoint.owns_peer`, read from ``/proc``) is closed unread, so
@@ -41,6 +45,8 @@ class RuntimeEndpoint(Protocol):
     def post_result(self, request_id: str, body: bytes, error_type: str | None) -> None: ...
 
     def post_init_error(self, body: bytes, error_type: str | None) -> None: ...
+
+    def restore_next(self) -> None: ...
 
     def owns_peer(self, peer_port: int, server_port: int) -> bool: ...
 
@@ -76,6 +82,14 @@ class _Handler(BaseHTTPRequestHandler):
         return self.rfile.read(length) if length else b""
 
     def do_GET(self) -> None:
+        if self.path == f"{PREFIX}/restore/next":
+            try:
+                self.server.runtime.restore_next()
+            except LookupError:
+                self._reply(404, b'{"errorMessage": "not a SnapStart runtime"}')
+                return
+            self._reply(200)
+            return
         if self.path != f"{PREFIX}/invocation/next":
             self._reply(404, b'{"errorMessage": "unknown route"}')
             return
@@ -92,7 +106,7 @@ class _Handler(BaseHTTPRequestHandler):
         error_type = self.headers.get("Lambda-Runtime-Function-Error-Type")
         parts = self.path[len(PREFIX) :].strip("/").split("/")
         runtime = self.server.runtime
-        if parts[:2] == ["init", "error"]:
+        if parts[:2] in (["init", "error"], ["restore", "error"]):
             runtime.post_init_error(body, error_type)
         elif len(parts) == 3 and parts[0] == "invocation" and parts[2] in ("response", "error"):
             is_error = parts[2] == "error"

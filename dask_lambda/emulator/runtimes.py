@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
+import functools
 import itertools
 import os
 import queue
@@ -44,6 +45,7 @@ from pathlib import Path
 from . import sandbox
 from .invocations import FunctionSpec, Invocation, MiB, Throttled, exit_message
 from .runtime_api import RuntimeAPIServer
+from .snapshots import Snapshot
 from .thread_runtime import ThreadRuntime
 
 __all__ = ["FunctionSpec", "Invocation", "MiB", "Runtime", "RuntimeManager", "Throttled"]
@@ -149,6 +151,57 @@ class _Spawner:
         self._requests.put(None)
 
 
+def runtime_argv(manager: RuntimeManager, spec: FunctionSpec, arguments: list[str]) -> list[str]:
+    """The command that starts ``_bootstrap.py`` with ``arguments``, in a sandbox where the
+    manager has one."""
+    # -S: no site-packages of this machine; the path is what Lambda's would be.
+    if not manager.sandbox:
+        return [sys.executable, "-S", "-u", _BOOTSTRAP, *arguments]
+    return sandbox.command(
+        [sandbox.interpreter(), "-S", "-u", sandbox.BOOTSTRAP, *arguments],
+        spec.code_dir, spec.layer_dirs, manager.runtime_dir, _BOOTSTRAP,
+        spec.ephemeral_mb, manager.mounts, snapshot=arguments[0] == "--snapshot",
+    )  # fmt: skip
+
+
+def runtime_environment(
+    manager: RuntimeManager, spec: FunctionSpec, api_address: str, log_stream: str,
+    tmp: str | None,
+) -> dict[str, str]:  # fmt: skip
+    """What a runtime's environment holds, as Lambda's would (paths as the runtime sees them)."""
+    if manager.sandbox:
+        code_dir, layers = sandbox.TASK_ROOT, sandbox.inside_paths(spec.layer_dirs)
+        runtime_dir = sandbox.RUNTIME_DIR
+    else:
+        code_dir, layers, runtime_dir = spec.code_dir, spec.layer_dirs, manager.runtime_dir
+    env = {k: os.environ[k] for k in _INHERITED_ENV if k in os.environ}
+    env.update(manager.service_env)
+    env.update(spec.environment)
+    env.update(spec.credentials)
+    env.update(
+        {
+            "AWS_LAMBDA_RUNTIME_API": api_address,
+            "AWS_LAMBDA_FUNCTION_NAME": spec.name,
+            "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": str(spec.memory_mb),
+            "AWS_LAMBDA_FUNCTION_VERSION": spec.version,
+            "AWS_LAMBDA_LOG_GROUP_NAME": f"/aws/lambda/{spec.name}",
+            "AWS_LAMBDA_LOG_STREAM_NAME": log_stream,
+            "AWS_LAMBDA_INITIALIZATION_TYPE": "snap-start" if spec.snapstart else "on-demand",
+            "LAMBDA_TASK_ROOT": code_dir,
+            "LAMBDA_RUNTIME_DIR": runtime_dir,
+            "_HANDLER": spec.handler,
+            "PYTHONPATH": os.pathsep.join([code_dir, *layers, runtime_dir]),
+            "TMPDIR": tmp or "/tmp",
+            "PYTHONUNBUFFERED": "1",
+            "PYTHONDONTWRITEBYTECODE": "1",
+            "TZ": ":UTC",
+        }
+    )
+    if not manager.sandbox:  # in a sandbox, bwrap --die-with-parent ties it to the server
+        env["_DASK_LAMBDA_PARENT_PID"] = str(os.getpid())
+    return env
+
+
 class Runtime:
     """One runtime process and its Runtime API listener."""
 
@@ -168,68 +221,34 @@ class Runtime:
         self._cond = threading.Condition()
         self._log_lock = threading.Lock()
         self._partial = b""
-        self.log_stream = f"{time.strftime('%Y/%m/%d')}/[$LATEST]{uuid.uuid4().hex}"
+        self.log_stream = f"{time.strftime('%Y/%m/%d')}/[{spec.version}]{uuid.uuid4().hex}"
         self.sandboxed = manager.sandbox
         self._inner: list = []  # the processes inside a sandbox (psutil), once found
         # Outside a sandbox, a folder of the server's stands in for the runtime's /tmp (deleted
         # when it exits); inside one, /tmp is the sandbox's own tmpfs.
         self.tmp = None if self.sandboxed else manager.tmp_dir(spec.name, self.id)
         self.api = RuntimeAPIServer(self)
-        # -S: no site-packages of this machine; the path is what Lambda's would be.
-        if self.sandboxed:
-            argv = sandbox.command(
-                [sandbox.interpreter(), "-S", "-u", sandbox.BOOTSTRAP, spec.handler],
-                spec.code_dir, spec.layer_dirs, manager.runtime_dir, _BOOTSTRAP,
-                spec.ephemeral_mb, manager.mounts,
-            )  # fmt: skip
-        else:
-            argv = [sys.executable, "-S", "-u", _BOOTSTRAP, spec.handler]
-        self.proc = manager.spawner.popen(
-            argv,
+        self.proc = self._start()
+        os.set_blocking(self.proc.stdout.fileno(), False)  # see _read_logs
+        for target, name in ((self._read_logs, "logs"), (self._watch_exit, "exit")):
+            threading.Thread(target=target, daemon=True, name=f"runtime-{self.id}-{name}").start()
+
+    restored = False  # started from a snapshot (RestoredRuntime), not by running init
+
+    def _start(self):
+        return self.manager.spawner.popen(
+            runtime_argv(self.manager, self.spec, [self.spec.handler]),
             env=self._environment(),
-            cwd=spec.code_dir,
+            cwd=self.spec.code_dir,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             close_fds=True,
         )
-        os.set_blocking(self.proc.stdout.fileno(), False)  # see _read_logs
-        for target, name in ((self._read_logs, "logs"), (self._watch_exit, "exit")):
-            threading.Thread(target=target, daemon=True, name=f"runtime-{self.id}-{name}").start()
 
     def _environment(self) -> dict[str, str]:
-        spec = self.spec
-        if self.sandboxed:  # the paths as the runtime sees them
-            code_dir, layers = sandbox.TASK_ROOT, sandbox.inside_paths(spec.layer_dirs)
-            runtime_dir = sandbox.RUNTIME_DIR
-        else:
-            code_dir, layers, runtime_dir = spec.code_dir, spec.layer_dirs, self.manager.runtime_dir
-        env = {k: os.environ[k] for k in _INHERITED_ENV if k in os.environ}
-        env.update(self.manager.service_env)
-        env.update(spec.environment)
-        env.update(spec.credentials)
-        env.update(
-            {
-                "AWS_LAMBDA_RUNTIME_API": self.api.address,
-                "AWS_LAMBDA_FUNCTION_NAME": spec.name,
-                "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": str(spec.memory_mb),
-                "AWS_LAMBDA_FUNCTION_VERSION": "$LATEST",
-                "AWS_LAMBDA_LOG_GROUP_NAME": f"/aws/lambda/{spec.name}",
-                "AWS_LAMBDA_LOG_STREAM_NAME": self.log_stream,
-                "AWS_LAMBDA_INITIALIZATION_TYPE": "on-demand",
-                "LAMBDA_TASK_ROOT": code_dir,
-                "LAMBDA_RUNTIME_DIR": runtime_dir,
-                "_HANDLER": spec.handler,
-                "PYTHONPATH": os.pathsep.join([code_dir, *layers, runtime_dir]),
-                "TMPDIR": self.tmp or "/tmp",
-                "PYTHONUNBUFFERED": "1",
-                "PYTHONDONTWRITEBYTECODE": "1",
-                "TZ": ":UTC",
-            }
-        )
-        if not self.sandboxed:  # in a sandbox, bwrap --die-with-parent ties it to the server
-            env["_DASK_LAMBDA_PARENT_PID"] = str(os.getpid())
-        return env
+        return runtime_environment(self.manager, self.spec, self.api.address, self.log_stream,
+                                   self.tmp)  # fmt: skip
 
     # -- called by the Runtime API server -------------------------------------------------------
     def next_invocation(self) -> tuple[bytes, dict[str, str]] | None:
@@ -238,6 +257,7 @@ class Runtime:
                 self.initialized = True
                 if self._next is not None:
                     self._next.init_duration_ms = (time.monotonic() - self.created) * 1000
+                    self._next.restored = self.restored
             while self._next is None and not self._closing:
                 self._cond.wait()
             if self._closing:
@@ -268,6 +288,12 @@ class Runtime:
             inv = self._next or self.current
         if inv is not None:
             inv.finish(body, "Unhandled")
+
+    def restore_next(self) -> None:
+        """``/runtime/restore/next``: a runtime of a SnapStart version goes on at once (restored
+        before it asked or, without a sandbox, never snapshotted); any other is refused."""
+        if not self.spec.snapstart:
+            raise LookupError("not a SnapStart runtime")
 
     def owns_peer(self, peer_port: int, server_port: int) -> bool:
         """True if the loopback TCP connection from ``peer_port`` to ``server_port`` belongs to
@@ -400,6 +426,17 @@ class Runtime:
             self.proc.stdout.close()
 
 
+class RestoredRuntime(Runtime):
+    """A runtime of a SnapStart version, forked from the version's snapshot (snapshots.py)
+    instead of running init; its ``rss`` counts what it holds of the snapshot's memory."""
+
+    restored = True
+
+    def _start(self):
+        snapshot = self.manager.snapshot(self.spec)
+        return snapshot.restore(self._environment(), max(1, self.spec.ephemeral_mb) * MiB)
+
+
 def _statm_rss(pid: int) -> int:
     try:
         with open(f"/proc/{pid}/statm", "rb") as f:
@@ -471,6 +508,7 @@ class RuntimeManager:
         self._idle: dict[str, list[Runtime]] = collections.defaultdict(list)
         self._busy: set[Runtime] = set()
         self._all: set[Runtime] = set()
+        self._snapshots: dict[str, Snapshot] = {}
         self._in_flight: collections.Counter[str] = collections.Counter()
         self._in_flight_total = 0
         self._logs: dict[str, collections.deque] = collections.defaultdict(
@@ -515,8 +553,9 @@ class RuntimeManager:
             old.kill("retired")
         if runtime is not None:
             return runtime, False
+        restorable = spec.snapstart and self.sandbox and self.runtime_class is Runtime
         try:
-            runtime = self.runtime_class(self, spec)
+            runtime = (RestoredRuntime if restorable else self.runtime_class)(self, spec)
         except BaseException:
             self._count_out(spec.name)
             raise
@@ -524,6 +563,38 @@ class RuntimeManager:
             self._busy.add(runtime)
             self._all.add(runtime)
         return runtime, True
+
+    def snapshot(self, spec: FunctionSpec) -> Snapshot:
+        """The snapshot of a SnapStart version (``spec``), made on first use: when the version
+        is published (see the server), or again after it was stopped."""
+        with self._lock:
+            if self._closed.is_set():
+                raise Throttled("ServiceShuttingDown")
+            snapshot = self._snapshots.get(spec.revision)
+            if snapshot is not None and (snapshot.alive or snapshot.state == "Failed"):
+                return snapshot
+            if not (spec.snapstart and self.sandbox and self.runtime_class is Runtime):
+                raise ValueError(f"{spec.name}:{spec.version} has no snapshot here")
+            argv = functools.partial(runtime_argv, self, spec)
+            snapshot = Snapshot(self, spec, argv, runtime_environment(self, spec, "", "", None))
+            self._snapshots[spec.revision] = snapshot
+            return snapshot
+
+    def snapshot_state(self, spec: FunctionSpec) -> tuple[str, str | None]:
+        """``(State, StateReason)`` of a SnapStart version, as ``GetFunction`` reports it."""
+        with self._lock:
+            snapshot = self._snapshots.get(spec.revision)
+        if snapshot is None:
+            return "Active", None
+        return snapshot.state, snapshot.error
+
+    def drop_snapshots(self, name: str) -> None:
+        """Stop the snapshots of function ``name`` (deleted), with what was restored from them."""
+        with self._lock:
+            gone = [key for key, snap in self._snapshots.items() if snap.spec.name == name]
+            snapshots = [self._snapshots.pop(key) for key in gone]
+        for snapshot in snapshots:
+            snapshot.close()
 
     def tmp_dir(self, function_name: str, runtime_id: int) -> str:
         """A runtime's ``/tmp``: its own, as each Lambda execution environment has, and gone
@@ -640,6 +711,10 @@ class RuntimeManager:
             runtimes = list(self._all)
         for runtime in runtimes:
             runtime.kill("shutdown")
+        with self._lock:
+            snapshots, self._snapshots = list(self._snapshots.values()), {}
+        for snapshot in snapshots:
+            snapshot.close()
         deadline = time.monotonic() + timeout
         for runtime in runtimes:
             runtime.wait(max(0.0, deadline - time.monotonic()))

@@ -71,14 +71,19 @@ def command(
     bootstrap: str,
     tmp_mb: int,
     mounts: tuple[str, ...] = (),
+    snapshot: bool = False,
 ) -> list[str]:
     """``bwrap ... argv`` for a runtime; ``argv`` names paths as seen inside (see
-    :func:`inside_paths`)."""
+    :func:`inside_paths`). A SnapStart ``snapshot`` gets a user namespace of its own and the
+    capabilities, in that namespace only, to give each environment it restores namespaces of
+    its own (``_bootstrap.py`` drops them all before the runtime starts)."""
     # --cap-drop ALL: bwrap run by root keeps root's capabilities, with which a task could make
     # a device node for this machine's disk and mount it; on AWS a function holds none.
+    privileges = (["--unshare-user", "--uid", "0", "--gid", "0", "--cap-add", "CAP_SYS_ADMIN",
+                   "--cap-add", "CAP_SETPCAP"] if snapshot else ["--cap-drop", "ALL"])  # fmt: skip
     args = [shutil.which("bwrap") or "bwrap", "--unshare-pid", "--unshare-ipc", "--unshare-uts",
-            "--hostname", "localhost", "--die-with-parent", "--cap-drop", "ALL", "--proc",
-            "/proc", "--dev", "/dev"]  # fmt: skip
+            "--hostname", "localhost", "--die-with-parent", *privileges, "--proc", "/proc",
+            "--dev", "/dev"]  # fmt: skip
     args += _system_binds()
     args += ["--ro-bind", runtime_dir, RUNTIME_DIR, "--ro-bind", bootstrap, BOOTSTRAP]
     args += ["--ro-bind", code_dir, TASK_ROOT]

@@ -45,7 +45,7 @@ from moto.moto_server.werkzeug_app import (
 from werkzeug.serving import make_server
 from werkzeug.test import EnvironBuilder, run_wsgi_app
 
-from . import iam
+from . import iam, snapstart
 from .code_store import CodeStore, InvalidCode, code_sha256
 from .endpoint import DEFAULT_REGION, service_env
 from .faults import FaultInjector
@@ -60,6 +60,17 @@ CODE_REQUEST_LIMIT = 69_905_067  # a 50 MB zip, base64-encoded, in a JSON reques
 _CREDENTIAL = re.compile(r"Credential=[^/]+/\d+/(?P<region>[^/]+)/(?P<service>[^/]+)/aws4_request")
 _FUNCTION_PATH = re.compile(r"^/(?P<api>[^/]+)/functions/(?P<name>[^/]+)(?P<rest>/.*)?$")
 _LAYER_PUBLISH = re.compile(r"^/[^/]+/layers/[^/]+/versions/?$")
+
+
+def qualifier_from(identifier: str) -> str | None:
+    """The qualifier in ``name:qualifier`` or a qualified function ARN, or None."""
+    identifier = urllib.parse.unquote(identifier)
+    parts = identifier.split(":")
+    if identifier.startswith("arn:"):
+        return parts[7] if len(parts) > 7 else None
+    if len(parts) >= 3 and parts[1] == "function":
+        return parts[3] if len(parts) > 3 else None
+    return parts[1] if len(parts) == 2 else None
 
 
 def function_name_from(identifier: str) -> str:
@@ -273,7 +284,8 @@ class LocalLambdaServer:
             os.environ.update(self.service_env(self.admin))
         self.faults = FaultInjector(seed)
         self.invoker = InvokeService(self.runtimes, self.faults)
-        self._specs: dict[tuple[str, str], FunctionSpec] = {}
+        self._specs: dict[tuple[str, str, str | None], FunctionSpec] = {}
+        self.snapstart = snapstart.SnapStartTable()
         self._specs_lock = threading.Lock()
         self._thread: threading.Thread | None = None
 
@@ -392,21 +404,105 @@ class LocalLambdaServer:
     def _lambda(self, environ: dict[str, Any], region: str) -> Response | None:
         method, path = environ["REQUEST_METHOD"], environ.get("PATH_INFO", "")
         function = _FUNCTION_PATH.match(path)
-        if function and function["rest"] == "/invocations" and method == "POST":
-            return self._invoke(environ, region, function_name_from(function["name"]))
-        if method == "GET":
-            return None
+        query = urllib.parse.parse_qs(environ.get("QUERY_STRING", ""))
+        qualifier = (query.get("Qualifier") or [None])[0]
         if function:
-            self._forget(region, function_name_from(function["name"]))
-        if method == "POST" and re.fullmatch(r"/[^/]+/functions/?", path):
-            return self._record_code(environ, region, lambda req: req.get("Code", {}))
-        if method == "PUT" and function and function["rest"] in ("/code", "/code/"):
-            return self._record_code(environ, region, lambda req: req)
-        if method == "POST" and _LAYER_PUBLISH.match(path):
-            return self._record_code(
+            qualifier = qualifier_from(function["name"]) or qualifier
+        if function and function["rest"] == "/invocations" and method == "POST":
+            name = function_name_from(function["name"])
+            return self._invoke(environ, region, name, qualifier)
+        rest = (function["rest"] or "").rstrip("/") if function else None
+        if method == "GET":
+            answer = self._call_moto(environ, b"") if path.startswith("/2015-03-31/") else None
+        elif function is None and method == "POST" and re.fullmatch(r"/[^/]+/functions/?", path):
+            answer = self._create(environ, region)
+        elif function is None:
+            answer = self._record_code(
                 environ, region, lambda req: req.get("Content", {}), layer=True
-            )
-        return None
+            ) if method == "POST" and _LAYER_PUBLISH.match(path) else None  # fmt: skip
+        else:
+            name = function_name_from(function["name"])
+            self._forget(region, name)
+            if method == "PUT" and rest == "/code":
+                answer = self._record_code(environ, region, lambda req: req)
+            elif method == "PUT" and rest == "/configuration":
+                answer = self._update_configuration(environ, region, name)
+            elif method == "POST" and rest == "/versions":
+                answer = self._publish_version(environ, region, name)
+            elif method == "DELETE" and not rest:
+                answer = self._call_moto(environ, _read_body(environ))
+                if answer[0] < 300:
+                    self.snapstart.forget(region, name, qualifier)
+                    if qualifier is None:
+                        self.runtimes.drop_snapshots(name)
+            else:
+                answer = None
+        if answer is None or answer[0] >= 300:
+            return answer
+        status, headers, body = answer
+        body = self.snapstart.rewrite(region, body, functools.partial(self._snapshot_state, region))
+        headers = {k: v for k, v in headers.items() if k.lower() != "content-length"}
+        return status, headers, body
+
+    def _create(self, environ: dict[str, Any], region: str) -> Response | None:
+        try:
+            request = json.loads(_read_body(environ) or b"{}")
+        except ValueError:
+            request = {}
+        refused = snapstart.refusal(request) if isinstance(request, dict) else None
+        if refused is not None:
+            return refused
+        answer = self._record_code(environ, region, lambda req: req.get("Code", {}))
+        if answer is not None and answer[0] < 300:
+            apply_on = (request.get("SnapStart") or {}).get("ApplyOn", "None")
+            self.snapstart.set(region, request["FunctionName"], apply_on)
+        return answer
+
+    def _update_configuration(self, environ: dict[str, Any], region: str, name: str):
+        try:
+            request = json.loads(_read_body(environ) or b"{}")
+        except ValueError:
+            return None
+        if not isinstance(request, dict) or "SnapStart" not in request and not (
+            self.snapstart.applies(region, name)
+        ):
+            return None
+        status, headers, current = self.moto_call(
+            "lambda", region, "GET", f"/2015-03-31/functions/{name}/configuration"
+        )
+        if status != 200:
+            return status, headers, current
+        merged = {**json.loads(current), **request}
+        if "SnapStart" not in request:
+            merged["SnapStart"] = {"ApplyOn": "PublishedVersions"}
+        refused = snapstart.refusal(merged)
+        if refused is not None:
+            return refused
+        answer = self._call_moto(environ, _read_body(environ))
+        if answer[0] < 300 and "SnapStart" in request:
+            self.snapstart.set(region, name, request["SnapStart"].get("ApplyOn", "None"))
+        return answer
+
+    def _publish_version(self, environ: dict[str, Any], region: str, name: str) -> Response:
+        """``PublishVersion``; a version of a function with SnapStart has its snapshot made now,
+        in the background (the version is ``Pending`` until its init is done)."""
+        answer = self._call_moto(environ, _read_body(environ))
+        if answer[0] < 300 and self.snapstart.applies(region, name):
+            version = str(json.loads(answer[2])["Version"])
+            self.snapstart.published(region, name, version)
+            spec = self._spec(region, name, version)
+            if isinstance(spec, FunctionSpec):
+                try:
+                    self.runtimes.snapshot(spec)
+                except ValueError:  # no sandbox: its runtimes run init, then "restore"
+                    pass
+        return answer
+
+    def _snapshot_state(self, region: str, name: str, version: str) -> tuple[str, str | None]:
+        spec = self._spec(region, name, version)
+        if not isinstance(spec, FunctionSpec):
+            return "Active", None
+        return self.runtimes.snapshot_state(spec)
 
     def _logs(self, environ: dict[str, Any]) -> Response | None:
         """CloudWatch Logs ``FilterLogEvents`` on a function's group, from the kept runtime logs."""
@@ -427,16 +523,29 @@ class LocalLambdaServer:
             )
         return filter_log_events(lines, request)
 
-    def _invoke(self, environ: dict[str, Any], region: str, name: str) -> Response:
+    def _invoke(
+        self, environ: dict[str, Any], region: str, name: str, qualifier: str | None = None
+    ) -> Response:
         payload = _read_body(environ)
         arn = f"arn:aws:lambda:{region}:{iam.ACCOUNT_ID}:function:{name}"
+        if qualifier is not None:
+            arn += f":{qualifier}"
         denied = iam.authorize(environ, payload, "InvokeFunction", arn)  # signature, then IAM
         if denied is not None:
             code, message = denied
             return error_response(403, AUTH_ERROR_CODES.get(code, code), message)
-        spec_or_error = self._spec(region, name)
+        spec_or_error = self._spec(region, name, qualifier)
         if not isinstance(spec_or_error, FunctionSpec):
             return spec_or_error
+        if spec_or_error.snapstart:
+            state, reason = self.runtimes.snapshot_state(spec_or_error)
+            if state != "Active":
+                return error_response(
+                    409, "ResourceConflictException",
+                    "The operation cannot be performed at this time. The function is currently"
+                    f" in the following state: {state}" + (f" ({reason.strip()[-500:]})"
+                                                           if reason else ""),
+                )  # fmt: skip
         headers = {
             k[5:].replace("_", "-").lower(): v for k, v in environ.items() if k.startswith("HTTP_")
         }
@@ -517,15 +626,22 @@ class LocalLambdaServer:
 
     def _forget(self, region: str, name: str) -> None:
         with self._specs_lock:
-            self._specs.pop((region, name), None)
+            for key in [key for key in self._specs if key[:2] == (region, name)]:
+                del self._specs[key]
 
-    def _spec(self, region: str, name: str) -> FunctionSpec | Response:
+    def _spec(
+        self, region: str, name: str, qualifier: str | None = None
+    ) -> FunctionSpec | Response:
+        """The spec of function ``name`` at ``qualifier`` (a version or an alias; None and
+        ``$LATEST`` are the unpublished function)."""
+        qualifier = None if qualifier in (None, "$LATEST") else qualifier
         with self._specs_lock:
-            cached = self._specs.get((region, name))
+            cached = self._specs.get((region, name, qualifier))
         if cached is not None:
             return cached
+        query = f"?Qualifier={urllib.parse.quote(qualifier)}" if qualifier else ""
         status, headers, body = self.moto_call(
-            "lambda", region, "GET", f"/2015-03-31/functions/{name}"
+            "lambda", region, "GET", f"/2015-03-31/functions/{name}{query}"
         )
         if status != 200:
             return status, headers, body
@@ -544,6 +660,7 @@ class LocalLambdaServer:
                 " through this endpoint (CreateFunction or UpdateFunctionCode).",
             )
         layers = [layer["Arn"] for layer in config.get("Layers") or []]
+        version = str(config.get("Version") or "$LATEST")
         spec = FunctionSpec(
             name=config["FunctionName"],
             arn=config["FunctionArn"],
@@ -559,9 +676,11 @@ class LocalLambdaServer:
             ),
             credentials=iam.assume_role(config["Role"], name, region).env(),
             ephemeral_mb=int((config.get("EphemeralStorage") or {}).get("Size") or 512),
+            version=version,
+            snapstart=self.snapstart.is_snapshotted(region, name, version),
         )
         with self._specs_lock:
-            self._specs[(region, name)] = spec
+            self._specs[(region, name, qualifier)] = spec
         return spec
 
 

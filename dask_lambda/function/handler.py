@@ -30,11 +30,36 @@ from collections import Counter
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
-from . import calls, contract, dependencies, protocol, values
+from . import calls, contract, dependencies, protocol, storage, values
 from .errors import RESERVED, ErrorBudget, error_info
 from .storage import S3Store, object_name
 
 _state: dict[str, Any] = {"cold": True, "pool": None, "runtime_id": uuid.uuid4().hex[:12]}
+
+
+def _after_restore() -> None:
+    """SnapStart: every environment restored from one snapshot starts with the snapshot's
+    memory, so what must be unique (random state, this runtime's id) is made anew here, and
+    connections made during init are dropped rather than shared."""
+    import random
+    import sys
+
+    random.seed()
+    numpy = sys.modules.get("numpy")
+    if numpy is not None:
+        numpy.random.seed()
+    _state["runtime_id"] = uuid.uuid4().hex[:12]
+    _state.pop("key", None)  # read again with this environment's connection
+    storage.forget_clients()
+    dependencies.mounted.clear()  # the snapshot mounted them: this environment paid nothing
+
+
+try:  # Lambda's managed python runtime (3.12+) has it; SnapStart runs what it registers
+    from snapshot_restore_py import register_after_restore
+except ImportError:  # pragma: no cover - outside Lambda
+    pass
+else:
+    register_after_restore(_after_restore)
 
 
 def lambda_handler(event: dict, context: Any) -> dict:

@@ -42,6 +42,13 @@ def object_name(prefix: str, compute_id: str, key: object) -> str:
     return f"{compute_folder(prefix, compute_id)}/{digest(repr(key).encode())[:32]}"
 
 
+def forget_clients() -> None:
+    """Drop the shared clients: the next use connects anew (after a SnapStart restore, so that
+    environments restored from one snapshot share no connection)."""
+    with _clients_lock:
+        _clients.clear()
+
+
 def s3_client() -> Any:
     """The process's shared S3 client, configured by the environment (boto3 imported lazily)."""
     with _clients_lock:
