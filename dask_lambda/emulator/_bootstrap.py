@@ -86,6 +86,12 @@ def _take_snapshot(handler: str) -> str | None:
     return None
 
 
+# Python re-seeds ``random`` in a forked child; a restore on AWS is no fork, and every
+# environment restored from one snapshot starts with the snapshot's random state. Put it back,
+# so that only the function's after-restore hooks make the environments' streams differ.
+_snapshot_random_state = None
+
+
 def _serve_snapshot(control_fd: int, handler: str) -> None:
     control = socket.socket(fileno=control_fd)
     failure = _take_snapshot(handler)
@@ -93,6 +99,9 @@ def _serve_snapshot(control_fd: int, handler: str) -> None:
     control.send(json.dumps({"ready": failure is None, "error": failure}).encode())
     if failure is not None:
         os._exit(1)
+    global _snapshot_random_state
+    if "random" in sys.modules:
+        _snapshot_random_state = sys.modules["random"].getstate()
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # restored environments are reaped at exit
     while True:
         try:
@@ -146,6 +155,8 @@ def _environment_init(request: dict) -> None:
     runtime = os.fork()
     if runtime == 0:
         os.environ.update(request["environment"])
+        if _snapshot_random_state is not None:
+            sys.modules["random"].setstate(_snapshot_random_state)
         _run_awslambdaric(request["handler"])
         os._exit(0)
     while True:

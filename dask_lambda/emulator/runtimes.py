@@ -218,6 +218,7 @@ class Runtime:
         self.current: Invocation | None = None
         self._next: Invocation | None = None
         self._closing = False
+        self._exit_code: int | None = None
         self._cond = threading.Condition()
         self._log_lock = threading.Lock()
         self._partial = b""
@@ -324,6 +325,9 @@ class Runtime:
             self.current = None
             self._next = inv
             self._cond.notify_all()
+            exit_code = self._exit_code  # it died before it was given the invocation
+        if exit_code is not None:
+            inv.fail("Runtime.ExitError", exit_message(exit_code, self.kill_reason, inv, self.spec))
 
     def kill(self, reason: str) -> None:
         """Kill the process; the exit watcher then fails any invocation it still holds."""
@@ -415,6 +419,7 @@ class Runtime:
             code = -(code - 128)
         with self._cond:
             self._closing = True
+            self._exit_code = code
             self._cond.notify_all()
             inv = self._next or self.current
         if inv is not None and not inv.done.is_set():
