@@ -9,7 +9,10 @@ import json
 import pytest
 from conftest import unique, zip_files
 
-ANSWER = "def handler(event, context):\n    return {{'code': {code!r}, 'version': context.function_version}}\n"
+ANSWER = """
+def handler(event, context):
+    return {{"code": {code!r}, "version": context.function_version}}
+"""
 
 
 def _code(label: str) -> bytes:
@@ -58,7 +61,8 @@ def test_snapstart_settings_aws_refuses_are_refused(local, role_arn, config, ref
     with pytest.raises(lam.exceptions.InvalidParameterValueException, match=refusal):
         lam.create_function(
             FunctionName=unique("snap"), Role=role_arn, Handler="answer.handler",
-            Code={"ZipFile": _code("x")}, **{"SnapStart": {"ApplyOn": "PublishedVersions"}, **config},
+            Code={"ZipFile": _code("x")},
+            **{"SnapStart": {"ApplyOn": "PublishedVersions"}, **config},
         )  # fmt: skip
 
 

@@ -11,7 +11,8 @@ from dask_lambda.deploy.provision import _fit_snapstart_tmp
 
 
 def test_snapstart_needs_python_3_12_and_names_the_fix():
-    with pytest.raises(DeployError, match=r"python3\.12 or later.*python3\.11.*without --snapstart"):
+    refused = r"python3\.12 or later.*python3\.11.*without --snapstart"
+    with pytest.raises(DeployError, match=refused):
         check_snapstart("python3.11", FunctionSettings(snapstart=True))
     check_snapstart("python3.12", FunctionSettings(snapstart=True))
     check_snapstart("python3.13", FunctionSettings(snapstart=True, ephemeral_storage=512))
