@@ -30,7 +30,8 @@ class ComputeReport:
     """Counters, bytes, timings and cost of one compute.
 
     ``invocation_records`` holds one dict per invocation: client-side ``start``/``stop`` (epoch
-    seconds), handler ``duration``, ``cold_start``, ``runtime_id``, ``tasks``, ``attempt``,
+    seconds), handler ``duration``, ``cold_start`` (and ``restored`` when that cold start was
+    a SnapStart restore), ``runtime_id``, ``tasks``, ``attempt``,
     request/response bytes, ``peak_memory_mb``, ``task_seconds`` (the run time of all its
     tasks) and ``task_timings`` (``[start, stop, nbytes]``, seconds from the handler's start,
     of a sample of its tasks: see :meth:`task_timings`).

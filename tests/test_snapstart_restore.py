@@ -53,7 +53,10 @@ def _environment_facts(hold_seconds: float) -> dict:
         mknod = "made"
     except OSError as e:
         mknod = e.errno
+    import sys
+
     return {
+        "preloaded": [name for name in ("dask.array", "dask.bag") if name in sys.modules],
         "random": first_random,
         "pid": os.getpid(),
         "pids": sorted(int(p) for p in os.listdir("/proc") if p.isdigit()),
@@ -82,11 +85,15 @@ def test_a_snapstart_cluster_runs_its_published_version_restored_from_one_snapsh
     seen = dask.compute(*[dask.delayed(_environment_facts)(1.0, dask_key_name=f"facts-{i}")
                           for i in range(3)], scheduler=snap_cluster)  # fmt: skip
     assert snap_cluster.last_report.cold_starts == 3
+    records = snap_cluster.last_report.invocation_records
+    assert [record.get("restored") for record in records] == [True] * 3, records
     for facts in seen:
         # Forked from the snapshot (its PID 1 is the snapshot's process), not a new interpreter
         assert "--snapshot" in facts["init"] and "--snapshot" in facts["runtime"], facts
         assert facts["pid"] == 2 and facts["pids"] == [1, 2], facts  # its own PID namespace
         assert facts["initialization"] == "snap-start" and facts["version"] == "1"
+        # The snapshot imported dask's collections (a before-snapshot hook): restores do not.
+        assert facts["preloaded"] == ["dask.array", "dask.bag"], facts
         assert facts["tmp"] == [facts["mine"]], facts  # its own /tmp, not its siblings'
         assert facts["cap_eff"] == "0000000000000000" and facts["mknod"] == 1, facts
     # The after-restore hook re-seeded each environment: one snapshot, three random streams.

@@ -284,6 +284,7 @@ class Invoker:
                 "runtime_id": remote.get("runtime_id"),
                 "task_timings": decoded.get("timings"),
                 **({"dependencies": remote["dependencies"]} if "dependencies" in remote else {}),
+                **({"restored": True} if remote.get("restored") else {}),
             }
         )
         return decoded
