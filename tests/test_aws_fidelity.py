@@ -142,6 +142,31 @@ def test_include_with_deps_on_s3_runs_and_a_tampered_archive_is_refused(local, a
     with pytest.raises(LambdaFunctionError, match="not the dependency archive") as refused:
         LambdaCluster(function_name=name, check_versions=False).ping()
     assert "it was not downloaded" in str(refused.value)  # its size gave it away first
+    # The same size: it streams in and is unpacked aside, then its digest refuses it unused.
+    same_size = _padded_zip({"tblib/__init__.py": "__version__ = 'owned'\n"}, reference["size"])
+    local.client("s3").put_object(Bucket=reference["bucket"], Key=reference["key"], Body=same_size)
+    cli("update", name, "--memory", "1280")
+    with pytest.raises(LambdaFunctionError, match="size or SHA-256 differ") as refused:
+        LambdaCluster(function_name=name, check_versions=False).ping()
+    assert "deleted unused" in str(refused.value)
+
+
+def _padded_zip(files: dict[str, str], size: int) -> bytes:
+    """A zip of ``files`` and a stored padding member, exactly ``size`` bytes long."""
+    import io
+    import zipfile
+
+    def build(padding: int) -> bytes:
+        buffer = io.BytesIO()
+        with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+            for name, content in files.items():
+                archive.writestr(name, content)
+            archive.writestr("pad.bin", b"\0" * padding, compress_type=zipfile.ZIP_STORED)
+        return buffer.getvalue()
+
+    padded = build(size - len(build(0)))
+    assert len(padded) == size
+    return padded
 
 
 def _module_file(name: str) -> str:

@@ -540,14 +540,17 @@ def dependencies_prefix(prefix: str) -> str:
     return prefix.strip("/") + "-dependencies"
 
 
-def upload_dependencies(s3: Any, bucket: str, prefix: str, archive: bytes) -> str:
+def upload_dependencies(
+    s3: Any, bucket: str, prefix: str, archive: bytes, unpacked: int | None = None
+) -> str:
     """Put a dependency archive (``--deps-on-s3``) in the bucket; return the function's
     :data:`~.function.contract.DEPENDENCIES` value.
 
     The key is the archive's SHA-256 under :func:`dependencies_prefix`, beside the spill prefix
     rather than in it: the function's role may read it but not write it, and it is not a spill
     object, so ``clean`` and the expiry rule leave it. An unchanged archive is uploaded once. The
-    function checks the digest before unpacking it.
+    function checks its size before reading it, never unpacks more than ``unpacked`` bytes of
+    it, and checks its digest before anything unpacked from it can be imported.
     """
     import hashlib
 
@@ -559,12 +562,13 @@ def upload_dependencies(s3: Any, bucket: str, prefix: str, archive: bytes) -> st
         present = False
     if not present:
         s3.upload_fileobj(__import__("io").BytesIO(archive), bucket, key)
-    return dependencies_reference(bucket, key, sha, len(archive))
+    return dependencies_reference(bucket, key, sha, len(archive), unpacked)
 
 
-def ephemeral_storage_for(archive_bytes: int, unpacked_bytes: int) -> int:
-    """MB of /tmp for unpacking a dependency archive: archive, contents and 512 MB for tasks."""
-    needed = (archive_bytes + unpacked_bytes) // 1_000_000 + 512
+def ephemeral_storage_for(unpacked_bytes: int) -> int:
+    """MB of /tmp for a dependency archive's contents and 512 MB for tasks (the archive itself
+    is streamed, never stored)."""
+    needed = unpacked_bytes // 1_000_000 + 512
     return min(limits.MAX_EPHEMERAL_MB, max(limits.MIN_EPHEMERAL_MB, needed))
 
 

@@ -150,7 +150,7 @@ def provision(
             if s3 is None:
                 raise DeployError("--deps-on-s3 needs --bucket: the archive lives there")
             environment[contract.DEPENDENCIES] = upload_dependencies(
-                s3, bucket, prefix, built.dependencies_zip
+                s3, bucket, prefix, built.dependencies_zip, built.dependencies_unpacked
             )
             progress(
                 f"Dependencies: {len(built.dependencies_zip) / 1e6:.1f} MB archive in"
@@ -158,9 +158,7 @@ def provision(
                 " on each cold start"
             )
             if settings.ephemeral_storage is None:
-                settings.ephemeral_storage = ephemeral_storage_for(
-                    len(built.dependencies_zip), built.dependencies_unpacked
-                )
+                settings.ephemeral_storage = ephemeral_storage_for(built.dependencies_unpacked)
     if request.create_role:
         policy = role_policy(bucket, prefix, request.name, request.s3_read, request.s3_write)
         role_name = request.role_name or f"dask-lambda-{request.name}"
@@ -192,13 +190,12 @@ def provision(
 def _fit_snapstart_tmp(built: BuildResult, settings: FunctionSettings) -> None:
     """A SnapStart function unpacks its dependency archive into its snapshot's ``/tmp``, which
     SnapStart caps at 512 MB: size it so, or refuse with the fix."""
-    peak_mb = (len(built.dependencies_zip) + built.dependencies_unpacked) / 1e6
+    peak_mb = built.dependencies_unpacked / 1e6  # the archive is streamed, never stored
     if peak_mb > SNAPSTART_TMP_LIMIT_MB:
         raise DeployError(
             f"With SnapStart, /tmp is at most {SNAPSTART_TMP_LIMIT_MB} MB, and these dependencies"
-            f" need {peak_mb:.0f} MB there ({len(built.dependencies_zip) / 1e6:.0f} MB archive,"
-            f" {built.dependencies_unpacked / 1e6:.0f} MB unpacked): deploy fewer packages (the"
-            " zip holds up to 250 MB unpacked), or deploy without --snapstart."
+            f" unpack to {peak_mb:.0f} MB there: deploy fewer packages (the zip holds up to"
+            " 250 MB unpacked), or deploy without --snapstart."
         )
     settings.ephemeral_storage = settings.ephemeral_storage or SNAPSTART_TMP_LIMIT_MB
 

@@ -17,11 +17,17 @@ ALLOWED = "DASK_LAMBDA_ALLOWED"  # allowlist (see .allowlist)
 DEPENDENCIES = "DASK_LAMBDA_DEPENDENCIES"  # archive unpacked on cold starts (see .dependencies)
 
 
-def dependencies_reference(bucket: str, key: str, sha256: str, size: int) -> str:
-    """The value of :data:`DEPENDENCIES`: where the archive is and what it must be."""
+def dependencies_reference(
+    bucket: str, key: str, sha256: str, size: int, unpacked: int | None = None
+) -> str:
+    """The value of :data:`DEPENDENCIES`: where the archive is and what it must be (its size,
+    SHA-256 and the bytes it unpacks to)."""
     import json
 
-    return json.dumps({"bucket": bucket, "key": key, "sha256": sha256, "size": size})
+    reference = {"bucket": bucket, "key": key, "sha256": sha256, "size": size}
+    if unpacked is not None:
+        reference["unpacked"] = unpacked
+    return json.dumps(reference)
 
 
 def key_parameter_name(function_name: str) -> str:

@@ -3,11 +3,15 @@
 A package over Lambda's 250 MB (code and layers together) cannot be deployed as a zip; its
 dependencies can live in S3 instead (``dask-lambda deploy --deps-on-s3``, automatic past the limit
 when a bucket is given; the approach of serverless-python-requirements' ``zip: true``). The
-function's environment names the archive and its SHA-256 (:data:`.contract.DEPENDENCIES`). On a
-cold start, before anything imports them, :func:`mount` downloads it with the managed runtime's
-boto3, refuses it unless its size and digest are the deployed ones (write access to the bucket
-must not become code execution), unpacks it into ``/tmp/dask-lambda-deps/<sha256>`` and puts
-that folder on ``sys.path`` right after the task root, where a zipped dependency would be.
+function's environment names the archive, its size, SHA-256 and unpacked size
+(:data:`.contract.DEPENDENCIES`). On a cold start, before anything imports them, :func:`mount`
+refuses an archive of another size before reading it, then streams it with the managed
+runtime's boto3 (ranged GETs, several at once) straight into the unpacking (members inflated on
+every CPU as their bytes arrive: the archive is never stored), into a staging folder that is on
+no path. Only if the digest of what streamed in is the deployed one (write access to the bucket
+must not become code execution) does the folder become ``/tmp/dask-lambda-deps/<sha256>``, put
+on ``sys.path`` right after the task root, where a zipped dependency would be; otherwise it is
+deleted unused. Nothing past the deployed unpacked size is written.
 A warm environment finds the folder already there. :data:`mounted` records what it cost.
 """
 
@@ -17,10 +21,13 @@ import hashlib
 import json
 import os
 import shutil
+import struct
 import sys
 import tempfile
+import threading
 import time
-import zipfile
+import zlib
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -51,13 +58,12 @@ def mount() -> None:
 
 
 def _unpack(ref: dict, root: Path) -> dict[str, float]:
-    """Download, check and unpack; the seconds each step took."""
+    """Stream the archive from S3 into a staging folder, check it, move it into place; the
+    seconds until its last byte arrived and the unpacking left after that."""
     import boto3
 
     root.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{root.name[:12]}-", dir=root.parent))
-    archive = staging / "dependencies.zip"
-    steps = {}
     try:
         started = time.perf_counter()
         s3 = boto3.client("s3")
@@ -68,61 +74,232 @@ def _unpack(ref: dict, root: Path) -> dict[str, float]:
                 f" was deployed with ({length} bytes, expected {ref['size']}): it was not"
                 " downloaded. Redeploy the function (dask-lambda update NAME --deps-on-s3)."
             )
-        s3.download_file(ref["bucket"], ref["key"], str(archive))
-        steps["download_seconds"] = time.perf_counter() - started
-        digest = hashlib.sha256()
-        with open(archive, "rb") as f:
-            while chunk := f.read(1 << 20):
-                digest.update(chunk)
-        if archive.stat().st_size != int(ref["size"]) or digest.hexdigest() != ref["sha256"]:
+        arrived: list[float] = []
+        chunks = _ranged_chunks(s3, ref["bucket"], ref["key"], length, arrived)
+        site = staging / "site"
+        digest, size = stream_extract(chunks, site, unpacked_limit=ref.get("unpacked"))
+        done = time.perf_counter()
+        if size != int(ref["size"]) or digest != ref["sha256"]:
             raise DependencyError(
                 f"s3://{ref['bucket']}/{ref['key']} is not the dependency archive this function"
-                " was deployed with (size or SHA-256 differ): it was not unpacked. Redeploy the"
-                " function (dask-lambda update NAME --deps-on-s3)."
+                " was deployed with (size or SHA-256 differ): what was unpacked of it was"
+                " deleted unused. Redeploy the function (dask-lambda update NAME --deps-on-s3)."
             )
-        started = time.perf_counter()
-        extract(archive, staging / "site")
-        steps["extract_seconds"] = time.perf_counter() - started
-        archive.unlink()
-        (staging / "site" / ".complete").touch()
+        (site / ".complete").touch()
         try:
-            (staging / "site").rename(root)
+            site.rename(root)
         except OSError:  # another runtime sharing this /tmp unpacked it first
             pass
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    return steps
+    last_byte = arrived[-1] if arrived else done
+    return {"download_seconds": last_byte - started, "extract_seconds": done - last_byte}
+
+
+RANGE_BYTES = 8 << 20  # one ranged GET
+RANGES_IN_FLIGHT = 4  # at most 32 MiB of the archive held at once
+
+
+def _ranged_chunks(s3: Any, bucket: str, key: str, size: int, arrived: list[float]):
+    """The object's bytes in order, from ranged GETs ``RANGES_IN_FLIGHT`` at a time (one S3
+    connection is slower than the unpacking it feeds); ``arrived`` gets the time the last one
+    came in."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def get(start: int) -> bytes:
+        end = min(size, start + RANGE_BYTES) - 1
+        body = s3.get_object(Bucket=bucket, Key=key, Range=f"bytes={start}-{end}")["Body"]
+        data = body.read()
+        if len(data) != end - start + 1:
+            raise DependencyError(f"s3://{bucket}/{key} changed while it was read: redeploy")
+        return data
+
+    from itertools import islice
+
+    starts = iter(range(0, size, RANGE_BYTES))
+    with ThreadPoolExecutor(RANGES_IN_FLIGHT, thread_name_prefix="dask-lambda-get") as pool:
+        pending = [pool.submit(get, start) for start in islice(starts, RANGES_IN_FLIGHT)]
+        while pending:
+            data = pending.pop(0).result()
+            pending += [pool.submit(get, start) for start in islice(starts, 1)]
+            if not pending:
+                arrived.append(time.perf_counter())
+            yield data
+
+
+_LOCAL_HEADER = struct.Struct("<4sHHHHHIIIHH")
+_CENTRAL_HEADER = struct.Struct("<4sHHHHHHIIIHHHHHII")
+_LOCAL, _CENTRAL = b"PK\x03\x04", b"PK\x01\x02"
+_STORED, _DEFLATED = 0, 8
+_PENDING_BYTES = 64 << 20  # compressed bytes queued for the unpacking threads at most
+
+
+def stream_extract(
+    chunks: Iterable[bytes], target: Path, threads: int | None = None,
+    unpacked_limit: int | None = None,
+) -> tuple[str, int]:  # fmt: skip
+    """Unpack a zip archive as its bytes arrive (``chunks``, in order) into ``target``, members
+    inflated on ``threads`` threads (the machine's CPUs: inflating releases the GIL); return
+    the archive's SHA-256 and size, for the caller to check before using what was unpacked.
+
+    Members are read in the order they are stored, from their local headers; the central
+    directory at the end gives the executable bits. Refused, with ``target`` removed: a name
+    that would land outside ``target``, a compression other than stored or deflate, an entry
+    whose sizes are not in its local header, and more than ``unpacked_limit`` bytes unpacked.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    threads = max(1, threads or os.cpu_count() or 1)
+    digest = hashlib.sha256()
+    size = 0
+    buffer = bytearray()
+    position = 0
+    central = bytearray()
+    unpacked = 0
+    queued = [0]  # compressed bytes handed to the threads and not yet written
+    drained = threading.Condition()
+    failures: list[BaseException] = []
+
+    def finished(job) -> None:
+        if job.exception() is not None:
+            failures.append(job.exception())
+
+    def unpack(name: str, method: int, data: bytes, expected: int) -> None:
+        try:
+            path = target / name
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with open(path, "wb") as out:
+                if method == _STORED:
+                    out.write(data)
+                    written = len(data)
+                else:
+                    inflater = zlib.decompressobj(-15)
+                    written = 0
+                    view = memoryview(data)
+                    for offset in range(0, len(data), 1 << 20):
+                        piece = inflater.decompress(view[offset : offset + (1 << 20)])
+                        written += len(piece)
+                        if written > expected:
+                            break
+                        out.write(piece)
+                    else:
+                        tail = inflater.flush()
+                        written += len(tail)
+                        out.write(tail)
+            if written != expected:
+                raise zlib.error("wrong size")
+        except zlib.error:
+            raise DependencyError(
+                f"The dependency archive's {name!r} is damaged: refused; redeploy the function."
+            ) from None
+        finally:
+            with drained:
+                queued[0] -= len(data)
+                drained.notify_all()
+
+    try:
+        with ThreadPoolExecutor(threads, thread_name_prefix="dask-lambda-unpack") as pool:
+            for chunk in chunks:
+                digest.update(chunk)
+                size += len(chunk)
+                if central:
+                    central += chunk
+                    continue
+                buffer += chunk
+                while True:
+                    if len(buffer) - position < 4:
+                        break
+                    signature = bytes(buffer[position : position + 4])
+                    if signature == _CENTRAL:
+                        central += buffer[position:]
+                        buffer.clear()
+                        position = 0
+                        break
+                    if signature != _LOCAL:
+                        raise DependencyError("The dependency archive is not a zip: refused")
+                    if len(buffer) - position < _LOCAL_HEADER.size:
+                        break
+                    (_, _, flags, method, _, _, _, packed, full, name_length,
+                     extra_length) = _LOCAL_HEADER.unpack_from(buffer, position)  # fmt: skip
+                    begin = position + _LOCAL_HEADER.size + name_length + extra_length
+                    if len(buffer) < begin:
+                        break
+                    name = bytes(buffer[position + _LOCAL_HEADER.size : begin - extra_length])
+                    name = name.decode("utf-8" if flags & 0x800 else "cp437")
+                    _check_name(name)
+                    if flags & 0x8 or packed == 0xFFFFFFFF or full == 0xFFFFFFFF:
+                        raise DependencyError(
+                            f"The dependency archive's {name!r} has no sizes in its header"
+                            " (a data descriptor or ZIP64): refused; redeploy the function."
+                        )
+                    if method not in (_STORED, _DEFLATED):
+                        raise DependencyError(
+                            f"The dependency archive's {name!r} uses compression {method}: refused"
+                        )
+                    if len(buffer) < begin + packed:
+                        break
+                    data = bytes(buffer[begin : begin + packed])
+                    position = begin + packed
+                    unpacked += full
+                    if unpacked_limit is not None and unpacked > unpacked_limit:
+                        raise DependencyError(
+                            "The dependency archive unpacks to more than the deployed"
+                            f" {unpacked_limit} bytes: refused; redeploy the function."
+                        )
+                    if name.endswith("/"):
+                        (target / name).mkdir(parents=True, exist_ok=True)
+                        continue
+                    with drained:
+                        while queued[0] and queued[0] + len(data) > _PENDING_BYTES:
+                            drained.wait()
+                        queued[0] += len(data)
+                    pool.submit(unpack, name, method, data, full).add_done_callback(finished)
+                    if failures:  # a damaged member: stop reading
+                        raise failures[0]
+                if position > RANGE_BYTES:
+                    del buffer[:position]
+                    position = 0
+        if failures:
+            raise failures[0]
+        if buffer[position:]:
+            raise DependencyError("The dependency archive ends inside an entry: refused")
+        _apply_modes(bytes(central), target)
+    except BaseException:
+        shutil.rmtree(target, ignore_errors=True)
+        raise
+    return digest.hexdigest(), size
+
+
+def _check_name(name: str) -> None:
+    parts = name.split("/")
+    if name.startswith("/") or "\\" in name or ".." in parts:
+        raise DependencyError(f"The dependency archive names {name!r}: refused")
+
+
+def _apply_modes(central: bytes, target: Path) -> None:
+    """Make executable what the central directory marks so (native helpers, scripts)."""
+    position = 0
+    while central[position : position + 4] == _CENTRAL:
+        fields = _CENTRAL_HEADER.unpack_from(central, position)
+        name_length, extra_length, comment_length, external = (
+            fields[10], fields[11], fields[12], fields[15],
+        )  # fmt: skip
+        start = position + _CENTRAL_HEADER.size
+        name = central[start : start + name_length].decode("utf-8", "replace")
+        if external >> 16 & 0o111 and not name.endswith("/"):
+            _check_name(name)
+            path = target / name
+            if path.is_file():
+                os.chmod(path, 0o755)
+        position = start + name_length + extra_length + comment_length
 
 
 def extract(archive: Path, target: Path, threads: int | None = None) -> None:
-    """Unpack ``archive`` into ``target`` on ``threads`` threads (the machine's CPUs: inflating
-    releases the GIL, and two threads unpack pandas + pyarrow in 1.25-1.6 s here against
-    1.6-2.7 s for one). Names that would land outside ``target`` are refused."""
-    from concurrent.futures import ThreadPoolExecutor
+    """Unpack the zip file ``archive`` into ``target`` (:func:`stream_extract` over its bytes)."""
 
-    with zipfile.ZipFile(archive) as zipped:
-        members = [info for info in zipped.infolist() if not info.is_dir()]
-    for info in members:
-        parts = info.filename.split("/")
-        if info.filename.startswith("/") or "\\" in info.filename or ".." in parts:
-            raise DependencyError(f"The dependency archive names {info.filename!r}: refused")
-    for folder in sorted({(target / info.filename).parent for info in members}):
-        folder.mkdir(parents=True, exist_ok=True)
-    threads = max(1, min(threads or os.cpu_count() or 1, len(members)))
-    shares: list[list[zipfile.ZipInfo]] = [[] for _ in range(threads)]
-    loads = [0] * threads
-    for info in sorted(members, key=lambda member: -member.compress_size):  # balanced by bytes
-        least = loads.index(min(loads))
-        shares[least].append(info)
-        loads[least] += info.compress_size
+    def chunks():
+        with open(archive, "rb") as f:
+            while chunk := f.read(RANGE_BYTES):
+                yield chunk
 
-    def unpack(share: list[zipfile.ZipInfo]) -> None:
-        with zipfile.ZipFile(archive) as zipped:  # a handle per thread: reads seek
-            for info in share:
-                with zipped.open(info) as source, open(target / info.filename, "wb") as out:
-                    shutil.copyfileobj(source, out, 1 << 20)
-                if info.external_attr >> 16 & 0o111:
-                    os.chmod(target / info.filename, 0o755)
-
-    with ThreadPoolExecutor(threads, thread_name_prefix="dask-lambda-unpack") as pool:
-        list(pool.map(unpack, shares))
+    stream_extract(chunks(), target, threads=threads)
