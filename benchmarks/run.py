@@ -317,8 +317,9 @@ def describe(row: dict) -> str:
         parts.append(f"process CPU {row['process_cpu_seconds']:.2f} s/compute")
     if "mount_seconds" in row:
         parts.append(
-            f"mount {row['mount_seconds']:.2f} s (download"
-            f" {row['mount_download_seconds']:.2f}, unpack {row['mount_extract_seconds']:.2f})"
+            f"mount {row['mount_seconds']:.2f} s (last byte at"
+            f" {row['mount_download_seconds']:.2f}, unpack done"
+            f" {row['mount_extract_seconds']:.2f} later)"
         )
     if "invocations" in row:
         parts.append(

@@ -409,8 +409,8 @@ def _mount_cost(mounted: dict | None) -> str:
     megabytes = mounted.get("bytes", 0) / 1e6
     download, extract = mounted.get("download_seconds", 0), mounted.get("extract_seconds", 0)
     return (
-        f"{megabytes:.0f} MB archive: {download:.1f} s download + {extract:.1f} s unpack"
-        " on this cold start"
+        f"{megabytes:.0f} MB archive: streamed and unpacked in {download:.1f} s, then"
+        f" {extract:.1f} s to finish unpacking, on this cold start"
     )
 
 

@@ -130,8 +130,9 @@ class ComputeReport:
     @property
     def dependency_mounts(self) -> list[dict[str, Any]]:
         """What mounting the dependency archive (a function whose dependencies live in S3) cost
-        each cold start of this compute: ``seconds`` in all, ``download_seconds``,
-        ``extract_seconds``, ``bytes`` and whether it ``unpacked`` (else ``/tmp`` had it)."""
+        each cold start of this compute: ``seconds`` in all, ``download_seconds`` (until the
+        archive's last byte arrived, unpacking as it streamed in), ``extract_seconds`` (the
+        unpacking left after that), ``bytes`` and whether it ``unpacked`` (else ``/tmp`` had it)."""
         return [r["dependencies"] for r in self.invocation_records if r.get("dependencies")]
 
     def summary(self) -> str:
