@@ -127,6 +127,15 @@ def deployment_hint(
     """
     name = function_name or "NAME"
     by_cluster, by_cli = deployed_by_cluster in (True, None), deployed_by_cluster in (False, None)
+    if isinstance(exc, ModuleNotFoundError) and exc.name and {"tests", "test"} & set(
+        exc.name.split(".")[1:]
+    ):
+        return (
+            f"Lambda function {name!r} has no module {exc.name!r}: a dependency archive in S3"
+            " leaves out packages' tests folders. Keep them with lambda.ship-tests: true"
+            " (DASK_LAMBDA__SHIP_TESTS=true) and deploy again"
+            + (f" (dask-lambda update {name} --deps-on-s3)" if by_cli else "") + "."
+        )
     if isinstance(exc, ModuleNotFoundError) and exc.name:
         module = exc.name.split(".")[0]
         import importlib.metadata

@@ -173,6 +173,15 @@ def _module_file(name: str) -> str:
     return importlib.import_module(name).__file__
 
 
+def test_the_archive_in_s3_leaves_out_tests_folders_and_says_how_to_keep_them(cluster):
+    # pandas' own testing helpers are part of the package; its tests folder is not shipped.
+    assert "/dask-lambda-deps/" in dask.delayed(_module_file)("pandas._testing").compute(
+        scheduler=cluster)  # fmt: skip
+    with pytest.raises(ModuleNotFoundError) as info:
+        dask.delayed(_module_file)("pandas.tests").compute(scheduler=cluster)
+    assert "lambda.ship-tests: true" in " ".join(info.value.__notes__)
+
+
 def test_a_package_over_250_mb_runs_with_its_dependencies_from_s3(cluster):
     """pandas + pyarrow at the client's versions are over Lambda's 250 MB unzipped: the cluster
     puts the dependencies in its bucket, sizes /tmp for them, and the runtime imports them from

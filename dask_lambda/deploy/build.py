@@ -105,6 +105,19 @@ def _bytecode_setting() -> bool:
     return bool(config.setting("bytecode"))
 
 
+def _ship_tests_setting() -> bool:
+    from .. import config
+
+    return bool(config.setting("ship-tests"))
+
+
+def is_tests_file(name: str) -> bool:
+    """True for a file inside a package's ``tests`` or ``test`` folder (``pandas/tests/...``,
+    ``pyarrow/tests/...``), which no import of the package itself needs."""
+    folders = name.split("/")[1:-1]
+    return "tests" in folders or "test" in folders
+
+
 @dataclass
 class BuildSpec:
     """What goes into a deployment zip.
@@ -131,6 +144,8 @@ class BuildSpec:
     compatible_versions: bool = False
     # An unchecked-hash .pyc beside every .py (when the runtime's Python is the client's).
     bytecode: bool = field(default_factory=_bytecode_setting)
+    # Packages' tests folders in a dependency archive for S3 (left out by default).
+    ship_tests: bool = field(default_factory=_ship_tests_setting)
 
     def pinned(self) -> list[str]:
         """Requirement specifiers: runtime dependencies and ``include`` at the client's versions."""
@@ -259,6 +274,14 @@ def build(spec: BuildSpec, progress: Callable[[str], None] = lambda _: None) -> 
                 " leave out what the tasks do not need (--exclude)."
             )
         progress(f"dependencies ({deps_size / 1e6:.1f} MB) go to S3, unpacked on cold starts")
+        if not spec.ship_tests:
+            tests = [entry for entry in deps if is_tests_file(entry[1])]
+            if tests:
+                deps = [entry for entry in deps if not is_tests_file(entry[1])]
+                progress(f"leaving out {len(tests)} files of packages' tests folders"
+                         f" ({sum(_entry_size(entry) for entry in tests) / 1e6:.1f} MB;"
+                         " lambda.ship-tests: true keeps them)")  # fmt: skip
+        recipe = {**recipe, "tests": spec.ship_tests}
         deps_zip = _dependencies_zip(deps, recipe, progress, bytecode=bytecode, streamed=True)
         return BuildResult(
             zip_entries(own), own_unpacked, len(entries), cached, user,

@@ -10,7 +10,7 @@ import marshal
 import sys
 import zipfile
 
-from dask_lambda.deploy.build import BuildSpec, build
+from dask_lambda.deploy.build import BuildSpec, build, is_tests_file
 
 TAG = sys.implementation.cache_tag
 RUNTIME = f"{sys.version_info.major}.{sys.version_info.minor}"
@@ -65,10 +65,17 @@ def test_the_local_package_ships_bytecode_for_every_module(tmp_path, monkeypatch
 
 def test_the_dependency_archive_for_s3_ships_bytecode_too(tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    built = build(BuildSpec(from_installed=True, deps_on_s3=True))
+    said: list[str] = []
+    built = build(BuildSpec(from_installed=True, deps_on_s3=True), progress=said.append)
     assert built.dependencies_zip
-    assert _assert_every_module_has_unchecked_bytecode(_names(built.dependencies_zip)) > 500
+    names = _names(built.dependencies_zip)
+    assert _assert_every_module_has_unchecked_bytecode(names) > 500
     assert _assert_every_module_has_unchecked_bytecode(_names(built.zip_bytes)) > 5
+    # Packages' tests folders stay out of the archive every cold start unpacks, unless asked.
+    assert not [name for name in names if is_tests_file(name)]
+    assert any("leaving out" in line and "tests folders" in line for line in said)
+    kept = build(BuildSpec(from_installed=True, deps_on_s3=True, ship_tests=True))
+    assert [name for name in _names(kept.dependencies_zip) if name.startswith("numpy/_core/tests/")]
 
 
 def test_another_python_gets_no_bytecode_and_is_told_why(tmp_path, monkeypatch):
