@@ -131,8 +131,9 @@ def deployment_hint(
         exc.name.split(".")[1:]
     ):
         return (
-            f"Lambda function {name!r} has no module {exc.name!r}: a dependency archive in S3"
-            " leaves out packages' tests folders. Keep them with lambda.ship-tests: true"
+            f"Lambda function {name!r} has no module {exc.name!r}: if its dependencies are in"
+            " S3, they were deployed without packages' tests folders. Keep them with"
+            " lambda.ship-tests: true"
             " (DASK_LAMBDA__SHIP_TESTS=true) and deploy again"
             + (f" (dask-lambda update {name} --deps-on-s3)" if by_cli else "") + "."
         )

@@ -179,7 +179,9 @@ def test_big_chunks_fit_the_function_without_max_tasks():
         # 15 MiB, not 16: a lone mean_combine of 16 MiB chunks peaked at 517 MB in 2 of 4 runs
         columns = 15 * 2**20 // 8
         x = da.random.default_rng(0).random((16, columns), chunks=(1, columns))
-        total = abs(x - x.mean(axis=0)).sum()
+        # Combines of 4 partials: one of all 16 (sums and counts, 30 MiB each) needs 480 MiB
+        # of inputs alone, over 512 MB with the runtime (547 MB in one run), whatever batching.
+        total = abs(x - x.mean(axis=0, split_every=4)).sum(split_every=4)
         np.testing.assert_allclose(total.compute(scheduler=cluster),
                                    total.compute(scheduler="threads"))  # fmt: skip
         assert cluster.last_report.bytes_to_client < 2**20

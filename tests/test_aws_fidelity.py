@@ -173,13 +173,23 @@ def _module_file(name: str) -> str:
     return importlib.import_module(name).__file__
 
 
-def test_the_archive_in_s3_leaves_out_tests_folders_and_says_how_to_keep_them(cluster):
-    # pandas' own testing helpers are part of the package; its tests folder is not shipped.
-    assert "/dask-lambda-deps/" in dask.delayed(_module_file)("pandas._testing").compute(
+def test_an_archive_without_tests_folders_says_how_to_keep_them():
+    """lambda.ship-tests: false leaves packages' tests folders out of the archive in S3."""
+    with (
+        dask.config.set({"lambda.ship-tests": False}),
+        LambdaCluster(packages=["pandas", "pyarrow"]) as trimmed,
+    ):
+        # pandas' own testing helpers are part of the package; its tests folder is not shipped.
+        assert "/dask-lambda-deps/" in dask.delayed(_module_file)("pandas._testing").compute(
+            scheduler=trimmed)  # fmt: skip
+        with pytest.raises(ModuleNotFoundError) as info:
+            dask.delayed(_module_file)("pandas.tests").compute(scheduler=trimmed)
+        assert "lambda.ship-tests: true" in " ".join(info.value.__notes__)
+
+
+def test_packages_tests_folders_ship_by_default(cluster):
+    assert "/dask-lambda-deps/" in dask.delayed(_module_file)("pandas.tests").compute(
         scheduler=cluster)  # fmt: skip
-    with pytest.raises(ModuleNotFoundError) as info:
-        dask.delayed(_module_file)("pandas.tests").compute(scheduler=cluster)
-    assert "lambda.ship-tests: true" in " ".join(info.value.__notes__)
 
 
 def test_a_package_over_250_mb_runs_with_its_dependencies_from_s3(cluster):

@@ -144,7 +144,7 @@ class BuildSpec:
     compatible_versions: bool = False
     # An unchecked-hash .pyc beside every .py (when the runtime's Python is the client's).
     bytecode: bool = field(default_factory=_bytecode_setting)
-    # Packages' tests folders in a dependency archive for S3 (left out by default).
+    # Packages' tests folders in a dependency archive for S3 (``lambda.ship-tests``).
     ship_tests: bool = field(default_factory=_ship_tests_setting)
 
     def pinned(self) -> list[str]:
