@@ -558,9 +558,9 @@ class RuntimeManager:
             old.kill("retired")
         if runtime is not None:
             return runtime, False
-        restorable = spec.snapstart and self.sandbox and self.runtime_class is Runtime
         try:
-            runtime = (RestoredRuntime if restorable else self.runtime_class)(self, spec)
+            kind = RestoredRuntime if self._restorable(spec) else self.runtime_class
+            runtime = kind(self, spec)
         except BaseException:
             self._count_out(spec.name)
             raise
@@ -568,6 +568,12 @@ class RuntimeManager:
             self._busy.add(runtime)
             self._all.add(runtime)
         return runtime, True
+
+    def _restorable(self, spec: FunctionSpec) -> bool:
+        """Whether ``spec``'s runtimes are restored from a snapshot: a SnapStart version, with
+        process runtimes in a sandbox (the snapshot forks namespaces; without one, runtimes
+        run init as usual)."""
+        return spec.snapstart and self.sandbox and self.runtime_class is Runtime
 
     def snapshot(self, spec: FunctionSpec) -> Snapshot:
         """The snapshot of a SnapStart version (``spec``), made on first use: when the version
@@ -578,7 +584,7 @@ class RuntimeManager:
             snapshot = self._snapshots.get(spec.revision)
             if snapshot is not None and (snapshot.alive or snapshot.state == "Failed"):
                 return snapshot
-            if not (spec.snapstart and self.sandbox and self.runtime_class is Runtime):
+            if not self._restorable(spec):
                 raise ValueError(f"{spec.name}:{spec.version} has no snapshot here")
             argv = functools.partial(runtime_argv, self, spec)
             snapshot = Snapshot(self, spec, argv, runtime_environment(self, spec, "", "", None))

@@ -445,14 +445,15 @@ class LocalLambdaServer:
         return status, headers, body
 
     def _create(self, environ: dict[str, Any], region: str) -> Response | None:
-        try:
-            request = json.loads(_read_body(environ) or b"{}")
+        body = _read_body(environ)
+        try:  # parsed once: the body holds the base64 zip (_record_code answers one too large)
+            request = json.loads(body or b"{}") if len(body) <= CODE_REQUEST_LIMIT else None
         except ValueError:
-            request = {}
+            request = None
         refused = snapstart.refusal(request) if isinstance(request, dict) else None
         if refused is not None:
             return refused
-        answer = self._record_code(environ, region, lambda req: req.get("Code", {}))
+        answer = self._record_code(environ, region, lambda req: req.get("Code", {}), request)
         if answer is not None and answer[0] < 300:
             apply_on = (request.get("SnapStart") or {}).get("ApplyOn", "None")
             self.snapstart.set(region, request["FunctionName"], apply_on)
@@ -551,7 +552,10 @@ class LocalLambdaServer:
         }
         return self.invoker.handle(spec_or_error, headers, payload)
 
-    def _record_code(self, environ: dict[str, Any], region: str, code_of, layer: bool = False):
+    def _record_code(
+        self, environ: dict[str, Any], region: str, code_of, request: dict | None = None,
+        layer: bool = False,
+    ):  # fmt: skip
         body = _read_body(environ)
         if len(body) > CODE_REQUEST_LIMIT:
             return error_response(
@@ -561,7 +565,7 @@ class LocalLambdaServer:
                 " Upload larger zips to S3 and pass S3Bucket/S3Key.",
             )
         try:
-            code = code_of(json.loads(body or b"{}"))
+            code = code_of(request if request is not None else json.loads(body or b"{}"))
             sha = self.code.add(base64.b64decode(code["ZipFile"])) if "ZipFile" in code else None
         except InvalidCode as e:
             return error_response(400, "InvalidParameterValueException", str(e))

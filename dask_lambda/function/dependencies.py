@@ -27,7 +27,8 @@ import tempfile
 import threading
 import time
 import zlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
@@ -114,8 +115,6 @@ def _ranged_chunks(s3: Any, bucket: str, key: str, size: int, arrived: list[floa
             raise DependencyError(f"s3://{bucket}/{key} changed while it was read: redeploy")
         return data
 
-    from itertools import islice
-
     starts = iter(range(0, size, RANGE_BYTES))
     with ThreadPoolExecutor(RANGES_IN_FLIGHT, thread_name_prefix="dask-lambda-get") as pool:
         pending = [pool.submit(get, start) for start in islice(starts, RANGES_IN_FLIGHT)]
@@ -134,6 +133,104 @@ _STORED, _DEFLATED = 0, 8
 _PENDING_BYTES = 64 << 20  # compressed bytes queued for the unpacking threads at most
 
 
+class _ZipStream:
+    """The members of a zip as its bytes arrive, read from their local headers in the order
+    they are stored; meanwhile the SHA-256 and size of every byte, and the central directory
+    (which follows the last member) kept for the end."""
+
+    def __init__(self, chunks: Iterable[bytes]):
+        self._chunks = chunks
+        self.digest = hashlib.sha256()
+        self.size = 0
+        self.central = bytearray()
+
+    def members(self) -> Iterator[tuple[str, int, bytes, int]]:
+        """``(name, compression method, compressed bytes, unpacked size)`` of each member."""
+        buffer, position = bytearray(), 0
+        for chunk in self._chunks:
+            self.digest.update(chunk)
+            self.size += len(chunk)
+            if self.central:
+                self.central += chunk
+                continue
+            buffer += chunk
+            while (member := self._next_member(buffer, position)) is not None:
+                if member is _CENTRAL:
+                    self.central += buffer[position:]
+                    buffer, position = bytearray(), 0
+                    break
+                position, *fields = member
+                yield tuple(fields)
+            if position > RANGE_BYTES:
+                del buffer[:position]
+                position = 0
+        if buffer[position:]:
+            raise DependencyError("The dependency archive ends inside an entry: refused")
+
+    @staticmethod
+    def _next_member(buffer: bytearray, position: int):
+        """The member at ``position`` with the position after it, ``_CENTRAL`` where the
+        central directory starts, or None until more bytes arrive."""
+        signature = bytes(buffer[position : position + 4])
+        if len(signature) < 4:
+            return None
+        if signature == _CENTRAL:
+            return _CENTRAL
+        if signature != _LOCAL:
+            raise DependencyError("The dependency archive is not a zip: refused")
+        if len(buffer) - position < _LOCAL_HEADER.size:
+            return None
+        (_, _, flags, method, _, _, _, packed, full, name_length,
+         extra_length) = _LOCAL_HEADER.unpack_from(buffer, position)  # fmt: skip
+        begin = position + _LOCAL_HEADER.size + name_length + extra_length
+        if len(buffer) < begin:
+            return None
+        name = bytes(buffer[position + _LOCAL_HEADER.size : begin - extra_length])
+        name = name.decode("utf-8" if flags & 0x800 else "cp437")
+        _check_name(name)
+        if flags & 0x8 or packed == 0xFFFFFFFF or full == 0xFFFFFFFF:
+            raise DependencyError(
+                f"The dependency archive's {name!r} has no sizes in its header"
+                " (a data descriptor or ZIP64): refused; redeploy the function."
+            )
+        if method not in (_STORED, _DEFLATED):
+            raise DependencyError(
+                f"The dependency archive's {name!r} uses compression {method}: refused"
+            )
+        if len(buffer) < begin + packed:
+            return None
+        return begin + packed, name, method, bytes(buffer[begin : begin + packed]), full
+
+
+def _write_member(target: Path, name: str, method: int, data: bytes, expected: int) -> None:
+    """Inflate (or copy) member ``name`` into ``target``, refused unless ``expected`` bytes."""
+    path = target / name
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "wb") as out:
+            if method == _STORED:
+                out.write(data)
+                written = len(data)
+            else:
+                inflater, written, view = zlib.decompressobj(-15), 0, memoryview(data)
+                for offset in range(0, len(data), 1 << 20):
+                    piece = inflater.decompress(view[offset : offset + (1 << 20)])
+                    written += len(piece)
+                    if written > expected:
+                        break
+                    out.write(piece)
+                else:
+                    tail = inflater.flush()
+                    written += len(tail)
+                    out.write(tail)
+        if written != expected:
+            raise zlib.error("wrong size")
+    except zlib.error:
+        raise DependencyError(
+            f"The dependency archive's {name!r} is damaged: refused; redeploy the function."
+        ) from None
+
+
 def stream_extract(
     chunks: Iterable[bytes], target: Path, threads: int | None = None,
     unpacked_limit: int | None = None,
@@ -142,132 +239,56 @@ def stream_extract(
     inflated on ``threads`` threads (the machine's CPUs: inflating releases the GIL); return
     the archive's SHA-256 and size, for the caller to check before using what was unpacked.
 
-    Members are read in the order they are stored, from their local headers; the central
-    directory at the end gives the executable bits. Refused, with ``target`` removed: a name
-    that would land outside ``target``, a compression other than stored or deflate, an entry
-    whose sizes are not in its local header, and more than ``unpacked_limit`` bytes unpacked.
+    The central directory at the end gives the executable bits. Refused, with ``target``
+    removed: a name that would land outside ``target``, a compression other than stored or
+    deflate, an entry whose sizes are not in its local header, a damaged entry, and more than
+    ``unpacked_limit`` bytes unpacked.
     """
     from concurrent.futures import ThreadPoolExecutor
 
-    threads = max(1, threads or os.cpu_count() or 1)
-    digest = hashlib.sha256()
-    size = 0
-    buffer = bytearray()
-    position = 0
-    central = bytearray()
-    unpacked = 0
-    queued = [0]  # compressed bytes handed to the threads and not yet written
+    stream = _ZipStream(chunks)
+    unpacked = queued = 0  # queued: compressed bytes handed to the threads, not yet written
     drained = threading.Condition()
     failures: list[BaseException] = []
 
-    def finished(job) -> None:
-        if job.exception() is not None:
-            failures.append(job.exception())
-
     def unpack(name: str, method: int, data: bytes, expected: int) -> None:
+        nonlocal queued
         try:
-            path = target / name
-            path.parent.mkdir(parents=True, exist_ok=True)
-            with open(path, "wb") as out:
-                if method == _STORED:
-                    out.write(data)
-                    written = len(data)
-                else:
-                    inflater = zlib.decompressobj(-15)
-                    written = 0
-                    view = memoryview(data)
-                    for offset in range(0, len(data), 1 << 20):
-                        piece = inflater.decompress(view[offset : offset + (1 << 20)])
-                        written += len(piece)
-                        if written > expected:
-                            break
-                        out.write(piece)
-                    else:
-                        tail = inflater.flush()
-                        written += len(tail)
-                        out.write(tail)
-            if written != expected:
-                raise zlib.error("wrong size")
-        except zlib.error:
-            raise DependencyError(
-                f"The dependency archive's {name!r} is damaged: refused; redeploy the function."
-            ) from None
+            _write_member(target, name, method, data, expected)
+        except BaseException as e:
+            failures.append(e)
         finally:
             with drained:
-                queued[0] -= len(data)
+                queued -= len(data)
                 drained.notify_all()
 
     try:
-        with ThreadPoolExecutor(threads, thread_name_prefix="dask-lambda-unpack") as pool:
-            for chunk in chunks:
-                digest.update(chunk)
-                size += len(chunk)
-                if central:
-                    central += chunk
+        with ThreadPoolExecutor(max(1, threads or os.cpu_count() or 1),
+                                thread_name_prefix="dask-lambda-unpack") as pool:  # fmt: skip
+            for name, method, data, full in stream.members():
+                unpacked += full
+                if unpacked_limit is not None and unpacked > unpacked_limit:
+                    raise DependencyError(
+                        "The dependency archive unpacks to more than the deployed"
+                        f" {unpacked_limit} bytes: refused; redeploy the function."
+                    )
+                if failures:  # a damaged member: stop reading
+                    raise failures[0]
+                if name.endswith("/"):
+                    (target / name).mkdir(parents=True, exist_ok=True)
                     continue
-                buffer += chunk
-                while True:
-                    if len(buffer) - position < 4:
-                        break
-                    signature = bytes(buffer[position : position + 4])
-                    if signature == _CENTRAL:
-                        central += buffer[position:]
-                        buffer.clear()
-                        position = 0
-                        break
-                    if signature != _LOCAL:
-                        raise DependencyError("The dependency archive is not a zip: refused")
-                    if len(buffer) - position < _LOCAL_HEADER.size:
-                        break
-                    (_, _, flags, method, _, _, _, packed, full, name_length,
-                     extra_length) = _LOCAL_HEADER.unpack_from(buffer, position)  # fmt: skip
-                    begin = position + _LOCAL_HEADER.size + name_length + extra_length
-                    if len(buffer) < begin:
-                        break
-                    name = bytes(buffer[position + _LOCAL_HEADER.size : begin - extra_length])
-                    name = name.decode("utf-8" if flags & 0x800 else "cp437")
-                    _check_name(name)
-                    if flags & 0x8 or packed == 0xFFFFFFFF or full == 0xFFFFFFFF:
-                        raise DependencyError(
-                            f"The dependency archive's {name!r} has no sizes in its header"
-                            " (a data descriptor or ZIP64): refused; redeploy the function."
-                        )
-                    if method not in (_STORED, _DEFLATED):
-                        raise DependencyError(
-                            f"The dependency archive's {name!r} uses compression {method}: refused"
-                        )
-                    if len(buffer) < begin + packed:
-                        break
-                    data = bytes(buffer[begin : begin + packed])
-                    position = begin + packed
-                    unpacked += full
-                    if unpacked_limit is not None and unpacked > unpacked_limit:
-                        raise DependencyError(
-                            "The dependency archive unpacks to more than the deployed"
-                            f" {unpacked_limit} bytes: refused; redeploy the function."
-                        )
-                    if name.endswith("/"):
-                        (target / name).mkdir(parents=True, exist_ok=True)
-                        continue
-                    with drained:
-                        while queued[0] and queued[0] + len(data) > _PENDING_BYTES:
-                            drained.wait()
-                        queued[0] += len(data)
-                    pool.submit(unpack, name, method, data, full).add_done_callback(finished)
-                    if failures:  # a damaged member: stop reading
-                        raise failures[0]
-                if position > RANGE_BYTES:
-                    del buffer[:position]
-                    position = 0
+                with drained:
+                    while queued and queued + len(data) > _PENDING_BYTES:
+                        drained.wait()
+                    queued += len(data)
+                pool.submit(unpack, name, method, data, full)
         if failures:
             raise failures[0]
-        if buffer[position:]:
-            raise DependencyError("The dependency archive ends inside an entry: refused")
-        _apply_modes(bytes(central), target)
+        _apply_modes(bytes(stream.central), target)
     except BaseException:
         shutil.rmtree(target, ignore_errors=True)
         raise
-    return digest.hexdigest(), size
+    return stream.digest.hexdigest(), stream.size
 
 
 def _check_name(name: str) -> None:
@@ -292,14 +313,3 @@ def _apply_modes(central: bytes, target: Path) -> None:
             if path.is_file():
                 os.chmod(path, 0o755)
         position = start + name_length + extra_length + comment_length
-
-
-def extract(archive: Path, target: Path, threads: int | None = None) -> None:
-    """Unpack the zip file ``archive`` into ``target`` (:func:`stream_extract` over its bytes)."""
-
-    def chunks():
-        with open(archive, "rb") as f:
-            while chunk := f.read(RANGE_BYTES):
-                yield chunk
-
-    stream_extract(chunks(), target, threads=threads)

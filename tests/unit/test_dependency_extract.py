@@ -11,7 +11,13 @@ import zipfile
 
 import pytest
 
-from dask_lambda.function.dependencies import DependencyError, extract, stream_extract
+from dask_lambda.function.dependencies import DependencyError, stream_extract
+
+
+def extract(archive, target, threads=None):
+    """Stream the zip file ``archive`` into ``target``, a megabyte at a time."""
+    with open(archive, "rb") as f:
+        stream_extract(iter(lambda: f.read(1 << 20), b""), target, threads=threads)
 
 
 def _archive(path, files: dict[str, bytes], executable: tuple[str, ...] = ()) -> None:
