@@ -142,6 +142,21 @@ def test_runtime_dying_mid_invoke_is_an_exit_error(local, deploy):
     assert "about to crash" in base64.b64decode(response["LogResult"]).decode()
 
 
+def test_a_runtime_that_dies_before_its_invocation_arrives_fails_it(local, deploy):
+    """The runtime exits during init while the invoke is still held back (an injected cold
+    start delay): the invocation, given to it afterwards, fails at once instead of waiting."""
+    code = zip_files({"dies.py": "import os\nos._exit(3)\n"})
+    name = deploy("dies.handler", code=code)
+    local.set_faults(name, cold_start_ms=3000)
+    try:
+        response, body = invoke(local, name)
+    finally:
+        local.set_faults(name)
+    assert response["FunctionError"] == "Unhandled"
+    assert body["errorType"] == "Runtime.ExitError"
+    assert "exit status 3" in body["errorMessage"]
+
+
 def test_handler_exception_is_unhandled_function_error(local, deploy):
     name = deploy("behaviours.fail")
     response, body = invoke(local, name, {"x": 7})

@@ -390,10 +390,11 @@ class Runtime:
                 self._emit(data)
 
     def drain_logs(self) -> None:
-        """Take in everything the process has written so far (it writes unbuffered)."""
-        fd = self.proc.stdout.fileno()
+        """Take in everything the process has written so far (it writes unbuffered); nothing
+        once its exit watcher has closed the pipe."""
         with self._log_lock:
             try:
+                fd = self.proc.stdout.fileno()
                 while data := os.read(fd, 65536):
                     self._emit(data)
             except (OSError, ValueError):  # BlockingIOError: nothing more to read now
