@@ -122,7 +122,11 @@ def local(port: int, concurrency_limit: int, idle_timeout: float) -> None:
             err=True,
         )
     click.echo("Point boto3 and dask-lambda at it with:")
-    for name, value in server.service_env(server.admin).items():
+    from .emulator.registry import standin_reference
+
+    exports = {**server.service_env(server.admin),
+               "DASK_LAMBDA__IMAGE__BASE": standin_reference(server.endpoint_url)}  # fmt: skip
+    for name, value in exports.items():
         click.echo(f"export {name}={shlex.quote(value)}")
     click.echo("Press Ctrl-C to stop.", err=True)
     try:
@@ -189,6 +193,11 @@ def _deploy_options(defaults: bool):
                      help="SnapStart (python3.12+): publish a version whose init is snapshotted"
                           " once, and invoke it; new runtimes are restored from the snapshot."
                           " An update of a SnapStart function publishes a new version."),
+        click.option("--image/--zip", "image", default=None,
+                     help="Deploy a container image (up to 10 GB: AWS's base image for this"
+                          " Python plus layers of the dependencies, dask-lambda and PATHS) into"
+                          " the ECR repository dask-lambda-NAME, instead of a zip (250 MB)."
+                          " update keeps the function's package type."),
         click.option("--exclude", multiple=True, metavar="PATTERN",
                      help="Leave files matching PATTERN out of PATHS (dotfiles, credentials,"
                           " virtualenvs and __pycache__ always are). Repeatable."),
@@ -251,6 +260,8 @@ def update(aws, name: str, **options: Any) -> None:
     variables = (current.get("Environment") or {}).get("Variables", {})
     tags = aws.client("lambda").list_tags(Resource=current["FunctionArn"]).get("Tags", {})
     options["include"] = _merged_includes(options["include"], tags)
+    if options["image"] is None:  # Lambda cannot change a function's package type
+        options["image"] = current.get("PackageType") == "Image"
     rebuilding_options = ("paths", "requirements", "no_dependencies", "architecture",
                           "deps_on_s3", "compatible_versions", "memory_tiers")  # fmt: skip
     rebuild = any(options[k] for k in rebuilding_options) or bool(
@@ -318,6 +329,7 @@ def _deploy_or_update(
         adopt=options["adopt"],
         tags={INCLUDE_TAG: " ".join(options["include"])} if options["include"] else None,
         expire_days=options["expire_days"],
+        image=bool(options["image"]),
     )
     done = provision(aws.client, request, progress=lambda line: click.echo(line, err=True))
     for memory, tier in done.tiers.items():
@@ -373,11 +385,13 @@ def list_(aws) -> None:
     if not functions:
         click.echo("No dask-lambda functions.")
         return
-    header = f"{'NAME':<32} {'MEMORY':>7} {'TIMEOUT':>7} {'ARCH':<7} {'PYTHON':<7} {'DASK':<11}"
+    header = (f"{'NAME':<32} {'PACKAGE':<7} {'MEMORY':>7} {'TIMEOUT':>7} {'ARCH':<7}"
+              f" {'PYTHON':<7} {'DASK':<11}")  # fmt: skip
     click.echo(header + " DASK-LAMBDA")
     for f in functions:
         click.echo(
-            f"{f.name:<32} {f.memory:>7} {f.timeout:>7} {f.architecture:<7}"
+            f"{f.name:<32} {f.package_type.lower():<7} {f.memory:>7} {f.timeout:>7}"
+            f" {f.architecture:<7}"
             f" {f.tags.get('python:version', '?'):<7} {f.tags.get('dask:version', '?'):<11}"
             f" {f.tags.get('dask-lambda:version', '?')}"
         )
@@ -386,9 +400,12 @@ def list_(aws) -> None:
 @main.command()
 @click.argument("name")
 @click.option("--delete-role", is_flag=True, help="Also delete its role, if dask-lambda made it.")
+@click.option("--delete-images", is_flag=True,
+              help="Also delete its ECR repository and images (an image function's), if"
+                   " dask-lambda made it.")  # fmt: skip
 @click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
 @aws_command
-def delete(aws, name: str, delete_role: bool, yes: bool) -> None:
+def delete(aws, name: str, delete_role: bool, delete_images: bool, yes: bool) -> None:
     """Delete function NAME. Refuses functions dask-lambda did not create."""
     from .deploy.admin import delete_function, require_ours
 
@@ -396,7 +413,8 @@ def delete(aws, name: str, delete_role: bool, yes: bool) -> None:
     if not yes:
         click.confirm(f"Delete function {name}?", abort=True)
     clients = aws.client("lambda"), aws.client("iam")
-    for removed in delete_function(*clients, name, delete_role, aws.client("ssm")):
+    ecr = aws.client("ecr") if delete_images else None
+    for removed in delete_function(*clients, name, delete_role, aws.client("ssm"), ecr=ecr):
         click.echo(f"Deleted {removed}")
 
 
@@ -443,6 +461,8 @@ def info(aws, name: str) -> None:
         optimization = version["SnapStart"]["OptimizationStatus"]
         click.echo(f"SnapStart   version {target.rsplit(':', 1)[1]} (alias dask-lambda),"
                    f" {version['State']}, optimization {optimization}")  # fmt: skip
+    if configuration.get("PackageType") == "Image":
+        _echo_image(aws.client("ecr"), lam, name)
     bucket = variables.get(contract.BUCKET)
     click.echo(f"Bucket      {bucket or '(none: pass bucket= to LambdaCluster)'}")
     click.echo(f"Cold start  {stats.get('cold_start')}")
@@ -465,6 +485,21 @@ def info(aws, name: str) -> None:
         click.echo(f"Compatible  yes, with other minor versions: {libraries.fix(name)}")
         return
     click.echo("Compatible  yes")
+
+
+def _echo_image(ecr, lam, name: str) -> None:
+    """``info``'s lines on an image function's image: digest, size and layers."""
+    from .deploy.images import describe
+
+    image = describe(ecr, lam.get_function(FunctionName=name)["Code"]["ImageUri"])
+    if image.get("missing"):
+        click.echo(f"Image       {image['uri']} (not in its repository any more)")
+        return
+    click.echo(f"Image       {image['repository']}@{image['digest']}")
+    click.echo(f"            {image['size'] / 1e6:.1f} MB compressed, {len(image['layers'])}"
+               " layers:")  # fmt: skip
+    for layer in image["layers"]:
+        click.echo(f"            {layer['digest'][:19]}  {layer['size'] / 1e6:8.1f} MB")
 
 
 def _invoke_target(lam, configuration: dict) -> str:

@@ -137,6 +137,11 @@ class LambdaCluster:
         invokes that version; new runtimes are restored from the snapshot instead of importing
         everything again. A named function deployed with ``dask-lambda deploy --snapstart`` is
         invoked at the version its ``dask-lambda`` alias points to when the cluster starts.
+    image
+        Deploy the function the cluster deploys itself as a container image (AWS's base image
+        for this Python plus layers of the packages, dask-lambda and nothing else, pushed to
+        the local Lambda's registry) instead of a zip: for stacks over the zip's 250 MB. A
+        named function is deployed as one with ``dask-lambda deploy NAME --image``.
 
     Attributes
     ----------
@@ -175,6 +180,7 @@ class LambdaCluster:
         s3_write: list[str] | None = None,
         memory_tiers: list[int] | None = None,
         snapstart: bool | None = None,
+        image: bool | None = None,
     ):
         self.settings = settings = Settings.from_config(
             function_name=function_name, bucket=bucket, region=region, endpoint_url=endpoint_url,
@@ -182,6 +188,7 @@ class LambdaCluster:
             max_bytes=max_bytes, per_slot=per_slot, inline_limit=inline_limit,
             infra_retries=infra_retries, retry_backoff=retry_backoff, packages=packages,
             s3_read=s3_read, s3_write=s3_write, memory_tiers=memory_tiers, snapstart=snapstart,
+            image=image,
         )  # fmt: skip
         self.function_name = settings.function_name
         self.bucket = settings.bucket
@@ -348,15 +355,16 @@ class LambdaCluster:
         from .emulator import LocalLambda
 
         started = time.perf_counter()
-        # The package is built (from the cache, mostly) while the server process starts.
+        # The package is built (from the cache, mostly) while the server process starts; an
+        # image after it, as its base image is the server's.
         with ThreadPoolExecutor(1, thread_name_prefix="dask-lambda-build") as builder:
-            building = builder.submit(self._build, self.packages)
+            building = None if self.settings.image else builder.submit(self._build, self.packages)
             local = resources["local"] = LocalLambda(
                 concurrency_limit=self.settings.local_concurrency_limit,
                 idle_timeout=self.settings.local_idle_timeout,
             ).start()
-            built, build_seconds = building.result()
-        self.local = local
+            self.local = local
+            built, build_seconds = (building or builder.submit(self._build, self.packages)).result()
         self.endpoint_url, self.region = local.endpoint_url, local.region
         credentials = {k: v for k, v in local.client_kwargs().items() if k.startswith("aws_")}
         self.aws = Aws(
@@ -369,19 +377,24 @@ class LambdaCluster:
             **self._deploy_local(built, build_seconds, update=False),
         }
 
-    @staticmethod
-    def _build(packages: list[str]) -> tuple[Any, float]:
-        """dask-lambda's handler with ``packages`` from this client's installed files, and the
-        seconds building it took."""
+    def _build(self, packages: list[str]) -> tuple[Any, float]:
+        """dask-lambda's handler with ``packages`` from this client's installed files (a zip,
+        or with ``image`` a container image on the local Lambda's base), and the seconds
+        building it took."""
         import time
 
         from .deploy.build import BuildSpec, build
 
         started = time.perf_counter()
         # A real package, as AWS would run it: the runtime sees nothing of this client.
-        built = build(BuildSpec(include=packages, from_installed=True, deps_on_s3=None,
-                                split_allowed=True))  # fmt: skip
-        return built, time.perf_counter() - started
+        spec = BuildSpec(include=packages, from_installed=True, deps_on_s3=None,
+                         split_allowed=True)  # fmt: skip
+        if self.settings.image:
+            from .deploy.images import build_image
+
+            with dask.config.set({"lambda.image.base": self.local.base_image}):
+                return build_image(spec), time.perf_counter() - started
+        return build(spec), time.perf_counter() - started
 
     def _deploy_local(self, built, build_seconds: float, update: bool) -> dict[str, Any]:
         """Deploy a package :meth:`_build` made into the local Lambda (created, or its code
@@ -399,8 +412,9 @@ class LambdaCluster:
             )
             current_env = (current.get("Environment") or {}).get("Variables", {})
         else:
+            code = built.image.manifest if self.settings.image else built.zip_bytes
             self.function_name = "dask-lambda-" + code_digest(
-                built.zip_bytes + " ".join(built.pinned).encode()
+                code + " ".join(built.pinned).encode()
             )
             if self._explicit_prefix is None:
                 self.prefix = config.function_prefix(self.function_name)
@@ -409,7 +423,9 @@ class LambdaCluster:
             name=self.function_name,
             settings=FunctionSettings(memory=self.memory, timeout=self.timeout,
                                       snapstart=self.settings.snapstart or None),
-            built=built, bucket=self.bucket, prefix=self.prefix, current_env=current_env,
+            built=None if self.settings.image else built, image=self.settings.image,
+            built_image=built if self.settings.image else None,
+            bucket=self.bucket, prefix=self.prefix, current_env=current_env,
             create_role=True, role_name=LOCAL_ROLE, s3_read=self.s3_read, s3_write=self.s3_write,
             memory_tiers=self.memory_tiers,
             # Through the loopback S3: the server then decodes no 27 MB of base64 JSON.
@@ -420,15 +436,26 @@ class LambdaCluster:
             self.backend.invoker.function_name = provisioned.outcome.invoke_target
             for memory, tier in provisioned.tiers.items():
                 self.backend.tiers[memory].function_name = tier.invoke_target
-        report = {
-            "packages": built.pinned,
-            "zip_mb": round(built.size / 1e6, 1),
-            "unpacked_mb": round((built.unpacked_size + built.dependencies_unpacked) / 1e6, 1),
-            "dependencies_on_s3": bool(built.dependencies_zip),
+        if self.settings.image:
+            report = {
+                "packages": built.pinned,
+                "image": provisioned.pushed.image_uri,
+                "image_mb": round(built.image.size / 1e6, 1),
+                "unpacked_mb": round(built.unpacked / 1e6, 1),
+                "layers_sent": len(provisioned.pushed.sent),
+            }
+        else:
+            report = {
+                "packages": built.pinned,
+                "zip_mb": round(built.size / 1e6, 1),
+                "unpacked_mb": round((built.unpacked_size + built.dependencies_unpacked) / 1e6, 1),
+                "dependencies_on_s3": bool(built.dependencies_zip),
+            }
+        report.update({
             "cached": built.dependencies_cached,
             "build_seconds": round(build_seconds, 3),
             "deploy_seconds": round(time.perf_counter() - package_ready, 3),
-        }
+        })  # fmt: skip
         if update:
             self.build_report.update(report)
         return report

@@ -47,6 +47,7 @@ class Settings:
     s3_write: tuple[str, ...] = _key("s3-write")
     memory_tiers: tuple[int, ...] = _key("memory-tiers")
     snapstart: bool = _key("snapstart")
+    image: bool = _key("image.enabled")
     # Scheduling.
     max_concurrency: int | None = _key("max-concurrency")  # None only before from_config
     max_tasks: int = _key("batch.max-tasks")

@@ -247,3 +247,19 @@ def imports_without_compiling(packages=("dask", "numpy", "dask_lambda.function")
         writable = False
     return {"imported": imported, "compiled": shipped, "control": compiled[len(shipped):],
             "files": files, "code_writable": writable}  # fmt: skip
+
+
+def fit_tiny_model() -> float:
+    """A scikit-learn model fitted on a pandas frame read back from Parquet (pyarrow): the
+    three libraries of a stack too large for a zip, used together."""
+    import io
+
+    import pandas as pd
+    from sklearn.linear_model import LogisticRegression
+
+    frame = pd.DataFrame({"x": [0.0, 1.0, 2.0, 3.0, 4.0, 5.0], "y": [0, 0, 0, 1, 1, 1]})
+    buffer = io.BytesIO()
+    frame.to_parquet(buffer, engine="pyarrow")
+    frame = pd.read_parquet(io.BytesIO(buffer.getvalue()), engine="pyarrow")
+    model = LogisticRegression().fit(frame[["x"]], frame["y"])
+    return float(model.score(frame[["x"]], frame["y"]))

@@ -41,6 +41,7 @@ class FunctionSummary:
     architecture: str
     last_modified: str
     tags: dict[str, str]
+    package_type: str = "Zip"
 
 
 def list_functions(lambda_client: Any) -> list[FunctionSummary]:
@@ -58,18 +59,25 @@ def list_functions(lambda_client: Any) -> list[FunctionSummary]:
                         architecture=(config.get("Architectures") or ["x86_64"])[0],
                         last_modified=config.get("LastModified", ""),
                         tags=tags,
+                        package_type=config.get("PackageType") or "Zip",
                     )
                 )
     return sorted(found, key=lambda f: f.name)
 
 
 def delete_function(
-    lambda_client: Any, iam_client: Any, name: str, delete_role: bool, ssm_client: Any = None
-) -> list[str]:
-    """Delete a dask-lambda function, its signing key and, if asked, its role; say what went."""
+    lambda_client: Any, iam_client: Any, name: str, delete_role: bool, ssm_client: Any = None,
+    ecr: Any = None,
+) -> list[str]:  # fmt: skip
+    """Delete a dask-lambda function, its signing key and, if asked, its role and (given
+    ``ecr``) an image function's repository; say what went."""
+    from .images import delete_repository, repository_of
     from .signing import delete_key
 
     configuration = require_ours(lambda_client, name)
+    image_uri = None
+    if ecr is not None and configuration.get("PackageType") == "Image":
+        image_uri = lambda_client.get_function(FunctionName=name)["Code"]["ImageUri"]
     lambda_client.delete_function(FunctionName=name)
     removed = [f"function {name}"]
     for tier in list_functions(lambda_client):  # its memory tiers (deploy.tier_name)
@@ -81,6 +89,8 @@ def delete_function(
     if delete_role:
         role = configuration["Role"].rsplit("/", 1)[-1]
         removed += delete_role_if_ours(iam_client, role)
+    if image_uri is not None and delete_repository(ecr, repository_of(image_uri)):
+        removed.append(f"ECR repository {repository_of(image_uri)} and its images")
     return removed
 
 

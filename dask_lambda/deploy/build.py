@@ -304,6 +304,46 @@ def build(spec: BuildSpec, progress: Callable[[str], None] = lambda _: None) -> 
     )  # fmt: skip
 
 
+@dataclass
+class EntryGroups:
+    """What a package holds, in the three parts an image makes layers of: ``(file or its
+    bytes, name)`` pairs, and whether bytecode goes beside them (see :func:`entry_groups`)."""
+
+    dependencies: list[tuple[Path | bytes, str]]
+    package: list[tuple[Path | bytes, str]]
+    user: list[tuple[Path | bytes, str]]
+    user_files: UserFiles
+    recipe: dict  # what identifies the dependencies (the same recipe: the same files)
+    pins: list[str]
+    bytecode: bool
+
+    @property
+    def unpacked(self) -> int:
+        return sum(_entry_size(entry) for entry in [*self.dependencies, *self.package, *self.user])
+
+
+def entry_groups(spec: BuildSpec, progress: Callable[[str], None] = lambda _: None) -> EntryGroups:
+    """The dependencies, dask-lambda's own code and the user's files of ``spec``, apart (for a
+    container image, where each is a layer and the 250 MB limit of a zip does not apply)."""
+    if spec.architecture not in ARCHITECTURES:
+        raise BuildError(
+            f"Unknown architecture {spec.architecture!r}: use {' or '.join(ARCHITECTURES)}"
+        )
+    for path in spec.paths:
+        if not path.exists():
+            raise BuildError(f"{path} does not exist: PATHS are files or folders to deploy")
+    user_files = UserFiles()
+    user: list = []
+    for path in spec.paths:
+        user += _user_entries(path, [*DEFAULT_EXCLUDES, *spec.exclude], user_files)
+    deps, pins, recipe = [], [], {}
+    if spec.with_dependencies:
+        deps, pins, recipe, _ = _dependency_entries(spec, progress)
+    bytecode = spec.bytecode and bytecode_module.matches_runtime(spec.python_version)
+    return EntryGroups(deps, list(package_files()), user, user_files,
+                       {**recipe, "bytecode": bytecode}, pins, bytecode)  # fmt: skip
+
+
 def _entry_size(entry: tuple[Path | bytes, str]) -> int:
     source = entry[0]
     return len(source) if isinstance(source, bytes) else source.stat().st_size

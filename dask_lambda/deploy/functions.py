@@ -118,10 +118,16 @@ def snapstart_on(settings: FunctionSettings, current: dict | None) -> bool:
     return (current or {}).get("SnapStart", {}).get("ApplyOn") == "PublishedVersions"
 
 
-def check_snapstart(runtime: str, settings: FunctionSettings) -> None:
+def check_snapstart(runtime: str, settings: FunctionSettings, image: bool = False) -> None:
     """Raise :class:`DeployError` where AWS would refuse SnapStart for this function."""
     if not settings.snapstart:
         return
+    if image:
+        raise DeployError(
+            "Lambda does not apply SnapStart to container images: deploy the image without"
+            " --snapstart (an image is cached by Lambda across cold starts instead), or deploy a"
+            " zip (without --image) with --snapstart."
+        )
     version = tuple(int(part) for part in runtime.removeprefix("python").split("."))
     if version < SNAPSTART_MIN_PYTHON:
         raise DeployError(
@@ -409,10 +415,13 @@ def deploy(
     runtime: str | None = None,
     adopt: bool = False,
     stage_code: bool = False,
+    image_uri: str | None = None,
 ) -> DeployResult:
     """Create ``name`` or update only what changed; wait until it is ready.
 
-    ``code`` None updates the configuration only. Zips over 50 MB, or any with ``stage_code``
+    ``image_uri`` (``repository@sha256:...``, in place of ``code``) deploys a container image
+    (``PackageType=Image``). ``code`` None updates the configuration only. Zips over 50 MB, or
+    any with ``stage_code``
     (which spares both ends base64 and JSON of the zip), are uploaded to ``bucket`` first
     (and deleted from it once Lambda has taken them). An existing function that
     dask-lambda did not create is left alone (:class:`NotOursError`) unless ``adopt``, which tags
@@ -420,9 +429,9 @@ def deploy(
     """
     settings.validate()
     runtime = runtime or f"python{versions()['python']}"
-    check_snapstart(runtime, settings)
+    check_snapstart(runtime, settings, image=image_uri is not None)
     result = _create_or_update(lambda_client, name, code, settings, s3_client, bucket, prefix,
-                               tags, handler, runtime, adopt, stage_code)  # fmt: skip
+                               tags, handler, runtime, adopt, stage_code, image_uri)  # fmt: skip
     if snapstart_on(settings, result.configuration):
         result.version = publish(lambda_client, name)
     return result
@@ -431,8 +440,10 @@ def deploy(
 def _create_or_update(
     lambda_client: Any, name: str, code: bytes | None, settings: FunctionSettings,
     s3_client: Any, bucket: str | None, prefix: str, tags: dict[str, str] | None, handler: str,
-    runtime: str, adopt: bool, stage_code: bool,
+    runtime: str, adopt: bool, stage_code: bool, image_uri: str | None = None,
 ) -> DeployResult:  # fmt: skip
+    if image_uri is not None:
+        return _create_or_update_image(lambda_client, name, image_uri, settings, tags, adopt)
     if code is not None and len(code) > DIRECT_UPLOAD_LIMIT and bucket is None:
         raise DeployError(
             f"The zip is {len(code) / 1e6:.1f} MB, over the 50 MB Lambda accepts directly:"
@@ -456,6 +467,8 @@ def _create_or_update(
         configuration = lambda_client.get_function_configuration(FunctionName=name)
         return DeployResult(configuration, created=True)
 
+    if code is not None:
+        _check_package_type(current, "Zip")
     if check_ownership(lambda_client, current, adopt):
         lambda_client.tag_resource(Resource=current["FunctionArn"], Tags=CREATED_BY)
     if tags:
@@ -471,7 +484,9 @@ def _create_or_update(
             lambda_client.get_waiter("function_updated_v2").wait(FunctionName=name)
         result.code_updated = True
         lambda_client.tag_resource(Resource=current["FunctionArn"], Tags=version_tags())
-    wanted = {**settings.configuration(), "Handler": handler, "Runtime": runtime}
+    wanted = settings.configuration()
+    if (current.get("PackageType") or "Zip") == "Zip":  # an image has its own (settings only)
+        wanted.update({"Handler": handler, "Runtime": runtime})
     changes = {k: v for k, v in wanted.items() if _differs(current, k, v)}
     if changes:
         lambda_client.update_function_configuration(FunctionName=name, **changes)
@@ -479,6 +494,64 @@ def _create_or_update(
         result.configuration_changes = changes
     result.configuration = lambda_client.get_function_configuration(FunctionName=name)
     return result
+
+
+def _create_or_update_image(
+    lambda_client: Any, name: str, image_uri: str, settings: FunctionSettings,
+    tags: dict[str, str] | None, adopt: bool,
+) -> DeployResult:  # fmt: skip
+    """:func:`deploy` of a container image: no runtime or handler (the image has them)."""
+    current = current_configuration(lambda_client, name)
+    config = settings.configuration()
+    if current is None:
+        if settings.role is None:
+            raise DeployError("A new function needs a role: pass --role ARN or --create-role")
+        if settings.architecture:
+            config["Architectures"] = [settings.architecture]
+        lambda_client.create_function(
+            FunctionName=name, PackageType="Image", Code={"ImageUri": image_uri},
+            Tags={**CREATED_BY, **version_tags(), **(tags or {})}, **config,
+        )  # fmt: skip
+        lambda_client.get_waiter("function_active_v2").wait(FunctionName=name)
+        configuration = lambda_client.get_function_configuration(FunctionName=name)
+        return DeployResult(configuration, created=True)
+    _check_package_type(current, "Image")
+    if check_ownership(lambda_client, current, adopt):
+        lambda_client.tag_resource(Resource=current["FunctionArn"], Tags=CREATED_BY)
+    if tags:
+        lambda_client.tag_resource(Resource=current["FunctionArn"], Tags=tags)
+    result = DeployResult(current)
+    digest = image_uri.rpartition("@sha256:")[2]
+    arch_changed = settings.architecture and current.get("Architectures", ["x86_64"]) != [
+        settings.architecture
+    ]
+    if current.get("CodeSha256") != digest or arch_changed:
+        extra = {"Architectures": [settings.architecture]} if arch_changed else {}
+        lambda_client.update_function_code(FunctionName=name, ImageUri=image_uri, **extra)
+        lambda_client.get_waiter("function_updated_v2").wait(FunctionName=name)
+        result.code_updated = True
+        lambda_client.tag_resource(Resource=current["FunctionArn"], Tags=version_tags())
+    changes = {k: v for k, v in config.items() if _differs(current, k, v)}
+    if changes:
+        lambda_client.update_function_configuration(FunctionName=name, **changes)
+        lambda_client.get_waiter("function_updated_v2").wait(FunctionName=name)
+        result.configuration_changes = changes
+    result.configuration = lambda_client.get_function_configuration(FunctionName=name)
+    return result
+
+
+def _check_package_type(current: dict, wanted: str) -> None:
+    """Lambda cannot turn a zip function into an image one, or back: say what to do instead."""
+    found = current.get("PackageType") or "Zip"
+    if found != wanted:
+        name = current["FunctionName"]
+        raise DeployError(
+            f"Function {name!r} is deployed as {'an image' if found == 'Image' else 'a zip'},"
+            " and Lambda cannot change a function's package type: "
+            + ("update it as an image (dask-lambda update keeps --image), or" if found == "Image"
+               else "update it as a zip (without --image), or")
+            + f" delete it first (dask-lambda delete {name}), or deploy under another name."
+        )  # fmt: skip
 
 
 def check_ownership(lambda_client: Any, current: dict | None, adopt: bool) -> bool:

@@ -15,6 +15,10 @@ deploys its own function both call :func:`provision`, which runs every step in o
 8. **SnapStart**: a function with it gets a version published (and snapshotted) for each
    change, and its ``dask-lambda`` alias moved there (:func:`~.deploy.functions.publish`).
 
+With ``image`` the package is a container image instead (:mod:`.images`): built in step 1,
+pushed into the function's ECR repository before step 5, and deployed by digest; the function
+and its tiers run that one image, and no dependency archive goes to S3.
+
 It raises :class:`~.deploy.DeployError` (or :class:`~.build.BuildError`) naming the fix, before
 anything touches AWS where it can, and tells ``progress`` what it did, a line per step.
 """
@@ -27,6 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..function import contract
+from . import images
 from .build import BuildResult, BuildSpec, build
 from .functions import (
     SNAPSTART_TMP_LIMIT_MB,
@@ -79,6 +84,9 @@ class Request:
         Days after which the bucket expires what crashed clients left (None: no rule).
     stage_code
         Upload the zip to the bucket and create the function from there, whatever its size.
+    image, built_image
+        Deploy a container image (built from ``build``, or ``built_image`` already built)
+        instead of a zip.
     """
 
     name: str
@@ -98,6 +106,8 @@ class Request:
     tags: dict[str, str] | None = None
     expire_days: int | None = None
     stage_code: bool = False
+    image: bool = False
+    built_image: images.BuiltImage | None = None
 
 
 @dataclass
@@ -107,6 +117,8 @@ class Provisioned:
     outcome: DeployResult
     built: BuildResult | None
     tiers: dict[int, DeployResult]
+    image: images.BuiltImage | None = None
+    pushed: images.Pushed | None = None
 
     @property
     def configuration(self) -> dict[str, Any]:
@@ -140,7 +152,21 @@ def provision(
     )
     needs_key = contract.KEY_PARAMETER not in (request.current_env or {})
     built = request.built
-    if built is None and request.build is not None:
+    image = request.built_image
+    if request.image or image is not None:
+        # A foreign repository is refused before anything is built.
+        images.ensure_repository(client("ecr"), images.repository_name(request.name),
+                                 adopt=request.adopt, create=False)  # fmt: skip
+        if snapstart_on(settings, current):
+            raise DeployError(
+                "Lambda does not apply SnapStart to container images: deploy without"
+                " --snapstart, or as a zip (without --image)."
+            )
+        if image is None and request.build is not None:
+            image = images.build_image(request.build, lambda step: progress(f"  build: {step}"))
+        if image is not None:
+            environment.pop(contract.DEPENDENCIES, None)
+    elif built is None and request.build is not None:
         built = _build(request.build, progress)
     if built is not None:
         environment.pop(contract.DEPENDENCIES, None)
@@ -167,11 +193,13 @@ def provision(
     if needs_key:  # every function gets its own signing key
         environment[contract.KEY_PARAMETER] = create_key(client("ssm"), request.name)
     unchanged = request.current_env is not None and environment == request.current_env
-    settings.environment = None if built is None and unchanged else environment
+    settings.environment = None if built is None and image is None and unchanged else environment
     code = built.zip_bytes if built is not None else None
+    pushed = _push(client, request, image, progress) if image is not None else None
+    image_uri = pushed.image_uri if pushed else None
     outcome = deploy(lam, request.name, code, settings, s3_client=s3, bucket=bucket,
                      prefix=prefix, adopt=request.adopt, tags=request.tags,
-                     stage_code=request.stage_code)  # fmt: skip
+                     stage_code=request.stage_code, image_uri=image_uri)  # fmt: skip
     if s3 is not None and request.expire_days is not None:
         ensure_expiry(s3, bucket, prefix, request.expire_days)
     base = outcome.configuration
@@ -183,8 +211,25 @@ def provision(
         )  # fmt: skip
         tiers[memory] = deploy(lam, tier_name(request.name, memory), code, variant, s3_client=s3,
                                bucket=bucket, prefix=prefix, adopt=request.adopt,
-                               stage_code=request.stage_code)  # fmt: skip
-    return Provisioned(outcome, built, tiers)
+                               stage_code=request.stage_code, image_uri=image_uri)  # fmt: skip
+    return Provisioned(outcome, built, tiers, image, pushed)
+
+
+def _push(client: Callable[[str], Any], request: Request, image: images.BuiltImage,
+          progress: Callable[[str], None]) -> images.Pushed:  # fmt: skip
+    """Push the image into the function's repository (created, or refused if foreign)."""
+    ecr = client("ecr")
+    repository = images.ensure_repository(ecr, images.repository_name(request.name),
+                                          adopt=request.adopt)  # fmt: skip
+    registry = images.ecr_registry(ecr)
+    try:
+        pushed = images.push(image.image, registry, repository,
+                             lambda step: progress(f"  push: {step}"))  # fmt: skip
+    finally:
+        registry.close()
+    progress(f"Image: {pushed.image_uri} ({image.image.size / 1e6:.1f} MB compressed,"
+             f" {len(pushed.sent)} of {len(image.image.layers)} layers sent)")  # fmt: skip
+    return pushed
 
 
 def _fit_snapstart_tmp(built: BuildResult, settings: FunctionSettings) -> None:

@@ -136,7 +136,21 @@ class LocalLambda:
         """Environment variables that point boto3 (in any process) at this server, with the
         local admin's credentials (the local Lambda enforces IAM)."""
         self._require_running()
-        return service_env(self.endpoint_url, self.region, self.credentials)
+        return {**service_env(self.endpoint_url, self.region, self.credentials),
+                "DASK_LAMBDA__IMAGE__BASE": self.base_image}  # fmt: skip
+
+    @property
+    def base_image(self) -> str:
+        """The stand-in for AWS's base image this server serves (``{python}``: X.Y), what
+        ``lambda.image.base`` names for image functions deployed into it."""
+        from .registry import standin_reference
+
+        self._require_running()
+        return standin_reference(self.endpoint_url)
+
+    def registry_stats(self) -> dict:
+        """The local registry's counters: blobs and manifests pushed and pulled."""
+        return self._admin("registry")
 
     def client_kwargs(self) -> dict[str, Any]:
         """Keyword arguments for ``boto3.client(service, **kwargs)``."""

@@ -9,6 +9,7 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass, field
+from typing import Any
 
 MiB = 1024 * 1024
 
@@ -39,6 +40,7 @@ class FunctionSpec:
     ephemeral_mb: int = 512  # /tmp
     version: str = "$LATEST"
     snapstart: bool = False  # a published version restored from its snapshot (snapshots.py)
+    image: Any = None  # an image function's ImageRun (images.py): its root filesystem and config
 
 
 @dataclass

@@ -157,6 +157,9 @@ def runtime_argv(manager: RuntimeManager, spec: FunctionSpec, arguments: list[st
     # -S: no site-packages of this machine; the path is what Lambda's would be.
     if not manager.sandbox:
         return [sys.executable, "-S", "-u", _BOOTSTRAP, *arguments]
+    if spec.image is not None:  # the image's entry point and command, in its root filesystem
+        return sandbox.image_command(spec.image.argv, spec.image.rootfs, spec.image.working_dir,
+                                     spec.ephemeral_mb, manager.mounts)  # fmt: skip
     return sandbox.command(
         [sandbox.interpreter(), "-S", "-u", sandbox.BOOTSTRAP, *arguments],
         spec.code_dir, spec.layer_dirs, manager.runtime_dir, _BOOTSTRAP,
@@ -169,12 +172,16 @@ def runtime_environment(
     tmp: str | None,
 ) -> dict[str, str]:  # fmt: skip
     """What a runtime's environment holds, as Lambda's would (paths as the runtime sees them)."""
+    image = spec.image
     if manager.sandbox:
         code_dir, layers = sandbox.TASK_ROOT, sandbox.inside_paths(spec.layer_dirs)
         runtime_dir = sandbox.RUNTIME_DIR
-    else:
-        code_dir, layers, runtime_dir = spec.code_dir, spec.layer_dirs, manager.runtime_dir
+    else:  # an image's folders, outside a sandbox, are where it was unpacked
+        code_dir, layers = spec.code_dir, spec.layer_dirs
+        runtime_dir = f"{image.rootfs}/var/runtime" if image else manager.runtime_dir
     env = {k: os.environ[k] for k in _INHERITED_ENV if k in os.environ}
+    if image is not None:
+        env.update(dict(image.environment))
     env.update(manager.service_env)
     env.update(spec.environment)
     env.update(spec.credentials)
@@ -197,6 +204,8 @@ def runtime_environment(
             "TZ": ":UTC",
         }
     )
+    if image is not None and manager.sandbox:  # the image's bootstrap sets the path
+        del env["PYTHONPATH"]
     if not manager.sandbox:  # in a sandbox, bwrap --die-with-parent ties it to the server
         env["_DASK_LAMBDA_PARENT_PID"] = str(os.getpid())
     return env

@@ -96,6 +96,42 @@ def command(
     return [*args, "--chdir", TASK_ROOT, "--", *argv]
 
 
+def image_command(
+    argv: list[str], rootfs: str, working_dir: str, tmp_mb: int, mounts: tuple[str, ...] = ()
+) -> list[str]:
+    """``bwrap ... argv`` for a runtime of an image function: the image's root filesystem is
+    the sandbox's root (each of its top-level entries bound read-only where it has them), and
+    this machine's ``/usr``, ``/lib*``, ``/bin`` and ``/etc`` files only where it has not
+    (the stand-in base image brings no operating system; AWS's brings Amazon Linux)."""
+    args = [shutil.which("bwrap") or "bwrap", "--unshare-pid", "--unshare-ipc", "--unshare-uts",
+            "--hostname", "localhost", "--die-with-parent", "--cap-drop", "ALL",
+            "--proc", "/proc", "--dev", "/dev"]  # fmt: skip
+    root = Path(rootfs)
+    present = set()
+    for entry in sorted(root.iterdir()):
+        if entry.name in ("proc", "dev", "tmp", "sys"):
+            continue
+        present.add(entry.name)
+        if entry.is_symlink():
+            args += ["--symlink", os.readlink(entry), f"/{entry.name}"]
+        else:
+            args += ["--ro-bind", str(entry), f"/{entry.name}"]
+    binds = _system_binds()
+    for index in range(0, len(binds), 3):
+        option, source, target = binds[index : index + 3]
+        top = target.strip("/").split("/")[0]
+        if top not in present or target in _NETWORK_FILES:  # Lambda's own name resolution
+            args += [option, source, target]
+    args += ["--size", str(max(1, tmp_mb) * 1024 * 1024), "--tmpfs", "/tmp"]
+    for mount in mounts:
+        if os.path.isdir(mount):
+            args += ["--bind", mount, mount]
+    return [*args, "--chdir", working_dir, "--", *argv]
+
+
+_NETWORK_FILES = ("/etc/resolv.conf", "/etc/hosts")
+
+
 @functools.cache
 def _system_binds() -> list[str]:
     """What every sandbox shares read-only with this machine (read once per server)."""

@@ -22,6 +22,7 @@ A function's :class:`~dask_lambda.emulator.runtimes.FunctionSpec` is read throug
 from __future__ import annotations
 
 import base64
+import dataclasses
 import functools
 import html
 import io
@@ -49,8 +50,10 @@ from . import iam, snapstart
 from .code_store import CodeStore, InvalidCode, code_sha256
 from .endpoint import DEFAULT_REGION, service_env
 from .faults import FaultInjector
+from .images import ImageRun, ImageStore, InvalidImage, parse_image_uri
 from .invoke import InvokeService, Response, error_response
 from .logs import filter_log_events, json_error
+from .registry import LocalRegistry
 from .runtimes import FunctionSpec, RuntimeManager
 
 ADMIN_PREFIX = "/_dask_lambda/"  # the local Lambda's own routes: admin-signed requests only
@@ -284,6 +287,12 @@ class LocalLambdaServer:
             os.environ.update(self.service_env(self.admin))
         self.faults = FaultInjector(seed)
         self.invoker = InvokeService(self.runtimes, self.faults)
+        os.environ["MOTO_LAMBDA_STUB_ECR"] = "false"  # an image function's image must exist
+        self.registry = LocalRegistry(
+            self.workdir, self._ecr_backend, self.runtimes.spawner.popen, self.endpoint_url,
+            self.region, iam.ACCOUNT_ID,
+        )  # fmt: skip
+        self.images = ImageStore(lambda: self.registry.internal_url)
         self._specs: dict[tuple[str, str, str | None], FunctionSpec] = {}
         self.snapstart = snapstart.SnapStartTable()
         self._specs_lock = threading.Lock()
@@ -323,6 +332,7 @@ class LocalLambdaServer:
 
     def close(self) -> None:
         self.runtimes.close()
+        self.registry.close()
         self._server.shutdown()
         self._server.server_close()
         if self._tmp is not None:
@@ -347,6 +357,10 @@ class LocalLambdaServer:
                 status, headers, body = self._admin(environ, body)
             start_response(_status_line(status), list(headers.items()))
             return [body]
+        if path == "/v2" or path.startswith("/v2/"):  # the container registry (registry.py)
+            status, headers, body = self.registry.handle(environ, _read_body(environ))
+            start_response(_status_line(status), list(headers.items()))
+            return [body]
         match = _CREDENTIAL.search(environ.get("HTTP_AUTHORIZATION", ""))
         service = match["service"] if match else None
         response = None
@@ -354,6 +368,8 @@ class LocalLambdaServer:
             response = self._lambda(environ, match["region"])
         elif service == "logs":
             response = self._logs(environ)
+        elif service == "ecr":
+            response = self._ecr(environ)
         elif service == "s3" and self.faults.s3_error():
             _read_body(environ)
             body = (
@@ -395,6 +411,9 @@ class LocalLambdaServer:
                 {"Content-Type": "application/json"},
                 json.dumps(self.faults.describe()).encode(),
             )
+        if route == "registry":
+            counts = self.registry.counters()
+            return 200, {"Content-Type": "application/json"}, json.dumps(counts).encode()
         if route == "reap" and environ["REQUEST_METHOD"] == "POST":
             name = str(json.loads(body or b"{}").get("function", ""))
             stopped = self.runtimes.reap_function(name)
@@ -505,6 +524,32 @@ class LocalLambdaServer:
             return "Active", None
         return self.runtimes.snapshot_state(spec)
 
+    def _ecr_backend(self) -> Any:
+        from moto.ecr.models import ecr_backends
+
+        return ecr_backends[iam.ACCOUNT_ID][self.region]
+
+    def _ecr(self, environ: dict[str, Any]) -> Response | None:
+        """ECR's API is moto's, but for the registry's tokens and a deleted repository's
+        images (see :mod:`.registry`)."""
+        action = environ.get("HTTP_X_AMZ_TARGET", "").rpartition(".")[2]
+        if action not in ("GetAuthorizationToken", "DeleteRepository"):
+            return None
+        body = _read_body(environ)
+        images: list[str] = []
+        if action == "DeleteRepository":
+            name = json.loads(body or b"{}").get("repositoryName", "")
+            repository = self._ecr_backend().repositories.get(name)
+            images = [image.image_digest for image in repository.images] if repository else []
+        status, headers, out = _json_auth_error(self._call_moto(environ, body))
+        if status >= 300:
+            return status, headers, out
+        headers = {k: v for k, v in headers.items() if k.lower() != "content-length"}
+        if action == "GetAuthorizationToken":
+            return status, headers, self.registry.authorization_data(out)
+        self.registry.forget_repository(name, images)
+        return status, headers, out
+
     def _logs(self, environ: dict[str, Any]) -> Response | None:
         """CloudWatch Logs ``FilterLogEvents`` on a function's group, from the kept runtime logs."""
         if not environ.get("HTTP_X_AMZ_TARGET", "").endswith(".FilterLogEvents"):
@@ -567,7 +612,9 @@ class LocalLambdaServer:
         try:
             code = code_of(request if request is not None else json.loads(body or b"{}"))
             sha = self.code.add(base64.b64decode(code["ZipFile"])) if "ZipFile" in code else None
-        except InvalidCode as e:
+            if "ImageUri" in code:  # pulled and unpacked before the function is Active
+                self.images.pull(*parse_image_uri(code["ImageUri"]))
+        except (InvalidCode, InvalidImage) as e:
             return error_response(400, "InvalidParameterValueException", str(e))
         except (ValueError, TypeError, AttributeError):
             return None  # let moto answer the malformed request as AWS would
@@ -655,7 +702,15 @@ class LocalLambdaServer:
             "lambda", region, "GET", f"/2019-09-30/functions/{name}/concurrency"
         )
         reserved = json.loads(concurrency or b"{}").get("ReservedConcurrentExecutions")
-        code_dir = self.code.code_dir(config["CodeSha256"])
+        image = None
+        if config.get("PackageType") == "Image":
+            try:
+                image = self._image_run(function)
+            except (InvalidImage, ValueError) as e:
+                return error_response(502, "ServiceException", f"{name}'s image: {e}")
+            code_dir = Path(image.rootfs) / "var" / "task"
+        else:
+            code_dir = self.code.code_dir(config["CodeSha256"])
         if code_dir is None:
             return error_response(
                 502,
@@ -668,7 +723,7 @@ class LocalLambdaServer:
         spec = FunctionSpec(
             name=config["FunctionName"],
             arn=config["FunctionArn"],
-            handler=config["Handler"],
+            handler=image.command[0] if image and image.command else config.get("Handler", ""),
             memory_mb=int(config.get("MemorySize") or 128),
             timeout_s=float(config.get("Timeout") or 3),
             environment=dict((config.get("Environment") or {}).get("Variables") or {}),
@@ -682,10 +737,24 @@ class LocalLambdaServer:
             ephemeral_mb=int((config.get("EphemeralStorage") or {}).get("Size") or 512),
             version=version,
             snapstart=self.snapstart.is_snapshotted(region, name, version),
+            image=image,
         )
         with self._specs_lock:
             self._specs[(region, name, qualifier)] = spec
         return spec
+
+    def _image_run(self, function: dict) -> ImageRun:
+        """How an image function starts: its image, with ``ImageConfig``'s overrides."""
+        image = self.images.pull(*parse_image_uri(function["Code"]["ImageUri"]))
+        override = (function["Configuration"].get("ImageConfigResponse") or {}).get(
+            "ImageConfig"
+        ) or {}
+        return dataclasses.replace(
+            image,
+            entrypoint=tuple(override.get("EntryPoint") or image.entrypoint),
+            command=tuple(override.get("Command") or image.command),
+            working_dir=override.get("WorkingDirectory") or image.working_dir,
+        )
 
 
 _XML_ERROR = re.compile(rb"<Code>(?P<code>[^<]+)</Code>\s*<Message>(?P<message>[^<]*)</Message>")

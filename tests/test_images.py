@@ -1,0 +1,166 @@
+"""Container-image functions on the local Lambda: built without a daemon, pushed through its
+registry (the distribution registry behind moto's ECR), run from the unpacked image."""
+
+from __future__ import annotations
+
+import base64
+import json
+import urllib.error
+import urllib.request
+
+import dask
+import pytest
+import tasks
+from conftest import cli, unique
+
+from dask_lambda import LambdaCluster
+from dask_lambda.deploy import images
+from dask_lambda.emulator.registry import registry_binary
+
+pytestmark = pytest.mark.skipif(
+    registry_binary() is None,
+    reason="needs the distribution registry (apt-get install docker-registry; ci/test does)",
+)
+
+
+@pytest.fixture
+def image_env(aws_env, local):
+    """The exports of `dask-lambda local` (its stand-in base image included), in this process."""
+    with dask.config.set({"lambda.image.base": local.base_image}):
+        yield aws_env
+
+
+def _sent_blobs(local) -> int:
+    return local.registry_stats()["blobs_pushed"]
+
+
+def test_image_deploy_compute_update_delete(local, image_env, bucket, user_module):
+    name = unique("image")
+    before = _sent_blobs(local)
+    result = cli("deploy", name, str(user_module), "--image", "--create-role", "--bucket", bucket,
+                 "--memory", "1024")  # fmt: skip
+    assert "Created arn:aws:lambda" in result.output
+    first_push = _sent_blobs(local) - before
+    assert first_push >= 5  # base layers (2), dependencies, dask-lambda, your files, config
+    lam, ecr = local.client("lambda"), local.client("ecr")
+    function = lam.get_function(FunctionName=name)
+    assert function["Configuration"]["PackageType"] == "Image"
+    uri = function["Code"]["ImageUri"]
+    assert f"/{images.repository_name(name)}@sha256:" in uri
+    repository = ecr.describe_repositories(repositoryNames=[images.repository_name(name)])
+    arn = repository["repositories"][0]["repositoryArn"]
+    assert images.CREATED_BY in ecr.list_tags_for_resource(resourceArn=arn)["tags"]
+
+    with LambdaCluster(function_name=name) as cluster:
+        x = dask.delayed(tasks.call_by_name)("only_in_zip", "triple", 14)
+        assert x.compute(scheduler=cluster) == 42
+        where = dask.delayed(tasks.module_file)("only_in_zip").compute(scheduler=cluster)
+        assert where == "/var/task/only_in_zip.py"  # the image's layer, as Lambda mounts it
+
+    shown = cli("info", name).output
+    digest = uri.rpartition("@")[2]
+    assert f"Image       {images.repository_name(name)}@{digest}" in shown
+    assert "layers:" in shown and shown.count("MB\n") >= 5  # one line per layer
+
+    user_module.write_text("def triple(x):\n    return 'new ' * x\n")
+    before = _sent_blobs(local)
+    updated = cli("update", name, str(user_module))
+    assert "Updated" in updated.output and "code" in updated.output
+    assert "1 of 5 layers sent" in updated.output
+    assert _sent_blobs(local) - before == 2  # the changed layer and the new config, no more
+    new_uri = lam.get_function(FunctionName=name)["Code"]["ImageUri"]
+    assert new_uri != uri
+    with LambdaCluster(function_name=name) as cluster:
+        x = dask.delayed(tasks.call_by_name)("only_in_zip", "triple", 2)
+        assert x.compute(scheduler=cluster) == "new new "
+    assert f"{name} is up to date" in cli("update", name, str(user_module)).output
+
+    deleted = cli("delete", name, "--delete-images", "--yes").output
+    assert f"ECR repository {images.repository_name(name)}" in deleted
+    with pytest.raises(ecr.exceptions.RepositoryNotFoundException):
+        ecr.describe_repositories(repositoryNames=[images.repository_name(name)])
+    with pytest.raises(lam.exceptions.ResourceNotFoundException):
+        lam.get_function(FunctionName=name)
+
+
+def test_foreign_repository_is_refused(local, image_env, bucket, user_module):
+    name = unique("foreign")
+    ecr = local.client("ecr")
+    ecr.create_repository(repositoryName=images.repository_name(name))  # not dask-lambda's
+    before = _sent_blobs(local)
+    result = cli("deploy", name, str(user_module), "--image", "--create-role", "--bucket", bucket,
+                 ok=False)  # fmt: skip
+    assert result.exit_code != 0
+    assert "was not created by dask-lambda" in result.output and "--adopt" in result.output
+    assert _sent_blobs(local) == before  # nothing pushed into it
+    with pytest.raises(local.client("lambda").exceptions.ResourceNotFoundException):
+        local.client("lambda").get_function(FunctionName=name)
+    assert not ecr.describe_images(repositoryName=images.repository_name(name))["imageDetails"]
+
+
+def test_images_cannot_use_snapstart_or_change_package_type(local, image_env, bucket,
+                                                            user_module):  # fmt: skip
+    refused = cli("deploy", unique("snap"), "--image", "--snapstart", "--create-role", "--bucket",
+                  bucket, ok=False)  # fmt: skip
+    assert refused.exit_code != 0 and "SnapStart to container images" in refused.output
+
+    name = unique("zip-then-image")
+    cli("deploy", name, str(user_module), "--create-role", "--bucket", bucket)
+    changed = cli("update", name, str(user_module), "--image", ok=False)
+    assert changed.exit_code != 0
+    assert "cannot change a function's package type" in changed.output
+    assert local.client("lambda").get_function(FunctionName=name)["Configuration"][
+        "PackageType"
+    ] == "Zip"  # fmt: skip
+
+
+def test_a_stack_over_250_mb_runs_from_an_image(local):
+    packages = ["pandas", "pyarrow", "scikit-learn"]
+    with LambdaCluster(image=True, packages=packages, memory=3008) as cluster:
+        report = cluster.build_report
+        assert report["unpacked_mb"] > 250  # past what a zip (with its layers) may hold
+        assert report["image"].endswith(report["image"].rpartition("@")[2])
+        variables = cluster._client("lambda").get_function_configuration(
+            FunctionName=cluster.function_name
+        )["Environment"]["Variables"]
+        assert "DASK_LAMBDA_DEPENDENCIES" not in variables  # no archive in S3 to unpack
+        fit = dask.delayed(tasks.fit_tiny_model)()
+        where = dask.delayed(tasks.module_file)("sklearn")
+        score, sklearn_file = dask.compute(fit, where, scheduler=cluster)
+        assert score == 1.0
+        assert sklearn_file.startswith("/var/task/sklearn/")
+        assert not cluster.last_report.dependency_mounts
+
+
+def _registry(local, path: str, method: str = "GET", token: str | None = None, data=None):
+    request = urllib.request.Request(f"{local.endpoint_url}{path}", method=method, data=data)
+    if token is not None:
+        request.add_header("Authorization", f"Basic {token}")
+    try:
+        with urllib.request.urlopen(request, timeout=60) as answer:
+            return answer.status, answer.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read()
+
+
+def test_registry_needs_a_token_of_get_authorization_token(local):
+    ecr = local.client("ecr")
+    name = unique("guarded")
+    ecr.create_repository(repositoryName=name)
+    path = f"/v2/{name}/blobs/uploads/"
+    assert _registry(local, path, "POST")[0] == 401
+    moto_token = base64.b64encode(b"AWS:123456789012-auth-token").decode()  # moto's fixed one
+    assert _registry(local, path, "POST", moto_token)[0] == 401
+    token = ecr.get_authorization_token()["authorizationData"][0]
+    assert token["proxyEndpoint"] == local.endpoint_url
+    status, _ = _registry(local, path, "POST", token["authorizationToken"])
+    assert status == 202
+    status, body = _registry(local, "/v2/not-a-repository/tags/list", token=token[
+        "authorizationToken"])  # fmt: skip
+    assert status == 404 and json.loads(body)["errors"][0]["code"] == "NAME_UNKNOWN"
+    # The public gallery's stand-in: anonymous pulls, no pushes.
+    public = "/v2/public.ecr.aws/lambda/python"
+    assert _registry(local, f"{public}/tags/list")[0] == 200
+    assert _registry(local, f"{public}/blobs/uploads/", "POST", token["authorizationToken"])[
+        0
+    ] == 405  # fmt: skip
