@@ -36,7 +36,8 @@ FILE_SECONDS = {
     "test_dask_conformance.py": 180, "test_aws_fidelity.py": 170, "test_cli.py": 160,
     "test_scheduler.py": 150, "test_package_sync.py": 120, "test_adaptive_batches.py": 110,
     "test_soak.py": 90, "test_faults.py": 90, "test_data_plane.py": 85, "test_security.py": 80,
-    "test_readme.py": 60, "test_local_lambda.py": 45, "test_joblib.py": 40, "test_persist.py": 35,
+    "test_images.py": 75, "test_readme.py": 60, "test_local_lambda.py": 45, "test_joblib.py": 40,
+    "test_persist.py": 35,
 }  # fmt: skip
 
 

@@ -263,3 +263,25 @@ def fit_tiny_model() -> float:
     frame = pd.read_parquet(io.BytesIO(buffer.getvalue()), engine="pyarrow")
     model = LogisticRegression().fit(frame[["x"]], frame["y"])
     return float(model.score(frame[["x"]], frame["y"]))
+
+
+def image_view(client_dir: str) -> dict:
+    """What a task of an image function sees of its filesystem (``client_dir``: the client's
+    working folder, which it must not)."""
+    import os
+
+    import awslambdaric
+
+    try:
+        open("/var/task/written-by-a-task", "w").close()
+        writable = True
+    except OSError:
+        writable = False
+    return {
+        "awslambdaric": awslambdaric.__file__,
+        "entrypoint": os.access("/lambda-entrypoint.sh", os.X_OK),
+        "bootstrap": os.access("/var/runtime/bootstrap", os.X_OK),
+        "task_root": os.environ.get("LAMBDA_TASK_ROOT"),
+        "client_folder": os.path.exists(client_dir),
+        "writable_task": writable,
+    }

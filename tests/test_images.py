@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import urllib.error
 import urllib.request
 
@@ -17,10 +18,9 @@ from dask_lambda import LambdaCluster
 from dask_lambda.deploy import images
 from dask_lambda.emulator.registry import registry_binary
 
-pytestmark = pytest.mark.skipif(
-    registry_binary() is None,
-    reason="needs the distribution registry (apt-get install docker-registry; ci/test does)",
-)
+
+def test_the_registry_is_installed():
+    assert registry_binary(), "apt-get install docker-registry (ci/test installs it)"
 
 
 @pytest.fixture
@@ -56,6 +56,12 @@ def test_image_deploy_compute_update_delete(local, image_env, bucket, user_modul
         assert x.compute(scheduler=cluster) == 42
         where = dask.delayed(tasks.module_file)("only_in_zip").compute(scheduler=cluster)
         assert where == "/var/task/only_in_zip.py"  # the image's layer, as Lambda mounts it
+        seen = dask.delayed(tasks.image_view)(os.getcwd()).compute(scheduler=cluster)
+    # What the image holds is what the task sees: the base's runtime and entry point, the
+    # function's own environment, and nothing of this machine's but the system's folders.
+    assert seen["awslambdaric"].startswith("/var/runtime/awslambdaric/")
+    assert seen["entrypoint"] and seen["bootstrap"] and seen["task_root"] == "/var/task"
+    assert not seen["client_folder"] and seen["writable_task"] is False
 
     shown = cli("info", name).output
     digest = uri.rpartition("@")[2]
@@ -164,3 +170,60 @@ def test_registry_needs_a_token_of_get_authorization_token(local):
     assert _registry(local, f"{public}/blobs/uploads/", "POST", token["authorizationToken"])[
         0
     ] == 405  # fmt: skip
+
+
+def _hostile_layer(tmp_path, members) -> tuple[bytes, str]:
+    """A gzipped tar of ``(name, kind, data or link target)`` entries, as an attacker writes it."""
+    import gzip
+    import hashlib
+    import io
+    import tarfile
+
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w") as tar:
+        for name, kind, value in members:
+            info = tarfile.TarInfo(name)
+            if kind == "link":
+                info.type, info.linkname = tarfile.SYMTYPE, value
+                tar.addfile(info)
+            else:
+                info.size = len(value)
+                tar.addfile(info, io.BytesIO(value))
+    diff_id = "sha256:" + hashlib.sha256(raw.getvalue()).hexdigest()
+    return gzip.compress(raw.getvalue(), mtime=0), diff_id
+
+
+@pytest.mark.parametrize("members", [
+    [("../../../../tmp/escaped-from-an-image", "file", b"x")],
+    [("var/task/out", "link", "/tmp"), ("var/task/out/escaped-from-an-image", "file", b"x")],
+], ids=["dot-dot", "through-a-link"])  # fmt: skip
+def test_an_image_cannot_write_outside_its_root(local, role_arn, tmp_path, members):
+    from dask_lambda.deploy import oci
+    from dask_lambda.deploy.registry import Registry
+
+    ecr, name = local.client("ecr"), unique("hostile")
+    repository = images.ensure_repository(ecr, images.repository_name(name))
+    layer, diff_id = _hostile_layer(tmp_path, members)
+    config = json.dumps({"architecture": "amd64", "os": "linux", "config": {"Cmd": ["x.y"]},
+                         "rootfs": {"type": "layers", "diff_ids": [diff_id]}}).encode()  # fmt: skip
+    manifest = json.dumps({
+        "schemaVersion": 2, "mediaType": oci.OCI_MANIFEST,
+        "config": {"mediaType": oci.OCI_CONFIG, "digest": oci.sha256_digest(config),
+                   "size": len(config)},
+        "layers": [{"mediaType": oci.OCI_LAYER, "digest": oci.sha256_digest(layer),
+                    "size": len(layer)}],
+    }).encode()  # fmt: skip
+    registry = images.ecr_registry(ecr)
+    assert isinstance(registry, Registry)
+    for blob in (layer, config):
+        registry.push_blob(repository["repositoryName"], oci.sha256_digest(blob), blob)
+    digest = registry.put_manifest(repository["repositoryName"], "latest", manifest,
+                                   oci.OCI_MANIFEST)  # fmt: skip
+    lam = local.client("lambda")
+    with pytest.raises(lam.exceptions.InvalidParameterValueException, match="outside|link"):
+        uri = f"{repository['repositoryUri']}@{digest}"
+        lam.create_function(FunctionName=name, PackageType="Image", Role=role_arn,
+                            Code={"ImageUri": uri})  # fmt: skip
+    assert not os.path.exists("/tmp/escaped-from-an-image")
+    with pytest.raises(lam.exceptions.ResourceNotFoundException):
+        lam.get_function(FunctionName=name)

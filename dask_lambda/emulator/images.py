@@ -116,6 +116,7 @@ class ImageStore:
                 blob = staging / "layer"
                 registry.pull_blob(repository, layer.digest, blob)
                 with tarfile.open(blob, mode="r:*") as tar:
+                    written: set[str] = set()  # this layer's: its whiteouts hide lower layers'
                     for member in tar:
                         total += member.size
                         if total > IMAGE_UNPACKED_LIMIT:
@@ -123,7 +124,7 @@ class ImageStore:
                                 "Image size must be smaller than 10 GB uncompressed"
                                 f" ({IMAGE_UNPACKED_LIMIT} bytes)"
                             )
-                        _apply(tar, member, rootfs)
+                        _apply(tar, member, rootfs, written)
                 blob.unlink()
             (staging / "config.json").write_bytes(config_bytes)
             try:
@@ -135,18 +136,24 @@ class ImageStore:
             raise
 
 
-def _apply(tar: tarfile.TarFile, member: tarfile.TarInfo, rootfs: Path) -> None:
-    """One layer entry onto ``rootfs``: a whiteout deletes, anything else is extracted."""
+def _apply(
+    tar: tarfile.TarFile, member: tarfile.TarInfo, rootfs: Path, written: set[str] | None = None
+) -> None:
+    """One layer entry onto ``rootfs``: a whiteout deletes what lower layers put there (not
+    what this layer ``written`` already), anything else is extracted."""
+    written = set() if written is None else written
     folder, _, name = member.name.rstrip("/").rpartition("/")
     if name.startswith(_WHITEOUT):
         parent = _inside(rootfs, folder)
         if name == _OPAQUE:
             for child in parent.iterdir() if parent.is_dir() else ():
-                _remove(child)
+                if not any(path == str(child) or path.startswith(f"{child}/") for path in written):
+                    _remove(child)
         else:
             _remove(_inside(rootfs, f"{folder}/{name[len(_WHITEOUT):]}"))
         return
     target = _inside(rootfs, member.name)
+    written.add(str(target))
     if target.is_symlink() or (target.exists() and not target.is_dir()) or (
         target.is_dir() and not member.isdir()
     ):  # fmt: skip
