@@ -183,8 +183,9 @@ def _hostile_layer(tmp_path, members) -> tuple[bytes, str]:
     with tarfile.open(fileobj=raw, mode="w") as tar:
         for name, kind, value in members:
             info = tarfile.TarInfo(name)
-            if kind == "link":
-                info.type, info.linkname = tarfile.SYMTYPE, value
+            if kind in ("link", "hardlink"):
+                info.type = tarfile.SYMTYPE if kind == "link" else tarfile.LNKTYPE
+                info.linkname = value
                 tar.addfile(info)
             else:
                 info.size = len(value)
@@ -193,14 +194,28 @@ def _hostile_layer(tmp_path, members) -> tuple[bytes, str]:
     return gzip.compress(raw.getvalue(), mtime=0), diff_id
 
 
-@pytest.mark.parametrize("members", [
-    [("../../../../tmp/escaped-from-an-image", "file", b"x")],
-    [("var/task/out", "link", "/tmp"), ("var/task/out/escaped-from-an-image", "file", b"x")],
-], ids=["dot-dot", "through-a-link"])  # fmt: skip
-def test_an_image_cannot_write_outside_its_root(local, role_arn, tmp_path, members):
+HOSTILE_LAYERS = {
+    "dot-dot": [("../../../../tmp/escaped-from-an-image", "file", b"x")],
+    "write-through-a-link": [("var/task/out", "link", "/tmp"),
+                             ("var/task/out/escaped-from-an-image", "file", b"x")],
+    # A whiteout is never extracted (tar's filter never sees it): it must not delete through
+    # a link either.
+    "whiteout-through-a-link": [("var/task/out", "link", "{victim_folder}"),
+                                ("var/task/out/.wh.victim", "file", b"")],
+    "hard-link-out": [("var/task/passwd", "hardlink", "../../../../../../{victim}")],
+}
+
+
+@pytest.mark.parametrize("attack", list(HOSTILE_LAYERS))
+def test_an_image_cannot_touch_anything_outside_its_root(local, role_arn, tmp_path, attack):
     from dask_lambda.deploy import oci
     from dask_lambda.deploy.registry import Registry
 
+    victim = tmp_path / "victim"
+    victim.write_text("this machine's file")
+    members = [(name, kind, value.format(victim_folder=tmp_path, victim=str(victim)[1:])
+                if isinstance(value, str) else value)
+               for name, kind, value in HOSTILE_LAYERS[attack]]  # fmt: skip
     ecr, name = local.client("ecr"), unique("hostile")
     repository = images.ensure_repository(ecr, images.repository_name(name))
     layer, diff_id = _hostile_layer(tmp_path, members)
@@ -220,10 +235,11 @@ def test_an_image_cannot_write_outside_its_root(local, role_arn, tmp_path, membe
     digest = registry.put_manifest(repository["repositoryName"], "latest", manifest,
                                    oci.OCI_MANIFEST)  # fmt: skip
     lam = local.client("lambda")
-    with pytest.raises(lam.exceptions.InvalidParameterValueException, match="outside|link"):
+    with pytest.raises(lam.exceptions.InvalidParameterValueException, match="(?i)outside|link"):
         uri = f"{repository['repositoryUri']}@{digest}"
         lam.create_function(FunctionName=name, PackageType="Image", Role=role_arn,
                             Code={"ImageUri": uri})  # fmt: skip
     assert not os.path.exists("/tmp/escaped-from-an-image")
+    assert victim.read_text() == "this machine's file"
     with pytest.raises(lam.exceptions.ResourceNotFoundException):
         lam.get_function(FunctionName=name)

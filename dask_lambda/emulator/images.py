@@ -5,9 +5,11 @@ front door pulls it by digest from the local registry (:mod:`.registry`) before 
 function, as Lambda optimizes an image before the function becomes ``Active``: its manifest and
 config are checked against their digests, and its layers are unpacked in order into one root
 filesystem, applying whiteouts (``.wh.NAME`` deletes ``NAME``, ``.wh..wh..opq`` empties a
-folder) as a container runtime does. Nothing is written outside it: tar's ``tar`` filter
-refuses absolute and ``..`` paths and links out of it, and strips set-id bits. An image over
-Lambda's 10 GB unpacked is refused.
+folder) as a container runtime does. Nothing outside it is written, deleted or linked to: an
+entry (or whiteout) whose path leaves it, or passes through a link that does, is refused, as is
+a hard link to a file outside it (tar's ``tar`` filter, also applied, strips set-id bits but
+checks no link targets); symbolic links may point anywhere, as they resolve inside the sandbox.
+An image over Lambda's 10 GB unpacked is refused.
 
 Root filesystems live in a per-machine cache named by the image's manifest digest (content
 addressing makes sharing between local Lambdas safe), and a runtime of the function starts in
@@ -153,6 +155,8 @@ def _apply(
             _remove(_inside(rootfs, f"{folder}/{name[len(_WHITEOUT):]}"))
         return
     target = _inside(rootfs, member.name)
+    if member.islnk():  # a hard link names an archive path: it must be one of this image's files
+        _inside(rootfs, member.linkname)
     written.add(str(target))
     if target.is_symlink() or (target.exists() and not target.is_dir()) or (
         target.is_dir() and not member.isdir()
