@@ -73,6 +73,10 @@ def test_image_deploy_compute_update_delete(local, image_env, bucket, user_modul
     updated = cli("update", name, str(user_module))
     assert "Updated" in updated.output and "code" in updated.output
     assert "1 of 5 layers sent" in updated.output
+    # Unchanged layers are neither rebuilt nor sent; only yours is packed again.
+    assert "dependencies: layer from cache" in updated.output
+    assert "dask-lambda's function code: layer from cache" in updated.output
+    assert "your files: packing 1 files" in updated.output
     assert _sent_blobs(local) - before == 2  # the changed layer and the new config, no more
     new_uri = lam.get_function(FunctionName=name)["Code"]["ImageUri"]
     assert new_uri != uri
