@@ -17,6 +17,9 @@ W7  a TPC-H-like join and groupby over ~200 MB of parquet: local disk for dask's
 W8  dask-examples' array notebook at 10,000^2 (y = x + x.T; y[::2, 5000:].mean(axis=1)).
 W9  a cold start: time to the first result on a fresh runtime, for the default package and for
     pandas + pyarrow, with bytecode and sources only (benchmarks/cold_start.py).
+W10 container images against zips: cold starts for the default package and pandas + pyarrow +
+    scikit-learn as zip (+ dependencies in S3) and image; W10-build: building and pushing the
+    image, cold, cached and after one changed file, beside the zip's (benchmarks/images.py).
 
 Each (workload, peer) runs in a process of its own (so no peer inherits another's threads or
 processes): its start-up is timed, then a first compute (fresh: cold runtimes, nothing learned,
@@ -43,7 +46,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from benchmarks import calls, cold_start, fixed_cost, scale, tpch, workloads
+from benchmarks import calls, cold_start, fixed_cost, images, scale, tpch, workloads
 from benchmarks.peers import GRAPH_PEERS, dask_lambda_local, dask_named, distributed_local
 from benchmarks.rows import timing
 
@@ -78,7 +81,7 @@ W8_PEERS = {
 }
 
 
-WORKLOADS = ["W0", "W1", "W2", "W3", "W4", "W5", "W6", "W7", "W8", "W9"]
+WORKLOADS = ["W0", "W1", "W2", "W3", "W4", "W5", "W6", "W7", "W8", "W9", "W10"]
 
 
 def measure_graph(build, peer_factory, repeat: int, **compute_kwargs) -> dict:
@@ -187,6 +190,11 @@ def plan(selected: list[str], repeat: int) -> list[tuple[str, str, object]]:
     if "W9" in selected:
         jobs += [("W9", peer, lambda a=args: cold_start.cold_start(*a))
                  for peer, args in cold_start.PEERS.items()]  # fmt: skip
+    if "W10" in selected:
+        jobs += [("W10", peer, lambda f=fn, a=args: f(*a)) for peer, (fn, args) in
+                 images.PEERS.items()]  # fmt: skip
+        jobs += [("W10-build", peer, lambda f=fn, a=args: f(*a)) for peer, (fn, args) in
+                 images.BUILD_PEERS.items()]  # fmt: skip
     clients = scale.INVOKE_CLIENTS
     if {"W5", "W5-invoker"} & set(selected):
         jobs += [
@@ -228,12 +236,12 @@ def main() -> None:
         for workload, peer, _ in progress:
             progress.set_postfix_str(f"{workload} {peer}"[:50])
             results.setdefault(workload, {})[peer] = run_isolated(workload, peer, args)
-    print_tables(results)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     path = out / f"results-{stamp}.json"
     path.write_text(json.dumps({"machine": machine(), "results": results}, indent=2, default=str))
+    print_tables(results)
     print(f"\nSaved {path}")
 
 

@@ -63,6 +63,8 @@ def test_image_deploy_compute_update_delete(local, image_env, bucket, user_modul
     assert seen["entrypoint"] and seen["bootstrap"] and seen["task_root"] == "/var/task"
     assert not seen["client_folder"] and seen["writable_task"] is False
 
+    listed = [line for line in cli("list").output.splitlines() if line.startswith(name)]
+    assert listed and listed[0].split()[1] == "image"
     shown = cli("info", name).output
     digest = uri.rpartition("@")[2]
     assert f"Image       {images.repository_name(name)}@{digest}" in shown
@@ -126,8 +128,13 @@ def test_images_cannot_use_snapstart_or_change_package_type(local, image_env, bu
 
 def test_a_stack_over_250_mb_runs_from_an_image(local):
     packages = ["pandas", "pyarrow", "scikit-learn"]
-    with LambdaCluster(image=True, packages=packages, memory=3008) as cluster:
+    with LambdaCluster(image=True, packages=packages, memory=3008,
+                       memory_tiers=[1024]) as cluster:  # fmt: skip
         report = cluster.build_report
+        lam = cluster._client("lambda")
+        tier = lam.get_function(FunctionName=f"{cluster.function_name}--1024mb")
+        assert tier["Configuration"]["PackageType"] == "Image"  # the tier runs the same image
+        assert tier["Code"]["ImageUri"] == report["image"]
         assert report["unpacked_mb"] > 250  # past what a zip (with its layers) may hold
         assert report["image"].endswith(report["image"].rpartition("@")[2])
         variables = cluster._client("lambda").get_function_configuration(
@@ -136,8 +143,10 @@ def test_a_stack_over_250_mb_runs_from_an_image(local):
         assert "DASK_LAMBDA_DEPENDENCIES" not in variables  # no archive in S3 to unpack
         fit = dask.delayed(tasks.fit_tiny_model)()
         where = dask.delayed(tasks.module_file)("sklearn")
-        score, sklearn_file = dask.compute(fit, where, scheduler=cluster)
-        assert score == 1.0
+        with dask.annotate(resources={"memory": 1024}):
+            small = dask.delayed(tasks.fit_tiny_model)()
+        score, sklearn_file, on_tier = dask.compute(fit, where, small, scheduler=cluster)
+        assert score == on_tier == 1.0
         assert sklearn_file.startswith("/var/task/sklearn/")
         assert not cluster.last_report.dependency_mounts
 
