@@ -44,6 +44,23 @@ def import_modules(names):
     return len(names)
 
 
+def sample_cold_starts(cluster, task, expected, samples: int, snapstart: bool = False):
+    """``(seconds, dependency mounts)`` of ``samples`` computes of ``task``, each on a fresh
+    runtime of the cluster's function (after the deploy's own first start)."""
+    assert task.compute(scheduler=cluster) == expected
+    times, mounts = [], []
+    for _ in range(samples):
+        cluster.local.reap(cluster.function_name)
+        began = time.perf_counter()
+        assert task.compute(scheduler=cluster) == expected
+        times.append(time.perf_counter() - began)
+        assert cluster.last_report.cold_starts == 1
+        restored = [r for r in cluster.last_report.invocation_records if r.get("restored")]
+        assert bool(restored) == snapstart, cluster.last_report.invocation_records
+        mounts += cluster.last_report.dependency_mounts
+    return times, mounts
+
+
 def cold_start(package: str, bytecode: bool, snapstart: bool = False,
                samples: int = SAMPLES) -> dict:  # fmt: skip
     """Median seconds to a first result on a fresh runtime, with the mount's own steps."""
@@ -66,17 +83,7 @@ def cold_start(package: str, bytecode: bool, snapstart: bool = False,
         dask.config.set({"lambda.bytecode": bytecode}),
         LambdaCluster(packages=packages, snapstart=snapstart) as cluster,
     ):
-        assert task.compute(scheduler=cluster) == len(modules)  # the deploy's own first start
-        times, mounts = [], []
-        for _ in range(samples):
-            cluster.local.reap(cluster.function_name)
-            began = time.perf_counter()
-            assert task.compute(scheduler=cluster) == len(modules)
-            times.append(time.perf_counter() - began)
-            assert cluster.last_report.cold_starts == 1
-            restored = [r for r in cluster.last_report.invocation_records if r.get("restored")]
-            assert bool(restored) == snapstart, cluster.last_report.invocation_records
-            mounts += cluster.last_report.dependency_mounts
+        times, mounts = sample_cold_starts(cluster, task, len(modules), samples, snapstart)
         build = cluster.build_report
     row = timing(times, zip_mb=build["zip_mb"], unpacked_mb=build["unpacked_mb"])
     if mounts:

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import dask
 
-from benchmarks.cold_start import import_modules
+from benchmarks.cold_start import import_modules, sample_cold_starts
 from benchmarks.rows import timing
 
 SAMPLES = 3
@@ -48,15 +48,7 @@ def cold_start(package: str, image: bool, samples: int = SAMPLES) -> dict:
     packages, modules = PACKAGES[package]
     task = dask.delayed(import_modules)(modules)
     with LambdaCluster(packages=packages, image=image, memory=3008) as cluster:
-        assert task.compute(scheduler=cluster) == len(modules)  # the deploy's own first start
-        times, mounts = [], []
-        for _ in range(samples):
-            cluster.local.reap(cluster.function_name)
-            began = time.perf_counter()
-            assert task.compute(scheduler=cluster) == len(modules)
-            times.append(time.perf_counter() - began)
-            assert cluster.last_report.cold_starts == 1
-            mounts += cluster.last_report.dependency_mounts
+        times, mounts = sample_cold_starts(cluster, task, len(modules), samples)
         build = cluster.build_report
     size = (f"image {build['image_mb']} MB compressed" if image
             else f"zip {build['zip_mb']} MB")  # fmt: skip

@@ -226,8 +226,7 @@ def cache_root() -> Path:
     return Path(base) / "dask-lambda" / "builds"
 
 
-def build(spec: BuildSpec, progress: Callable[[str], None] = lambda _: None) -> BuildResult:
-    """Build the deployment zip for ``spec``; raises :class:`BuildError` with the fix."""
+def _check_spec(spec: BuildSpec) -> None:
     if spec.architecture not in ARCHITECTURES:
         raise BuildError(
             f"Unknown architecture {spec.architecture!r}: use {' or '.join(ARCHITECTURES)}"
@@ -235,6 +234,11 @@ def build(spec: BuildSpec, progress: Callable[[str], None] = lambda _: None) -> 
     for path in spec.paths:
         if not path.exists():
             raise BuildError(f"{path} does not exist: PATHS are files or folders to deploy")
+
+
+def build(spec: BuildSpec, progress: Callable[[str], None] = lambda _: None) -> BuildResult:
+    """Build the deployment zip for ``spec``; raises :class:`BuildError` with the fix."""
+    _check_spec(spec)
     entries = list(package_files())
     user = UserFiles()
     for path in spec.paths:
@@ -325,13 +329,7 @@ class EntryGroups:
 def entry_groups(spec: BuildSpec, progress: Callable[[str], None] = lambda _: None) -> EntryGroups:
     """The dependencies, dask-lambda's own code and the user's files of ``spec``, apart (for a
     container image, where each is a layer and the 250 MB limit of a zip does not apply)."""
-    if spec.architecture not in ARCHITECTURES:
-        raise BuildError(
-            f"Unknown architecture {spec.architecture!r}: use {' or '.join(ARCHITECTURES)}"
-        )
-    for path in spec.paths:
-        if not path.exists():
-            raise BuildError(f"{path} does not exist: PATHS are files or folders to deploy")
+    _check_spec(spec)
     user_files = UserFiles()
     user: list = []
     for path in spec.paths:

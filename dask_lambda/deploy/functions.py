@@ -442,33 +442,34 @@ def _create_or_update(
     s3_client: Any, bucket: str | None, prefix: str, tags: dict[str, str] | None, handler: str,
     runtime: str, adopt: bool, stage_code: bool, image_uri: str | None = None,
 ) -> DeployResult:  # fmt: skip
-    if image_uri is not None:
-        return _create_or_update_image(lambda_client, name, image_uri, settings, tags, adopt)
     if code is not None and len(code) > DIRECT_UPLOAD_LIMIT and bucket is None:
         raise DeployError(
             f"The zip is {len(code) / 1e6:.1f} MB, over the 50 MB Lambda accepts directly:"
             " pass --bucket so it is uploaded through S3, or move dependencies into a layer."
         )
+    image = image_uri is not None  # an image has its runtime and handler in it
+    package = {"PackageType": "Image"} if image else {"Runtime": runtime, "Handler": handler}
+    new_code = _code_location(code, s3_client, bucket, prefix, stage_code, image_uri)
     current = current_configuration(lambda_client, name)
     if current is None:
-        if code is None:
+        if new_code.sha is None:
             raise DeployError(f"Function {name!r} does not exist; deploy it first")
         if settings.role is None:
             raise DeployError("A new function needs a role: pass --role ARN or --create-role")
         config = settings.configuration()
         if settings.architecture:
             config["Architectures"] = [settings.architecture]
-        with _code_location(code, s3_client, bucket, prefix, stage_code) as location:
+        with new_code as location:
             lambda_client.create_function(
-                FunctionName=name, Runtime=runtime, Handler=handler, Code=location,
-                Tags={**CREATED_BY, **version_tags(), **(tags or {})}, **config,
+                FunctionName=name, Code=location,
+                Tags={**CREATED_BY, **version_tags(), **(tags or {})}, **package, **config,
             )  # fmt: skip
             lambda_client.get_waiter("function_active_v2").wait(FunctionName=name)
         configuration = lambda_client.get_function_configuration(FunctionName=name)
         return DeployResult(configuration, created=True)
 
-    if code is not None:
-        _check_package_type(current, "Zip")
+    if new_code.sha is not None:
+        _check_package_type(current, package.get("PackageType", "Zip"))
     if check_ownership(lambda_client, current, adopt):
         lambda_client.tag_resource(Resource=current["FunctionArn"], Tags=CREATED_BY)
     if tags:
@@ -477,8 +478,8 @@ def _create_or_update(
     arch_changed = settings.architecture and current.get("Architectures", ["x86_64"]) != [
         settings.architecture
     ]
-    if code is not None and (current.get("CodeSha256") != code_sha256(code) or arch_changed):
-        with _code_location(code, s3_client, bucket, prefix, stage_code) as location:
+    if new_code.sha is not None and (current.get("CodeSha256") != new_code.sha or arch_changed):
+        with new_code as location:
             extra = {"Architectures": [settings.architecture]} if arch_changed else {}
             lambda_client.update_function_code(FunctionName=name, **location, **extra)
             lambda_client.get_waiter("function_updated_v2").wait(FunctionName=name)
@@ -488,50 +489,6 @@ def _create_or_update(
     if (current.get("PackageType") or "Zip") == "Zip":  # an image has its own (settings only)
         wanted.update({"Handler": handler, "Runtime": runtime})
     changes = {k: v for k, v in wanted.items() if _differs(current, k, v)}
-    if changes:
-        lambda_client.update_function_configuration(FunctionName=name, **changes)
-        lambda_client.get_waiter("function_updated_v2").wait(FunctionName=name)
-        result.configuration_changes = changes
-    result.configuration = lambda_client.get_function_configuration(FunctionName=name)
-    return result
-
-
-def _create_or_update_image(
-    lambda_client: Any, name: str, image_uri: str, settings: FunctionSettings,
-    tags: dict[str, str] | None, adopt: bool,
-) -> DeployResult:  # fmt: skip
-    """:func:`deploy` of a container image: no runtime or handler (the image has them)."""
-    current = current_configuration(lambda_client, name)
-    config = settings.configuration()
-    if current is None:
-        if settings.role is None:
-            raise DeployError("A new function needs a role: pass --role ARN or --create-role")
-        if settings.architecture:
-            config["Architectures"] = [settings.architecture]
-        lambda_client.create_function(
-            FunctionName=name, PackageType="Image", Code={"ImageUri": image_uri},
-            Tags={**CREATED_BY, **version_tags(), **(tags or {})}, **config,
-        )  # fmt: skip
-        lambda_client.get_waiter("function_active_v2").wait(FunctionName=name)
-        configuration = lambda_client.get_function_configuration(FunctionName=name)
-        return DeployResult(configuration, created=True)
-    _check_package_type(current, "Image")
-    if check_ownership(lambda_client, current, adopt):
-        lambda_client.tag_resource(Resource=current["FunctionArn"], Tags=CREATED_BY)
-    if tags:
-        lambda_client.tag_resource(Resource=current["FunctionArn"], Tags=tags)
-    result = DeployResult(current)
-    digest = image_uri.rpartition("@sha256:")[2]
-    arch_changed = settings.architecture and current.get("Architectures", ["x86_64"]) != [
-        settings.architecture
-    ]
-    if current.get("CodeSha256") != digest or arch_changed:
-        extra = {"Architectures": [settings.architecture]} if arch_changed else {}
-        lambda_client.update_function_code(FunctionName=name, ImageUri=image_uri, **extra)
-        lambda_client.get_waiter("function_updated_v2").wait(FunctionName=name)
-        result.code_updated = True
-        lambda_client.tag_resource(Resource=current["FunctionArn"], Tags=version_tags())
-    changes = {k: v for k, v in config.items() if _differs(current, k, v)}
     if changes:
         lambda_client.update_function_configuration(FunctionName=name, **changes)
         lambda_client.get_waiter("function_updated_v2").wait(FunctionName=name)
@@ -583,15 +540,24 @@ def current_configuration(lambda_client: Any, name: str) -> dict | None:
 
 
 class _code_location:
-    """``Code`` for Create/UpdateFunctionCode: the zip inline, or staged in S3 for the call."""
+    """``Code`` for Create/UpdateFunctionCode: the zip inline, or staged in S3 for the call; or
+    an image's URI. ``sha`` is the ``CodeSha256`` Lambda will report (None: no code)."""
 
-    def __init__(self, code: bytes, s3_client: Any, bucket: str | None, prefix: str,
-                 stage: bool = False):  # fmt: skip
-        self.code, self.s3, self.bucket = code, s3_client, bucket
+    def __init__(self, code: bytes | None, s3_client: Any, bucket: str | None, prefix: str,
+                 stage: bool = False, image_uri: str | None = None):  # fmt: skip
+        self.code, self.s3, self.bucket, self.image_uri = code, s3_client, bucket, image_uri
         self.key = f"{prefix.strip('/')}/deploy/{uuid.uuid4().hex}.zip"  # see admin.clean
-        self.staged = bucket is not None and (stage or len(code) > DIRECT_UPLOAD_LIMIT)
+        self.staged = code is not None and bucket is not None and (
+            stage or len(code) > DIRECT_UPLOAD_LIMIT
+        )
+        if image_uri is not None:
+            self.sha = image_uri.rpartition("@sha256:")[2]
+        else:
+            self.sha = code_sha256(code) if code is not None else None
 
     def __enter__(self) -> dict[str, Any]:
+        if self.image_uri is not None:
+            return {"ImageUri": self.image_uri}
         if not self.staged:
             return {"ZipFile": self.code}
         self.s3.put_object(Bucket=self.bucket, Key=self.key, Body=self.code, Tagging=WRITE_TAGGING)

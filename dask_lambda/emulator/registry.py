@@ -328,11 +328,16 @@ def standin_tag() -> str:
 def push_standin_base(registry: Registry, architecture: str = "x86_64") -> str:
     """Build (once per machine: its layer is content-addressed) and push the stand-in for AWS's
     ``public.ecr.aws/lambda/python:3.X`` base image; return its index's digest."""
+    from ..deploy.bytecode import bytecode_entries
     from .runtimes import managed_runtime
 
     runtime = managed_runtime()
     files = [(path, f"runtime/{path.relative_to(runtime).as_posix()}")
-             for path in sorted(runtime.rglob("*")) if path.is_file()]  # fmt: skip
+             for path in sorted(runtime.rglob("*"))
+             if path.is_file() and "__pycache__" not in path.parts]  # fmt: skip
+    # Its bytecode as unchecked-hash pycs: the layer's fixed mtimes would make pip's stale, and
+    # every cold start would compile awslambdaric and boto3 again on the read-only /var/runtime.
+    files += bytecode_entries(files)
     layer = oci.write_layer(
         [*files, (BOOTSTRAP_SH, "runtime/bootstrap")], root="var", comment="managed runtime",
         symlinks={"lang/bin/python3": os.path.realpath(sys.executable)},
