@@ -1,20 +1,23 @@
-"""Image functions' root filesystems: pulled from the local registry and unpacked, once per image.
+"""Image functions' root filesystems: pulled from the local registry and unpacked, once per layer.
 
 When ``CreateFunction`` or ``UpdateFunctionCode`` names an image (``PackageType=Image``), the
 front door pulls it by digest from the local registry (:mod:`.registry`) before moto records the
 function, as Lambda optimizes an image before the function becomes ``Active``: its manifest and
-config are checked against their digests, and its layers are unpacked in order into one root
-filesystem, applying whiteouts (``.wh.NAME`` deletes ``NAME``, ``.wh..wh..opq`` empties a
-folder) as a container runtime does. Nothing outside it is written, deleted or linked to: an
-entry (or whiteout) whose path leaves it, or passes through a link that does, is refused, as is
-a hard link to a file outside it (tar's ``tar`` filter, also applied, strips set-id bits but
-checks no link targets); symbolic links may point anywhere, as they resolve inside the sandbox.
-An image over Lambda's 10 GB unpacked is refused.
+config are checked against their digests, each layer is unpacked into a folder of its own (once
+per layer digest: an image that changed one layer unpacks only that one), and the layers are
+stacked into the image's root filesystem as hard links, applying whiteouts (``.wh.NAME``
+deletes ``NAME`` of the lower layers, ``.wh..wh..opq`` empties a folder of them) as a container
+runtime does. Nothing outside it is written, deleted or linked to: an entry (or whiteout) whose
+path leaves its folder, or passes through a link that does, is refused, as is a hard link to a
+file outside it (tar's ``tar`` filter, also applied, strips set-id bits but checks no link
+targets); a lower layer's link in an upper layer's way is replaced, never followed; symbolic
+links may point anywhere, as they resolve inside the sandbox. An image over Lambda's 10 GB
+unpacked is refused.
 
-Root filesystems live in a per-machine cache named by the image's manifest digest (content
-addressing makes sharing between local Lambdas safe), and a runtime of the function starts in
-a sandbox whose root is that folder (:func:`.sandbox.image_command`): what the image holds is
-what the task sees.
+Layers and root filesystems live in a per-machine cache named by digest (content addressing
+makes sharing between local Lambdas safe), and a runtime of the function starts in a sandbox
+whose root is that folder (:func:`.sandbox.image_command`): what the image holds is what the
+task sees.
 """
 
 from __future__ import annotations
@@ -105,9 +108,10 @@ class ImageStore:
         )  # fmt: skip
 
     def _unpack(self, registry: Registry, repository: str, manifest: dict, folder: Path) -> None:
+        """The image's root filesystem: its layers (each unpacked once, by digest) laid over
+        one another in order, as hard links, whiteouts applied."""
         config_bytes = registry.blob(repository, manifest["config"]["digest"])
-        config = json.loads(config_bytes)
-        layers = oci.layers_of(manifest, config)
+        layers = oci.layers_of(manifest, json.loads(config_bytes))
         staging = folder.with_name(f"{folder.name}.{threading.get_ident()}.partial")
         shutil.rmtree(staging, ignore_errors=True)
         rootfs = staging / "rootfs"
@@ -115,19 +119,10 @@ class ImageStore:
         total = 0
         try:
             for layer in layers:
-                blob = staging / "layer"
-                registry.pull_blob(repository, layer.digest, blob)
-                with tarfile.open(blob, mode="r:*") as tar:
-                    written: set[str] = set()  # this layer's: its whiteouts hide lower layers'
-                    for member in tar:
-                        total += member.size
-                        if total > IMAGE_UNPACKED_LIMIT:
-                            raise InvalidImage(
-                                "Image size must be smaller than 10 GB uncompressed"
-                                f" ({IMAGE_UNPACKED_LIMIT} bytes)"
-                            )
-                        _apply(tar, member, rootfs, written)
-                blob.unlink()
+                layer_dir, size = self._layer(registry, repository, layer)
+                total += size
+                _check_size(total)
+                _overlay(layer_dir, rootfs)
             (staging / "config.json").write_bytes(config_bytes)
             try:
                 staging.rename(folder)
@@ -137,35 +132,91 @@ class ImageStore:
             shutil.rmtree(staging, ignore_errors=True)
             raise
 
+    def _layer(self, registry: Registry, repository: str, layer: oci.Layer) -> tuple[Path, int]:
+        """One layer unpacked into a folder of its own (its whiteouts kept as the empty files
+        they are in the tar), once per digest; and the bytes it unpacks to."""
+        folder = self.root / "layers" / layer.digest.removeprefix("sha256:")
+        with self._lock:
+            lock = self._locks.setdefault(layer.digest, threading.Lock())
+        with lock:
+            if (folder / "size").exists():
+                return folder / "files", int((folder / "size").read_text())
+            staging = folder.with_name(f"{folder.name}.{threading.get_ident()}.partial")
+            shutil.rmtree(staging, ignore_errors=True)
+            files = staging / "files"
+            files.mkdir(parents=True)
+            size = 0
+            try:
+                blob = staging / "blob"
+                registry.pull_blob(repository, layer.digest, blob)
+                with tarfile.open(blob, mode="r:*") as tar:
+                    for member in tar:
+                        size += member.size
+                        _check_size(size)
+                        _extract(tar, member, files)
+                blob.unlink()
+                (staging / "size").write_text(str(size))
+                try:
+                    staging.rename(folder)
+                except OSError:
+                    shutil.rmtree(staging, ignore_errors=True)
+            except BaseException:
+                shutil.rmtree(staging, ignore_errors=True)
+                raise
+            return folder / "files", size
 
-def _apply(
-    tar: tarfile.TarFile, member: tarfile.TarInfo, rootfs: Path, written: set[str] | None = None
-) -> None:
-    """One layer entry onto ``rootfs``: a whiteout deletes what lower layers put there (not
-    what this layer ``written`` already), anything else is extracted."""
-    written = set() if written is None else written
-    folder, _, name = member.name.rstrip("/").rpartition("/")
-    if name.startswith(_WHITEOUT):
-        parent = _inside(rootfs, folder)
-        if name == _OPAQUE:
-            for child in parent.iterdir() if parent.is_dir() else ():
-                if not any(path == str(child) or path.startswith(f"{child}/") for path in written):
-                    _remove(child)
-        else:
-            _remove(_inside(rootfs, f"{folder}/{name[len(_WHITEOUT):]}"))
-        return
-    target = _inside(rootfs, member.name)
-    if member.islnk():  # a hard link names an archive path: it must be one of this image's files
-        _inside(rootfs, member.linkname)
-    written.add(str(target))
+
+def _extract(tar: tarfile.TarFile, member: tarfile.TarInfo, root: Path) -> None:
+    """One entry of a layer into its folder: nothing outside it written or linked to."""
+    target = _inside(root, member.name)
+    if member.islnk():  # a hard link names an archive path: it must be one of this layer's files
+        _inside(root, member.linkname)
     if target.is_symlink() or (target.exists() and not target.is_dir()) or (
         target.is_dir() and not member.isdir()
     ):  # fmt: skip
-        _remove(target)  # a later layer replaces what an earlier one put there
+        _remove(target)  # a later entry replaces an earlier one of the same name
     try:
-        tar.extract(member, rootfs, filter="tar")
+        tar.extract(member, root, filter="tar")
     except tarfile.FilterError as e:
         raise InvalidImage(f"The image has an entry Lambda would not unpack: {e}") from e
+
+
+def _overlay(layer: Path, rootfs: Path) -> None:
+    """Lay an unpacked layer over ``rootfs``, as a container runtime stacks layers: files and
+    links are hard-linked or copied in (replacing what lower layers put there), ``.wh.NAME``
+    deletes ``NAME`` of the lower layers and ``.wh..wh..opq`` empties its folder of them.
+    Nothing outside ``rootfs`` is touched: a lower layer's link on the way is checked."""
+    for here, folders, files in os.walk(layer):
+        relative = Path(here).relative_to(layer)
+        target_dir = rootfs if relative == Path(".") else _inside(rootfs, str(relative))
+        if target_dir.is_symlink() or (target_dir.exists() and not target_dir.is_dir()):
+            _remove(target_dir)  # this layer's folder replaces a lower layer's link or file
+        target_dir.mkdir(exist_ok=True)
+        if _OPAQUE in files:  # before this layer's own entries of the folder go in
+            for child in list(target_dir.iterdir()):
+                _remove(child)
+        links = [name for name in folders if (Path(here) / name).is_symlink()]
+        for name in [*files, *links]:
+            source = Path(here) / name
+            if name == _OPAQUE:
+                continue
+            if name.startswith(_WHITEOUT):
+                _remove(_inside(rootfs, str(relative / name[len(_WHITEOUT):])))
+                continue
+            target = _inside(rootfs, str(relative / name))
+            if target.is_symlink() or target.exists():
+                _remove(target)
+            if source.is_symlink():
+                os.symlink(os.readlink(source), target)
+            else:
+                os.link(source, target)
+
+
+def _check_size(unpacked: int) -> None:
+    if unpacked > IMAGE_UNPACKED_LIMIT:
+        raise InvalidImage(
+            f"Image size must be smaller than 10 GB uncompressed ({IMAGE_UNPACKED_LIMIT} bytes)"
+        )
 
 
 def _inside(rootfs: Path, name: str) -> Path:

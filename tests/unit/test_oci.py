@@ -94,11 +94,13 @@ def test_a_reference_names_its_registry():
         split_reference("lambda/python:3.12")
 
 
-def _apply_layer(rootfs, entries):
+def _layer_folder(tmp_path, name, entries):
+    """A layer's tar of ``(name, bytes or None for a folder)``, unpacked as the local Lambda
+    unpacks each layer: into a folder of its own, whiteouts kept."""
     data = io.BytesIO()
     with tarfile.open(fileobj=data, mode="w") as tar:
-        for name, content in entries:
-            info = tarfile.TarInfo(name)
+        for entry, content in entries:
+            info = tarfile.TarInfo(entry)
             if content is None:
                 info.type = tarfile.DIRTYPE
                 tar.addfile(info)
@@ -106,20 +108,28 @@ def _apply_layer(rootfs, entries):
                 info.size = len(content)
                 tar.addfile(info, io.BytesIO(content))
     data.seek(0)
-    written: set[str] = set()
+    folder = tmp_path / name
+    folder.mkdir()
     with tarfile.open(fileobj=data) as tar:
         for member in tar:
-            local_images._apply(tar, member, rootfs, written)
+            local_images._extract(tar, member, folder)
+    return folder
 
 
-def test_whiteouts_delete_what_earlier_layers_put(tmp_path):
+def test_whiteouts_delete_what_lower_layers_put(tmp_path):
     rootfs = tmp_path / "rootfs"
     rootfs.mkdir()
-    _apply_layer(rootfs, [("a", None), ("a/gone.txt", b"1"), ("a/kept.txt", b"2"),
-                          ("b", None), ("b/old.txt", b"3"), ("c.txt", b"old")])  # fmt: skip
+    lower = _layer_folder(tmp_path, "lower", [
+        ("a", None), ("a/gone.txt", b"1"), ("a/kept.txt", b"2"), ("b", None),
+        ("b/old.txt", b"3"), ("c.txt", b"old"), ("d", None), ("d/e.txt", b"5")])  # fmt: skip
     # An opaque folder hides the lower layers' files, not its own layer's (in any order).
-    _apply_layer(rootfs, [("a/.wh.gone.txt", b""), ("b/new.txt", b"4"), ("b/.wh..wh..opq", b""),
-                          ("c.txt", b"new")])  # fmt: skip
+    upper = _layer_folder(tmp_path, "upper", [
+        ("a/.wh.gone.txt", b""), ("b/new.txt", b"4"), ("b/.wh..wh..opq", b""),
+        ("c.txt", b"new"), (".wh.d", b"")])  # fmt: skip
+    for layer in (lower, upper):
+        local_images._overlay(layer, rootfs)
     assert sorted(p.relative_to(rootfs).as_posix() for p in rootfs.rglob("*")) == [
         "a", "a/kept.txt", "b", "b/new.txt", "c.txt"]  # fmt: skip
     assert (rootfs / "c.txt").read_bytes() == b"new"
+    assert (lower / "c.txt").read_bytes() == b"old"  # the layer itself is left as it was
+    assert (lower / "a" / "gone.txt").exists() and (lower / "d" / "e.txt").exists()
