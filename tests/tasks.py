@@ -285,3 +285,15 @@ def image_view(client_dir: str) -> dict:
         "client_folder": os.path.exists(client_dir),
         "writable_task": writable,
     }
+
+
+def registry_token_error() -> str:
+    """What a task gets when it asks ECR for a registry token with its role's credentials."""
+    import boto3
+    import botocore.exceptions
+
+    try:
+        boto3.client("ecr").get_authorization_token()
+    except botocore.exceptions.ClientError as e:
+        return e.response["Error"]["Code"]
+    return "granted"

@@ -57,6 +57,9 @@ def test_image_deploy_compute_update_delete(local, image_env, bucket, user_modul
         where = dask.delayed(tasks.module_file)("only_in_zip").compute(scheduler=cluster)
         assert where == "/var/task/only_in_zip.py"  # the image's layer, as Lambda mounts it
         seen = dask.delayed(tasks.image_view)(os.getcwd()).compute(scheduler=cluster)
+        # Its role may not push images (no registry token): IAM, as on AWS.
+        denied = dask.delayed(tasks.registry_token_error)().compute(scheduler=cluster)
+        assert denied == "AccessDeniedException"
     # What the image holds is what the task sees: the base's runtime and entry point, the
     # function's own environment, and nothing of this machine's but the system's folders.
     assert seen["awslambdaric"].startswith("/var/runtime/awslambdaric/")
