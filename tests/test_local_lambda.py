@@ -393,7 +393,7 @@ def test_cli_local_runs_in_the_foreground_and_prints_exports():
         first = process.stdout.readline()
         assert first.startswith("Embedded local Lambda listening on http://127.0.0.1:")
         exports = {}
-        while len(exports) < 8:
+        while len(exports) < 9:
             line = process.stdout.readline()
             if line.startswith("export "):
                 name, _, value = line[len("export ") :].strip().partition("=")
@@ -408,6 +408,9 @@ def test_cli_local_runs_in_the_foreground_and_prints_exports():
             aws_secret_access_key=exports["AWS_SECRET_ACCESS_KEY"],
         )
         assert lam.list_functions()["Functions"] == []
+        host = exports["AWS_ENDPOINT_URL"].split("://")[1]  # its stand-in base image, for --image
+        base = exports["DASK_LAMBDA__IMAGE__BASE"].strip("'")  # shell-quoted
+        assert base == f"{host}/public.ecr.aws/lambda/python:{{python}}"
         process.send_signal(signal.SIGINT)
         assert process.wait(30) == 0
     finally:

@@ -84,7 +84,12 @@ class ImageStore:
 
     def pull(self, repository: str, reference: str) -> ImageRun:
         """The image ``repository@reference`` unpacked (pulled now if it is not yet)."""
-        registry = Registry(self._registry_url())
+        from .registry import RegistryUnavailable
+
+        try:
+            registry = Registry(self._registry_url())
+        except RegistryUnavailable as e:
+            raise InvalidImage(str(e)) from e
         try:
             manifest_bytes, media_type, digest = registry.manifest(repository, reference)
         except oci.ImageError as e:

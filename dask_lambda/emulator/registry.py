@@ -112,53 +112,56 @@ class LocalRegistry:
 
     # -- the process ---------------------------------------------------------------------------
     def ensure_started(self) -> None:
-        """Start the registry (once) and serve the stand-in base image from it."""
+        """Start the registry (again, if it died: its storage is kept) and serve the stand-in
+        base image from it."""
         with self._lock:
-            if self._proc is not None and self._proc.poll() is None:
-                return
-            binary = registry_binary()
-            if binary is None:
-                raise RegistryUnavailable(
-                    "The local Lambda runs container images from a local OCI registry, and the"
-                    " distribution registry is not installed: apt-get install docker-registry"
-                    " (Debian/Ubuntu), or put the `registry` binary of"
-                    " github.com/distribution/distribution on PATH."
-                )
-            self.port, self.debug_port = _free_port(), _free_port()
-            root = self.workdir / "registry"
-            (root / "data").mkdir(parents=True, exist_ok=True)
-            config = root / "config.yml"
-            config.write_text(json.dumps({  # YAML is a superset of JSON
-                "version": 0.1,
-                "log": {"level": "error", "accesslog": {"disabled": True}},
-                "storage": {"filesystem": {"rootdirectory": str(root / "data")},
-                            "delete": {"enabled": True}, "cache": {"blobdescriptor": "inmemory"}},
-                "http": {"addr": f"127.0.0.1:{self.port}", "relativeurls": True,
-                         "secret": secrets.token_hex(16),
-                         "debug": {"addr": f"127.0.0.1:{self.debug_port}",
-                                   "prometheus": {"enabled": True, "path": "/metrics"}}},
-            }))  # fmt: skip
-            log = (root / "registry.log").open("ab")
-            self._proc = self._spawn(
-                [binary, "serve", str(config)], stdin=subprocess.DEVNULL, stdout=log,
-                stderr=log, preexec_fn=_die_with_parent,
-            )  # fmt: skip
-            log.close()
-            deadline = time.monotonic() + 30
-            while time.monotonic() < deadline:
-                if self._proc.poll() is not None:
-                    said = (root / "registry.log").read_text()[-1500:]
-                    raise RegistryUnavailable(f"The registry exited at start: {said}")
-                try:
-                    if self._direct("GET", "/v2/")[0] == 200:
-                        break
-                except OSError:
-                    time.sleep(0.05)
-            else:
-                raise RegistryUnavailable("The registry did not answer within 30 s")
-        if not self._seeded:
-            self._seeded = True
-            push_standin_base(Registry(f"http://127.0.0.1:{self.port}"))
+            if self._proc is None or self._proc.poll() is not None:
+                self._start()
+            if not self._seeded:  # under the lock: no request sees the registry without it
+                push_standin_base(Registry(f"http://127.0.0.1:{self.port}"))
+                self._seeded = True
+
+    def _start(self) -> None:
+        binary = registry_binary()
+        if binary is None:
+            raise RegistryUnavailable(
+                "The local Lambda runs container images from a local OCI registry, and the"
+                " distribution registry is not installed: apt-get install docker-registry"
+                " (Debian/Ubuntu), or put the `registry` binary of"
+                " github.com/distribution/distribution on PATH."
+            )
+        self.port, self.debug_port = _free_port(), _free_port()
+        root = self.workdir / "registry"
+        (root / "data").mkdir(parents=True, exist_ok=True)
+        config = root / "config.yml"
+        config.write_text(json.dumps({  # YAML is a superset of JSON
+            "version": 0.1,
+            "log": {"level": "error", "accesslog": {"disabled": True}},
+            "storage": {"filesystem": {"rootdirectory": str(root / "data")},
+                        "delete": {"enabled": True}, "cache": {"blobdescriptor": "inmemory"}},
+            "http": {"addr": f"127.0.0.1:{self.port}", "relativeurls": True,
+                     "secret": secrets.token_hex(16),
+                     "debug": {"addr": f"127.0.0.1:{self.debug_port}",
+                               "prometheus": {"enabled": True, "path": "/metrics"}}},
+        }))  # fmt: skip
+        log = (root / "registry.log").open("ab")
+        self._proc = self._spawn(
+            [binary, "serve", str(config)], stdin=subprocess.DEVNULL, stdout=log,
+            stderr=log, preexec_fn=_die_with_parent,
+        )  # fmt: skip
+        log.close()
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if self._proc.poll() is not None:
+                said = (root / "registry.log").read_text()[-1500:]
+                raise RegistryUnavailable(f"The registry exited at start: {said}")
+            try:
+                if self._direct("GET", "/v2/")[0] == 200:
+                    break
+            except OSError:
+                time.sleep(0.05)
+        else:
+            raise RegistryUnavailable("The registry did not answer within 30 s")
 
     def close(self) -> None:
         if self._proc is not None and self._proc.poll() is None:
