@@ -180,12 +180,27 @@ def test_registry_needs_a_token_of_get_authorization_token(local):
     status, body = _registry(local, "/v2/not-a-repository/tags/list", token=token[
         "authorizationToken"])  # fmt: skip
     assert status == 404 and json.loads(body)["errors"][0]["code"] == "NAME_UNKNOWN"
-    # The public gallery's stand-in: anonymous pulls, no pushes.
+    # The public gallery's stand-in: anonymous pulls with a token its challenge points to (as
+    # public.ecr.aws does), no pushes.
     public = "/v2/public.ecr.aws/lambda/python"
-    assert _registry(local, f"{public}/tags/list")[0] == 200
-    assert _registry(local, f"{public}/blobs/uploads/", "POST", token["authorizationToken"])[
-        0
-    ] == 405  # fmt: skip
+    try:
+        urllib.request.urlopen(f"{local.endpoint_url}{public}/tags/list", timeout=60)
+        raise AssertionError("an anonymous pull without a token was answered")
+    except urllib.error.HTTPError as e:
+        assert e.code == 401
+        challenge = e.headers["WWW-Authenticate"]
+    assert challenge.startswith('Bearer realm="') and 'service="public.ecr.aws"' in challenge
+    realm = challenge.split('"')[1]
+    with urllib.request.urlopen(f"{realm}?service=public.ecr.aws", timeout=60) as answer:
+        bearer = json.loads(answer.read())["token"]
+    listed = urllib.request.Request(f"{local.endpoint_url}{public}/tags/list",
+                                    headers={"Authorization": f"Bearer {bearer}"})  # fmt: skip
+    with urllib.request.urlopen(listed, timeout=60) as answer:
+        assert answer.status == 200 and "3." in json.loads(answer.read())["tags"][0]
+    push = urllib.request.Request(f"{local.endpoint_url}{public}/blobs/uploads/", method="POST",
+                                  headers={"Authorization": f"Bearer {bearer}"})  # fmt: skip
+    with pytest.raises(urllib.error.HTTPError, match="405"):
+        urllib.request.urlopen(push, timeout=60)
 
 
 def _hostile_layer(tmp_path, members) -> tuple[bytes, str]:

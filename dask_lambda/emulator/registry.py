@@ -14,7 +14,9 @@ before it as ECR's does:
   ``GetAuthorizationToken`` (moto's are one fixed string per account, so this server answers
   that call with tokens of its own, valid 12 hours, and its own endpoint as ``proxyEndpoint``).
 - ``public.ecr.aws/...`` is the second registry path: the public gallery's stand-in, pull-only
-  and anonymous as the gallery is. It serves the stand-in base image
+  and anonymous as the gallery is (a ``Bearer`` challenge sends a client for an anonymous
+  token first, as ``public.ecr.aws`` does, so every build pulls its base as it would from AWS).
+  It serves the stand-in base image
   ``public.ecr.aws/lambda/python:3.X`` (:func:`standin_base`): the managed-runtime stand-in as
   ``/var/runtime``, AWS's ``/lambda-entrypoint.sh`` and ``/var/runtime/bootstrap``, and this
   machine's interpreter as ``/var/lang/bin/python3``, as an image index with one platform.
@@ -49,6 +51,7 @@ from .invoke import Response
 PUBLIC_PREFIX = "public.ecr.aws/"
 STANDIN_REPOSITORY = "public.ecr.aws/lambda/python"
 TOKEN_SECONDS = 12 * 3600
+PUBLIC_TOKEN_PATH = "/v2/token"  # where the gallery's challenge sends anonymous clients
 _PATH = re.compile(r"^/v2/(?P<name>.+?)/(?P<kind>manifests|blobs|tags)(?P<rest>/.*)?$")
 _HOP_BY_HOP = {"connection", "transfer-encoding", "keep-alive", "content-length", "host"}
 _METRIC = re.compile(r"^registry_http_requests_total\{(?P<labels>[^}]*)\} (?P<value>\S+)$", re.M)
@@ -108,6 +111,7 @@ class LocalRegistry:
         self._proc: subprocess.Popen | None = None
         self.port = self.debug_port = 0
         self._tokens: dict[str, float] = {}
+        self._public_tokens: dict[str, float] = {}
         self._seeded = False
 
     # -- the process ---------------------------------------------------------------------------
@@ -200,6 +204,11 @@ class LocalRegistry:
             data["proxyEndpoint"] = self.endpoint_url
         return json.dumps(answer).encode()
 
+    def _public_token(self, header: str) -> bool:
+        scheme, _, token = header.partition(" ")
+        with self._lock:
+            return scheme.lower() == "bearer" and self._public_tokens.get(token, 0) > time.time()
+
     def _authorized(self, header: str) -> bool:
         scheme, _, value = header.partition(" ")
         if scheme.lower() != "basic":
@@ -215,6 +224,11 @@ class LocalRegistry:
     def handle(self, environ: dict[str, Any], body: bytes) -> Response:
         """Answer a ``/v2/`` request as ECR (or the public gallery) would, then pass it on."""
         method, path = environ["REQUEST_METHOD"], environ.get("PATH_INFO", "")
+        if path == PUBLIC_TOKEN_PATH:  # the public gallery's anonymous pull tokens
+            token = secrets.token_urlsafe(24)
+            with self._lock:
+                self._public_tokens[token] = time.time() + TOKEN_SECONDS
+            return 200, {"Content-Type": "application/json"}, json.dumps({"token": token}).encode()
         match = _PATH.match(path)
         name = match["name"] if match else None
         challenge = {"WWW-Authenticate": f'Basic realm="{self.endpoint_url}/",'
@@ -222,6 +236,10 @@ class LocalRegistry:
         if name is not None and name.startswith(PUBLIC_PREFIX):
             if method not in ("GET", "HEAD"):
                 return _error(405, "UNSUPPORTED", "The public gallery is pull-only")
+            if not self._public_token(environ.get("HTTP_AUTHORIZATION", "")):
+                bearer = {"WWW-Authenticate": f'Bearer realm="{self.endpoint_url}'
+                          f'{PUBLIC_TOKEN_PATH}",service="public.ecr.aws",scope="aws"'}  # fmt: skip
+                return _error(401, "UNAUTHORIZED", "authentication required", bearer)
         elif not self._authorized(environ.get("HTTP_AUTHORIZATION", "")):
             return _error(401, "UNAUTHORIZED", "authentication required: use a token of"
                           " ecr.get_authorization_token (user AWS)", challenge)  # fmt: skip
