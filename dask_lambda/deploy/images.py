@@ -29,6 +29,7 @@ import json
 import re
 import sys
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -227,26 +228,39 @@ class Pushed:
     bytes_sent: int = 0
 
 
+PUSH_THREADS = 4  # layers sent at once, as docker pushes (ECR's throughput is per connection)
+
+
 def push(image: oci.Image, registry: Registry, repository: dict,
          progress: Callable[[str], None] = lambda _: None) -> Pushed:  # fmt: skip
-    """Push ``image`` into ``repository``: each blob it lacks, then the manifest (tagged
-    ``latest``); base layers are pulled into the blob store first where they are not there."""
+    """Push ``image`` into ``repository``: each blob it lacks (up to :data:`PUSH_THREADS` at
+    once), then the manifest (tagged ``latest``); base layers are pulled into the blob store
+    first where they are not there."""
     name = repository["repositoryName"]
     pushed = Pushed(f"{repository['repositoryUri']}@{image.digest}", image.digest)
-    base = image.base
+    missing = []
     for layer in image.layers:
         if registry.has_blob(name, layer.digest):
             pushed.skipped.append(layer.digest)
-            continue
+        else:
+            missing.append(layer)
+
+    def send(layer: oci.Layer) -> None:
+        base = image.base
         if not layer.path.exists():
             if base is None or not base.registry:
                 raise oci.ImageError(f"Layer {layer.digest} is neither here nor in {name}")
             progress(f"pulling base layer {layer.digest[:19]} ({layer.size / 1e6:.1f} MB)")
             Registry(base.registry).pull_blob(base.repository, layer.digest, layer.path)
         progress(f"pushing layer {layer.digest[:19]} ({layer.size / 1e6:.1f} MB)")
-        registry.push_blob(name, layer.digest, layer.path)
-        pushed.sent.append(layer.digest)
-        pushed.bytes_sent += layer.size
+        registry.push_blob(name, layer.digest, layer.path, check=False)
+
+    if missing:
+        with ThreadPoolExecutor(min(PUSH_THREADS, len(missing)),
+                                thread_name_prefix="dask-lambda-push") as pool:  # fmt: skip
+            list(pool.map(send, missing))
+    pushed.sent = [layer.digest for layer in missing]
+    pushed.bytes_sent = sum(layer.size for layer in missing)
     if registry.push_blob(name, image.config_digest, image.config):
         pushed.bytes_sent += len(image.config)
     registry.put_manifest(name, IMAGE_TAG, image.manifest, oci.OCI_MANIFEST)

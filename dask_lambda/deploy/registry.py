@@ -145,9 +145,11 @@ class Registry:
         response = self._request("HEAD", repository, f"blobs/{digest}", (200, 404))
         return response.status == 200
 
-    def push_blob(self, repository: str, digest: str, source: Path | bytes) -> bool:
-        """Upload a blob unless the repository holds it; True if it was sent."""
-        if self.has_blob(repository, digest):
+    def push_blob(self, repository: str, digest: str, source: Path | bytes,
+                  check: bool = True) -> bool:  # fmt: skip
+        """Upload a blob unless the repository holds it (``check``: ask first); True if it was
+        sent."""
+        if check and self.has_blob(repository, digest):
             return False
         started = self._request("POST", repository, "blobs/uploads/", (202,))
         location = started.headers["Location"]
