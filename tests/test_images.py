@@ -113,11 +113,18 @@ def test_foreign_repository_is_refused(local, image_env, bucket, user_module):
     assert not ecr.describe_images(repositoryName=images.repository_name(name))["imageDetails"]
 
 
-def test_images_cannot_use_snapstart_or_change_package_type(local, image_env, bucket,
+def test_images_refuse_snapstart_layers_and_a_package_type_change(local, image_env, bucket,
                                                             user_module):  # fmt: skip
     refused = cli("deploy", unique("snap"), "--image", "--snapstart", "--create-role", "--bucket",
                   bucket, ok=False)  # fmt: skip
     assert refused.exit_code != 0 and "SnapStart to container images" in refused.output
+
+    for options, message in ((["--layers", "arn:aws:lambda:us-east-1:123456789012:layer:x:1"],
+                              "layers cannot be added to a container image"),
+                             (["--deps-on-s3"], "one of --image and --deps-on-s3")):  # fmt: skip
+        refused = cli("deploy", unique("image"), "--image", *options, "--create-role",
+                      "--bucket", bucket, ok=False)  # fmt: skip
+        assert refused.exit_code != 0 and message in refused.output
 
     name = unique("zip-then-image")
     cli("deploy", name, str(user_module), "--create-role", "--bucket", bucket)

@@ -154,6 +154,16 @@ def provision(
     built = request.built
     image = request.built_image
     if request.image or image is not None:
+        if settings.layers:
+            raise DeployError(
+                "Lambda layers cannot be added to a container image function: put what they"
+                " hold in the image (--include, -r or PATHS), or deploy a zip (without --image)."
+            )
+        if request.build is not None and request.build.deps_on_s3:
+            raise DeployError(
+                "--deps-on-s3 keeps dependencies out of a zip; an image holds them itself (up to"
+                " 10 GB): pass one of --image and --deps-on-s3, not both."
+            )
         # A foreign repository is refused before anything is built.
         images.ensure_repository(client("ecr"), images.repository_name(request.name),
                                  adopt=request.adopt, create=False)  # fmt: skip
