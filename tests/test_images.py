@@ -298,3 +298,15 @@ def test_an_image_cannot_touch_anything_outside_its_root(local, role_arn, tmp_pa
         lam.delete_function(FunctionName=name)
     assert not os.path.exists("/tmp/escaped-from-an-image")
     assert victim.read_text() == "this machine's file"
+
+
+def test_an_image_runs_without_a_sandbox_too(monkeypatch):
+    """Where bubblewrap cannot run (macOS), an image function runs from its unpacked image."""
+    monkeypatch.setenv("DASK_LAMBDA__LOCAL__ISOLATION", "none")
+    with pytest.warns(RuntimeWarning, match="without a sandbox"), LambdaCluster(
+        image=True
+    ) as cluster:  # fmt: skip
+        dask_file = dask.delayed(tasks.module_file)("dask").compute(scheduler=cluster)
+        runtime_file = dask.delayed(tasks.module_file)("awslambdaric").compute(scheduler=cluster)
+    assert "/local-images/" in dask_file and dask_file.endswith("/rootfs/var/task/dask/__init__.py")
+    assert runtime_file.endswith("/rootfs/var/runtime/awslambdaric/__init__.py")
