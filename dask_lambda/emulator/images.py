@@ -22,6 +22,7 @@ task sees.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -117,25 +118,16 @@ class ImageStore:
         one another in order, as hard links, whiteouts applied."""
         config_bytes = registry.blob(repository, manifest["config"]["digest"])
         layers = oci.layers_of(manifest, json.loads(config_bytes))
-        staging = folder.with_name(f"{folder.name}.{threading.get_ident()}.partial")
-        shutil.rmtree(staging, ignore_errors=True)
-        rootfs = staging / "rootfs"
-        rootfs.mkdir(parents=True)
-        total = 0
-        try:
+        with _staged(folder) as staging:
+            rootfs = staging / "rootfs"
+            rootfs.mkdir()
+            total = 0
             for layer in layers:
                 layer_dir, size = self._layer(registry, repository, layer)
                 total += size
                 _check_size(total)
                 _overlay(layer_dir, rootfs)
             (staging / "config.json").write_bytes(config_bytes)
-            try:
-                staging.rename(folder)
-            except OSError:  # another local Lambda unpacked it first
-                shutil.rmtree(staging, ignore_errors=True)
-        except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise
 
     def _layer(self, registry: Registry, repository: str, layer: oci.Layer) -> tuple[Path, int]:
         """One layer unpacked into a folder of its own (its whiteouts kept as the empty files
@@ -146,29 +138,36 @@ class ImageStore:
         with lock:
             if (folder / "size").exists():
                 return folder / "files", int((folder / "size").read_text())
-            staging = folder.with_name(f"{folder.name}.{threading.get_ident()}.partial")
-            shutil.rmtree(staging, ignore_errors=True)
-            files = staging / "files"
-            files.mkdir(parents=True)
-            size = 0
-            try:
-                blob = staging / "blob"
-                registry.pull_blob(repository, layer.digest, blob)
+            with _staged(folder) as staging:
+                (staging / "files").mkdir()
+                size = 0
+                blob = registry.pull_blob(repository, layer.digest, staging / "blob")
                 with tarfile.open(blob, mode="r:*") as tar:
                     for member in tar:
                         size += member.size
                         _check_size(size)
-                        _extract(tar, member, files)
+                        _extract(tar, member, staging / "files")
                 blob.unlink()
                 (staging / "size").write_text(str(size))
-                try:
-                    staging.rename(folder)
-                except OSError:
-                    shutil.rmtree(staging, ignore_errors=True)
-            except BaseException:
-                shutil.rmtree(staging, ignore_errors=True)
-                raise
             return folder / "files", size
+
+
+@contextlib.contextmanager
+def _staged(folder: Path):
+    """A fresh folder beside ``folder`` to fill: renamed to it when the block succeeds (unless
+    another local Lambda made it first), deleted when it fails."""
+    staging = folder.with_name(f"{folder.name}.{threading.get_ident()}.partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    try:
+        yield staging
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    try:
+        staging.rename(folder)
+    except OSError:  # made by another local Lambda first
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def _extract(tar: tarfile.TarFile, member: tarfile.TarInfo, root: Path) -> None:
