@@ -18,3 +18,5 @@ SYNC_PAYLOAD_BYTES = 6_291_456
 UNZIPPED_PACKAGE_BYTES = 262_144_000  # 250 MiB
 # A zip uploaded with the API call itself; larger ones go through S3.
 DIRECT_UPLOAD_BYTES = 52_428_800  # 50 MiB
+# A container image's layers, uncompressed.
+IMAGE_UNPACKED_BYTES = 10 * 1024**3  # 10 GiB

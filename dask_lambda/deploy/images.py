@@ -35,6 +35,7 @@ from typing import Any
 
 import urllib3
 
+from .. import limits
 from ..function.contract import HANDLER
 from . import oci
 from .build import BuildSpec, cache_root, entry_groups
@@ -43,7 +44,7 @@ from .functions import NotOursError
 from .registry import Registry, RegistryError, split_reference
 
 CREATED_BY = {"Key": "createdBy", "Value": "dask-lambda"}
-IMAGE_UNPACKED_LIMIT = 10 * 1024**3  # Lambda: an image is at most 10 GB uncompressed
+IMAGE_UNPACKED_LIMIT = limits.IMAGE_UNPACKED_BYTES
 IMAGE_TAG = "latest"
 _REPOSITORY_CHARS = re.compile(r"[^a-z0-9._-]+")
 

@@ -31,10 +31,11 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
+from .. import limits
 from ..deploy import oci
 from ..deploy.registry import Registry
 
-IMAGE_UNPACKED_LIMIT = 10 * 1024**3
+IMAGE_UNPACKED_LIMIT = limits.IMAGE_UNPACKED_BYTES
 _WHITEOUT = ".wh."
 _OPAQUE = ".wh..wh..opq"
 
