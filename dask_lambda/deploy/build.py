@@ -238,20 +238,12 @@ def _check_spec(spec: BuildSpec) -> None:
 
 def build(spec: BuildSpec, progress: Callable[[str], None] = lambda _: None) -> BuildResult:
     """Build the deployment zip for ``spec``; raises :class:`BuildError` with the fix."""
-    _check_spec(spec)
-    entries = list(package_files())
-    user = UserFiles()
-    for path in spec.paths:
-        entries += _user_entries(path, [*DEFAULT_EXCLUDES, *spec.exclude], user)
+    groups = entry_groups(spec, progress)
+    entries, user = [*groups.package, *groups.user], groups.user_files
     own_size = sum(source.stat().st_size for source, _ in entries)
-    deps: list[tuple[Path, str]] = []
-    pins: list[str] = []
-    recipe: dict = {}
-    cached = True
-    if spec.with_dependencies:
-        deps, pins, recipe, cached = _dependency_entries(spec, progress)
+    deps, pins, recipe, cached = groups.dependencies, groups.pins, groups.recipe, groups.cached
     deps_size = sum(source.stat().st_size for source, _ in deps)
-    bytecode = spec.bytecode and bytecode_module.matches_runtime(spec.python_version)
+    bytecode = groups.bytecode
     if spec.bytecode and not bytecode:
         progress(f"no bytecode: python{spec.python_version} is not this client's Python, so each"
                  " cold start compiles what it imports (deploy from a client of that version)")
@@ -320,6 +312,7 @@ class EntryGroups:
     recipe: dict  # what identifies the dependencies (the same recipe: the same files)
     pins: list[str]
     bytecode: bool
+    cached: bool  # the dependencies came from the build cache
 
     @property
     def unpacked(self) -> int:
@@ -327,19 +320,19 @@ class EntryGroups:
 
 
 def entry_groups(spec: BuildSpec, progress: Callable[[str], None] = lambda _: None) -> EntryGroups:
-    """The dependencies, dask-lambda's own code and the user's files of ``spec``, apart (for a
-    container image, where each is a layer and the 250 MB limit of a zip does not apply)."""
+    """The dependencies, dask-lambda's own code and the user's files of ``spec``, apart: a zip
+    joins them (:func:`build`), a container image makes each a layer (:mod:`.images`)."""
     _check_spec(spec)
     user_files = UserFiles()
     user: list = []
     for path in spec.paths:
         user += _user_entries(path, [*DEFAULT_EXCLUDES, *spec.exclude], user_files)
-    deps, pins, recipe = [], [], {}
+    deps, pins, recipe, cached = [], [], {}, True
     if spec.with_dependencies:
-        deps, pins, recipe, _ = _dependency_entries(spec, progress)
+        deps, pins, recipe, cached = _dependency_entries(spec, progress)
     bytecode = spec.bytecode and bytecode_module.matches_runtime(spec.python_version)
-    return EntryGroups(deps, list(package_files()), user, user_files,
-                       {**recipe, "bytecode": bytecode}, pins, bytecode)  # fmt: skip
+    return EntryGroups(deps, list(package_files()), user, user_files, recipe, pins, bytecode,
+                       cached)  # fmt: skip
 
 
 def _entry_size(entry: tuple[Path | bytes, str]) -> int:

@@ -118,16 +118,19 @@ def snapstart_on(settings: FunctionSettings, current: dict | None) -> bool:
     return (current or {}).get("SnapStart", {}).get("ApplyOn") == "PublishedVersions"
 
 
+IMAGE_SNAPSTART_REFUSED = (
+    "Lambda does not apply SnapStart to container images: deploy the image without --snapstart"
+    " (an image is cached by Lambda across cold starts instead), or deploy a zip (without"
+    " --image) with --snapstart."
+)
+
+
 def check_snapstart(runtime: str, settings: FunctionSettings, image: bool = False) -> None:
     """Raise :class:`DeployError` where AWS would refuse SnapStart for this function."""
     if not settings.snapstart:
         return
     if image:
-        raise DeployError(
-            "Lambda does not apply SnapStart to container images: deploy the image without"
-            " --snapstart (an image is cached by Lambda across cold starts instead), or deploy a"
-            " zip (without --image) with --snapstart."
-        )
+        raise DeployError(IMAGE_SNAPSTART_REFUSED)
     version = tuple(int(part) for part in runtime.removeprefix("python").split("."))
     if version < SNAPSTART_MIN_PYTHON:
         raise DeployError(
@@ -421,11 +424,10 @@ def deploy(
 
     ``image_uri`` (``repository@sha256:...``, in place of ``code``) deploys a container image
     (``PackageType=Image``). ``code`` None updates the configuration only. Zips over 50 MB, or
-    any with ``stage_code``
-    (which spares both ends base64 and JSON of the zip), are uploaded to ``bucket`` first
-    (and deleted from it once Lambda has taken them). An existing function that
-    dask-lambda did not create is left alone (:class:`NotOursError`) unless ``adopt``, which tags
-    it as dask-lambda's.
+    any with ``stage_code`` (which spares both ends base64 and JSON of the zip), are uploaded
+    to ``bucket`` first (and deleted from it once Lambda has taken them). An existing function
+    that dask-lambda did not create is left alone (:class:`NotOursError`) unless ``adopt``,
+    which tags it as dask-lambda's.
     """
     settings.validate()
     runtime = runtime or f"python{versions()['python']}"

@@ -23,7 +23,6 @@ change what a deployed function runs.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import re
@@ -44,7 +43,6 @@ from .functions import NotOursError
 from .registry import Registry, RegistryError, split_reference
 
 CREATED_BY = {"Key": "createdBy", "Value": "dask-lambda"}
-IMAGE_UNPACKED_LIMIT = limits.IMAGE_UNPACKED_BYTES
 IMAGE_TAG = "latest"
 _REPOSITORY_CHARS = re.compile(r"[^a-z0-9._-]+")
 
@@ -123,13 +121,13 @@ def build_image(spec: BuildSpec, progress: Callable[[str], None] = lambda _: Non
     base = resolve_base(base_reference(spec.python_version), spec.architecture, progress)
     progress(f"base image {base.reference} ({base.digest[:19]}, {len(base.layers)} layers)")
     groups = entry_groups(spec, progress)
-    if groups.unpacked > IMAGE_UNPACKED_LIMIT:
+    if groups.unpacked > limits.IMAGE_UNPACKED_BYTES:
         raise oci.ImageError(
             f"The image's own layers would unpack to {groups.unpacked / 1e9:.1f} GB, over the"
             " 10 GB Lambda runs: drop what the tasks do not need from --include/--requirements."
         )
-    recipe = groups.recipe
-    dependencies, cached = _layer(groups.dependencies, recipe, "dependencies", progress)
+    dependencies, cached = _layer(groups.dependencies, groups.recipe, "dependencies", progress,
+                                  bytecode=groups.bytecode)  # fmt: skip
     package, _ = _layer(groups.package, None, "dask-lambda's function code", progress,
                         bytecode=groups.bytecode)  # fmt: skip
     layers = [dependencies] if dependencies else []
@@ -146,20 +144,13 @@ def build_image(spec: BuildSpec, progress: Callable[[str], None] = lambda _: Non
 
 def _layer(
     entries: list, recipe: dict | None, comment: str, progress: Callable[[str], None],
-    bytecode: bool | None = None,
+    bytecode: bool,
 ) -> tuple[oci.Layer | None, bool]:  # fmt: skip
-    """The layer of ``entries`` and their bytecode, and whether it came from the cache.
-
-    A layer is kept by what it is made of: the dependencies' ``recipe`` (what pip installed, or
-    which installed distributions), or else the names and contents of ``entries``. The same
-    inputs give the layer built before, never a new one: bytecode is not byte-reproducible
-    (marshal's output depends on reference counts), and an unchanged layer must keep its
-    digest to be neither rebuilt nor pushed again.
-    """
+    """The layer of ``entries`` and their bytecode, and whether it came from the cache: kept by
+    the dependencies' ``recipe`` (what pip installed, or which installed distributions), or
+    else by the names and contents of ``entries`` (see :func:`~.oci.cached_layer`)."""
     if not entries:
         return None, True
-    if bytecode is None:
-        bytecode = bool((recipe or {}).get("bytecode"))
     if recipe is None:
         sources = hashlib.sha256()
         for source, name in sorted(entries, key=lambda entry: entry[1]):
@@ -168,20 +159,17 @@ def _layer(
             sources.update(data)
         recipe = {"sources": sources.hexdigest()}
     recipe = {**recipe, "bytecode": bytecode, "python": sys.implementation.cache_tag, "layer": 1}
-    key = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()
-    index = cache_root().parent / "image-layers" / f"{key[:32]}.json"
-    if index.exists():
-        layer = oci.Layer(**json.loads(index.read_text()))
-        if layer.path.exists():
-            progress(f"{comment}: layer from cache ({layer.digest[:19]})")
-            return layer, True
-    progress(f"{comment}: packing {len(entries)} files into a layer"
-             + (" with their bytecode" if bytecode else ""))  # fmt: skip
-    pycs = _bytecode.bytecode_entries(entries) if bytecode else []
-    layer = oci.write_layer([*entries, *pycs], comment=comment)
-    index.parent.mkdir(parents=True, exist_ok=True)
-    index.write_text(json.dumps(dataclasses.asdict(layer)))
-    return layer, False
+
+    def make() -> oci.Layer:
+        progress(f"{comment}: packing {len(entries)} files into a layer"
+                 + (" with their bytecode" if bytecode else ""))  # fmt: skip
+        pycs = _bytecode.bytecode_entries(entries) if bytecode else []
+        return oci.write_layer([*entries, *pycs], comment=comment)
+
+    layer, cached = oci.cached_layer(recipe, make)
+    if cached:
+        progress(f"{comment}: layer from cache ({layer.digest[:19]})")
+    return layer, cached
 
 
 # -- ECR ------------------------------------------------------------------------------------------
@@ -193,14 +181,12 @@ def ensure_repository(ecr: Any, name: str, adopt: bool = False, create: bool = T
     """The repository ``name``, created and tagged as dask-lambda's if missing (unless not
     ``create``: None); a repository dask-lambda did not create is refused
     (:class:`ForeignRepositoryError`) unless ``adopt``."""
-    try:
-        repository = ecr.describe_repositories(repositoryNames=[name])["repositories"][0]
-    except ecr.exceptions.RepositoryNotFoundException:
+    repository, ours = _repository(ecr, name)
+    if repository is None:
         if not create:
             return None
         return ecr.create_repository(repositoryName=name, tags=[CREATED_BY])["repository"]
-    tags = ecr.list_tags_for_resource(resourceArn=repository["repositoryArn"]).get("tags", [])
-    if CREATED_BY not in tags:
+    if not ours:
         if not adopt:
             raise ForeignRepositoryError(
                 f"ECR repository {name!r} exists and was not created by dask-lambda: deploy will"
@@ -246,20 +232,26 @@ def push(image: oci.Image, registry: Registry, repository: dict,
         else:
             missing.append(layer)
 
+    base = image.base
+    source = Registry(base.registry) if base is not None and base.registry else None
+
     def send(layer: oci.Layer) -> None:
-        base = image.base
         if not layer.path.exists():
-            if base is None or not base.registry:
+            if source is None:
                 raise oci.ImageError(f"Layer {layer.digest} is neither here nor in {name}")
             progress(f"pulling base layer {layer.digest[:19]} ({layer.size / 1e6:.1f} MB)")
-            Registry(base.registry).pull_blob(base.repository, layer.digest, layer.path)
+            source.pull_blob(base.repository, layer.digest, layer.path)
         progress(f"pushing layer {layer.digest[:19]} ({layer.size / 1e6:.1f} MB)")
         registry.push_blob(name, layer.digest, layer.path, check=False)
 
-    if missing:
-        with ThreadPoolExecutor(min(PUSH_THREADS, len(missing)),
-                                thread_name_prefix="dask-lambda-push") as pool:  # fmt: skip
-            list(pool.map(send, missing))
+    try:
+        if missing:
+            with ThreadPoolExecutor(min(PUSH_THREADS, len(missing)),
+                                    thread_name_prefix="dask-lambda-push") as pool:  # fmt: skip
+                list(pool.map(send, missing))
+    finally:
+        if source is not None:
+            source.close()
     pushed.sent = [layer.digest for layer in missing]
     pushed.bytes_sent = sum(layer.size for layer in missing)
     if registry.push_blob(name, image.config_digest, image.config):
@@ -297,12 +289,18 @@ def describe(ecr: Any, image_uri: str) -> dict:
 
 def delete_repository(ecr: Any, name: str) -> bool:
     """Delete dask-lambda's repository ``name`` and its images; False if it is gone or foreign."""
-    try:
-        repository = ecr.describe_repositories(repositoryNames=[name])["repositories"][0]
-    except ecr.exceptions.RepositoryNotFoundException:
-        return False
-    tags = ecr.list_tags_for_resource(resourceArn=repository["repositoryArn"]).get("tags", [])
-    if CREATED_BY not in tags:
+    repository, ours = _repository(ecr, name)
+    if repository is None or not ours:
         return False
     ecr.delete_repository(repositoryName=name, force=True)
     return True
+
+
+def _repository(ecr: Any, name: str) -> tuple[dict | None, bool]:
+    """The repository ``name`` (None if there is none) and whether dask-lambda created it."""
+    try:
+        repository = ecr.describe_repositories(repositoryNames=[name])["repositories"][0]
+    except ecr.exceptions.RepositoryNotFoundException:
+        return None, False
+    tags = ecr.list_tags_for_resource(resourceArn=repository["repositoryArn"]).get("tags", [])
+    return repository, CREATED_BY in tags

@@ -14,6 +14,7 @@ machine, so a registry that holds a layer is never sent it again.
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import hashlib
 import io
@@ -21,7 +22,7 @@ import json
 import os
 import tarfile
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -128,30 +129,60 @@ def write_layer(
     store = blob_store()
     store.mkdir(parents=True, exist_ok=True)
     with tempfile.NamedTemporaryFile(dir=store, prefix=".layer-", delete=False) as out:
-        compressed = _Hashing(out)
-        with gzip.GzipFile(fileobj=compressed, mode="wb", mtime=0,
-                           compresslevel=compresslevel) as zipped:  # fmt: skip
-            uncompressed = _Hashing(zipped)
-            with tarfile.open(fileobj=uncompressed, mode="w|", format=tarfile.PAX_FORMAT) as tar:
-                for name in sorted([*folders, *files, *links]):
-                    if name in links:
-                        info = _tar_info(name)
-                        info.type, info.linkname, info.mode = tarfile.SYMTYPE, links[name], 0o777
-                        tar.addfile(info)
-                    elif name not in files:
-                        tar.addfile(_tar_info(name, directory=True))
-                    elif isinstance(source := files[name], bytes):
-                        info = _tar_info(name, len(source), executable=name in executables)
-                        tar.addfile(info, io.BytesIO(source))
-                    else:
-                        executable = os.access(source, os.X_OK)
-                        with open(source, "rb") as data:
-                            size = os.fstat(data.fileno()).st_size
-                            tar.addfile(_tar_info(name, size, executable=executable), data)
+        try:
+            compressed = _Hashing(out)
+            with gzip.GzipFile(fileobj=compressed, mode="wb", mtime=0,
+                               compresslevel=compresslevel) as zipped:  # fmt: skip
+                uncompressed = _Hashing(zipped)
+                with tarfile.open(fileobj=uncompressed, mode="w|",
+                                  format=tarfile.PAX_FORMAT) as tar:  # fmt: skip
+                    for name in sorted([*folders, *files, *links]):
+                        _add(tar, name, files.get(name), links.get(name), name in executables)
+        except BaseException:  # a file that cannot be read, a full disk: no half layer is left
+            Path(out.name).unlink(missing_ok=True)
+            raise
     layer = Layer("sha256:" + compressed.sha.hexdigest(), compressed.size,
                   "sha256:" + uncompressed.sha.hexdigest(), comment=comment)  # fmt: skip
     os.replace(out.name, layer.path)
     return layer
+
+
+def _add(tar: tarfile.TarFile, name: str, source: Path | bytes | None, link: str | None,
+         executable: bool) -> None:  # fmt: skip
+    """One entry of a layer: a symbolic link, a folder (neither source nor link), the bytes
+    given, or a file of this machine (executable as it is on disk)."""
+    if link is not None:
+        info = _tar_info(name)
+        info.type, info.linkname, info.mode = tarfile.SYMTYPE, link, 0o777
+        tar.addfile(info)
+    elif source is None:
+        tar.addfile(_tar_info(name, directory=True))
+    elif isinstance(source, bytes):
+        tar.addfile(_tar_info(name, len(source), executable=executable), io.BytesIO(source))
+    else:
+        with open(source, "rb") as data:
+            size = os.fstat(data.fileno()).st_size
+            tar.addfile(_tar_info(name, size, executable=os.access(source, os.X_OK)), data)
+
+
+def cached_layer(recipe: dict, make: Callable[[], Layer]) -> tuple[Layer, bool]:
+    """The layer ``recipe`` names: the one built before (if its blob is still in the store), or
+    else ``make()``'s, remembered under it; and whether it was built before.
+
+    Layers are kept by what they are made of, not rebuilt to find out: bytecode is not
+    byte-reproducible (marshal's output depends on reference counts), and an unchanged layer
+    must keep its digest to be neither rebuilt nor pushed again.
+    """
+    key = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()
+    index = blob_store().parent / "image-layers" / f"{key[:32]}.json"
+    if index.exists():
+        layer = Layer(**json.loads(index.read_text()))
+        if layer.path.exists():
+            return layer, True
+    layer = make()
+    index.parent.mkdir(parents=True, exist_ok=True)
+    index.write_text(json.dumps(dataclasses.asdict(layer)))
+    return layer, False
 
 
 @dataclass
@@ -208,17 +239,17 @@ def compose(base: BaseImage, own: list[Layer], command: list[str], architecture:
     history = list(base.config.get("history") or [])
     history += [{"created": _CREATED, "created_by": f"dask-lambda: {layer.comment}"}
                 for layer in own]  # fmt: skip
+    layers = [*base.layers, *own]
     config = {
         "architecture": platform,
         "os": base.config.get("os", "linux"),
         "created": _CREATED,
         "config": inner,
         "rootfs": {"type": "layers",
-                   "diff_ids": [layer.diff_id for layer in [*base.layers, *own]]},
+                   "diff_ids": [layer.diff_id for layer in layers]},
         "history": history,
     }  # fmt: skip
     config_bytes = json.dumps(config, sort_keys=True, separators=(",", ":")).encode()
-    layers = [*base.layers, *own]
     manifest = {
         "schemaVersion": 2,
         "mediaType": OCI_MANIFEST,

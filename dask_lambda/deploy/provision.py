@@ -34,6 +34,7 @@ from ..function import contract
 from . import images
 from .build import BuildResult, BuildSpec, build
 from .functions import (
+    IMAGE_SNAPSTART_REFUSED,
     SNAPSTART_TMP_LIMIT_MB,
     DeployError,
     DeployResult,
@@ -168,18 +169,14 @@ def provision(
         images.ensure_repository(client("ecr"), images.repository_name(request.name),
                                  adopt=request.adopt, create=False)  # fmt: skip
         if snapstart_on(settings, current):
-            raise DeployError(
-                "Lambda does not apply SnapStart to container images: deploy without"
-                " --snapstart, or as a zip (without --image)."
-            )
+            raise DeployError(IMAGE_SNAPSTART_REFUSED)
         if image is None and request.build is not None:
             image = images.build_image(request.build, lambda step: progress(f"  build: {step}"))
-        if image is not None:
-            environment.pop(contract.DEPENDENCIES, None)
     elif built is None and request.build is not None:
         built = _build(request.build, progress)
-    if built is not None:
+    if built is not None or image is not None:  # a new package brings its own dependencies
         environment.pop(contract.DEPENDENCIES, None)
+    if built is not None:
         if built.dependencies_zip and snapstart_on(settings, current):
             _fit_snapstart_tmp(built, settings)
         if built.dependencies_zip:

@@ -18,11 +18,13 @@ import hashlib
 import json
 import os
 import re
+import threading
 import urllib.parse
 from pathlib import Path
 
 import urllib3
 
+from ..aws import is_loopback
 from .oci import INDEXES, MANIFESTS, ImageError, sha256_digest
 
 ACCEPT_MANIFESTS = ", ".join([*MANIFESTS, *INDEXES])
@@ -32,11 +34,6 @@ _CHUNK = 1 << 20
 
 class RegistryError(ImageError):
     """A registry refused a request; the message has its status and error."""
-
-
-def is_loopback(host: str) -> bool:
-    name = host.rsplit(":", 1)[0] if not host.startswith("[") else host.split("]")[0][1:]
-    return name in ("localhost", "127.0.0.1", "::1")
 
 
 class Registry:
@@ -53,7 +50,7 @@ class Registry:
 
     def __init__(self, url: str, authorization: str | None = None, timeout: float = 60.0):
         if "://" not in url:
-            url = ("http://" if is_loopback(url) else "https://") + url
+            url = ("http://" if is_loopback(f"//{url}") else "https://") + url
         self.url = url.rstrip("/")
         self.host = urllib.parse.urlsplit(self.url).netloc
         self.authorization = authorization
@@ -178,19 +175,21 @@ class Registry:
         """Stream a blob to ``target`` (via a temporary file beside it), checking its digest."""
         response = self._request("GET", repository, f"blobs/{digest}", (200,), stream=True)
         target.parent.mkdir(parents=True, exist_ok=True)
-        partial = target.with_name(f".{target.name}.{os.getpid()}.partial")
+        partial = target.with_name(f".{target.name}.{os.getpid()}.{threading.get_ident()}.partial")
         sha = hashlib.sha256()
         try:
             with partial.open("wb") as out:
                 for chunk in response.stream(_CHUNK):
                     sha.update(chunk)
                     out.write(chunk)
+            if "sha256:" + sha.hexdigest() != digest:
+                raise RegistryError(f"The blob {digest} of {repository} arrived with other content")
+            os.replace(partial, target)
+        except BaseException:
+            partial.unlink(missing_ok=True)
+            raise
         finally:
             response.release_conn()
-        if "sha256:" + sha.hexdigest() != digest:
-            partial.unlink(missing_ok=True)
-            raise RegistryError(f"The blob {digest} of {repository} arrived with other content")
-        os.replace(partial, target)
         return target
 
     def close(self) -> None:

@@ -35,7 +35,6 @@ from .. import limits
 from ..deploy import oci
 from ..deploy.registry import Registry
 
-IMAGE_UNPACKED_LIMIT = limits.IMAGE_UNPACKED_BYTES
 _WHITEOUT = ".wh."
 _OPAQUE = ".wh..wh..opq"
 
@@ -93,19 +92,11 @@ class ImageStore:
         except RegistryUnavailable as e:
             raise InvalidImage(str(e)) from e
         try:
-            manifest_bytes, media_type, digest = registry.manifest(repository, reference)
-        except oci.ImageError as e:
-            raise InvalidImage(f"Source image {repository}@{reference} is not found: {e}") from e
-        if media_type not in oci.MANIFESTS:
-            raise InvalidImage(f"The image {repository}@{reference} is a {media_type}: Lambda"
-                               " runs one platform's image manifest, not an index")  # fmt: skip
-        with self._lock:
-            lock = self._locks.setdefault(digest, threading.Lock())
-        with lock:
-            folder = self.root / digest.removeprefix("sha256:")
-            if not (folder / "config.json").exists():
-                self._unpack(registry, repository, json.loads(manifest_bytes), folder)
-            config = json.loads((folder / "config.json").read_text()).get("config") or {}
+            folder = self._unpacked(registry, repository, reference)
+        finally:
+            registry.close()
+        digest = "sha256:" + folder.name
+        config = json.loads((folder / "config.json").read_text()).get("config") or {}
         environment = tuple(tuple(item.split("=", 1)) for item in config.get("Env") or []
                             if "=" in item)  # fmt: skip
         return ImageRun(
@@ -113,6 +104,26 @@ class ImageStore:
             tuple(config.get("Cmd") or ()), environment,
             config.get("WorkingDir") or "/var/task",
         )  # fmt: skip
+
+    def _unpacked(self, registry: Registry, repository: str, reference: str) -> Path:
+        """The folder of the image ``repository@reference``: its config and root filesystem."""
+        try:
+            manifest_bytes, media_type, digest = registry.manifest(repository, reference)
+        except oci.ImageError as e:
+            raise InvalidImage(f"Source image {repository}@{reference} is not found: {e}") from e
+        if media_type not in oci.MANIFESTS:
+            raise InvalidImage(f"The image {repository}@{reference} is a {media_type}: Lambda"
+                               " runs one platform's image manifest, not an index")  # fmt: skip
+        folder = self.root / digest.removeprefix("sha256:")
+        with self._lock_of(digest):
+            if not (folder / "config.json").exists():
+                self._unpack(registry, repository, json.loads(manifest_bytes), folder)
+        return folder
+
+    def _lock_of(self, digest: str) -> threading.Lock:
+        """One lock per image or layer: what two functions share is unpacked once."""
+        with self._lock:
+            return self._locks.setdefault(digest, threading.Lock())
 
     def _unpack(self, registry: Registry, repository: str, manifest: dict, folder: Path) -> None:
         """The image's root filesystem: its layers (each unpacked once, by digest) laid over
@@ -134,9 +145,7 @@ class ImageStore:
         """One layer unpacked into a folder of its own (its whiteouts kept as the empty files
         they are in the tar), once per digest; and the bytes it unpacks to."""
         folder = self.root / "layers" / layer.digest.removeprefix("sha256:")
-        with self._lock:
-            lock = self._locks.setdefault(layer.digest, threading.Lock())
-        with lock:
+        with self._lock_of(layer.digest):
             if (folder / "size").exists():
                 return folder / "files", int((folder / "size").read_text())
             with _staged(folder) as staging:
@@ -218,9 +227,10 @@ def _overlay(layer: Path, rootfs: Path) -> None:
 
 
 def _check_size(unpacked: int) -> None:
-    if unpacked > IMAGE_UNPACKED_LIMIT:
+    if unpacked > limits.IMAGE_UNPACKED_BYTES:
         raise InvalidImage(
-            f"Image size must be smaller than 10 GB uncompressed ({IMAGE_UNPACKED_LIMIT} bytes)"
+            "Image size must be smaller than 10 GB uncompressed"
+            f" ({limits.IMAGE_UNPACKED_BYTES} bytes)"
         )
 
 

@@ -347,56 +347,54 @@ def standin_tag() -> str:
 
 
 def push_standin_base(registry: Registry, architecture: str = "x86_64") -> str:
-    """Build (once per machine: its layer is content-addressed) and push the stand-in for AWS's
-    ``public.ecr.aws/lambda/python:3.X`` base image; return its index's digest."""
-    from ..deploy.bytecode import bytecode_entries
+    """Build (once per machine: its layer is kept by what it is made of) and push the stand-in
+    for AWS's ``public.ecr.aws/lambda/python:3.X`` base image; return its index's digest."""
     from .runtimes import managed_runtime
 
     runtime = managed_runtime()
+    interpreter = os.path.realpath(sys.executable)
+    recipe = {"standin": runtime.name, "installed": runtime.stat().st_mtime_ns,
+              "python": interpreter, "bootstrap": BOOTSTRAP_SH.decode(), "layer": 1}  # fmt: skip
+    layer, _ = oci.cached_layer(recipe, lambda: _standin_runtime_layer(runtime, interpreter))
+    scripts = oci.write_layer(
+        [(ENTRYPOINT_SH, "lambda-entrypoint.sh")], root="", comment="entry point",
+        executables={"lambda-entrypoint.sh"},
+    )  # fmt: skip
+    scratch = oci.BaseImage("scratch", "", {"architecture": oci.PLATFORMS[architecture],
+        "os": "linux", "config": {
+            "Entrypoint": ["/lambda-entrypoint.sh"],
+            "Env": ["LANG=en_US.UTF-8", "TZ=:/etc/localtime",
+                    "PATH=/var/lang/bin:/usr/local/bin:/usr/bin/:/bin:/opt/bin",
+                    "LAMBDA_TASK_ROOT=/var/task", "LAMBDA_RUNTIME_DIR=/var/runtime"]},
+    }, [])  # fmt: skip
+    image = oci.compose(scratch, [layer, scripts], ["app.handler"], architecture)
+    for blob in image.layers:
+        registry.push_blob(STANDIN_REPOSITORY, blob.digest, blob.path)
+    registry.push_blob(STANDIN_REPOSITORY, image.config_digest, image.config)
+    digest = registry.put_manifest(STANDIN_REPOSITORY, image.digest, image.manifest,
+                                   oci.OCI_MANIFEST)  # fmt: skip
+    index = json.dumps({
+        "schemaVersion": 2, "mediaType": oci.OCI_INDEX,
+        "manifests": [{"mediaType": oci.OCI_MANIFEST, "digest": digest,
+                       "size": len(image.manifest),
+                       "platform": {"architecture": oci.PLATFORMS[architecture],
+                                    "os": "linux"}}],
+    }, sort_keys=True).encode()  # fmt: skip
+    return registry.put_manifest(STANDIN_REPOSITORY, standin_tag(), index, oci.OCI_INDEX)
+
+
+def _standin_runtime_layer(runtime: Path, interpreter: str) -> oci.Layer:
+    """``/var/runtime`` (the managed-runtime stand-in and its bootstrap) and the interpreter as
+    ``/var/lang/bin/python3``."""
+    from ..deploy.bytecode import bytecode_entries
+
     files = [(path, f"runtime/{path.relative_to(runtime).as_posix()}")
              for path in sorted(runtime.rglob("*"))
              if path.is_file() and "__pycache__" not in path.parts]  # fmt: skip
     # Its bytecode as unchecked-hash pycs: the layer's fixed mtimes would make pip's stale, and
     # every cold start would compile awslambdaric and boto3 again on the read-only /var/runtime.
     files += bytecode_entries(files)
-    layer = oci.write_layer(
+    return oci.write_layer(
         [*files, (BOOTSTRAP_SH, "runtime/bootstrap")], root="var", comment="managed runtime",
-        symlinks={"lang/bin/python3": os.path.realpath(sys.executable)},
-        executables={"runtime/bootstrap"},
+        symlinks={"lang/bin/python3": interpreter}, executables={"runtime/bootstrap"},
     )  # fmt: skip
-    scripts = oci.write_layer(
-        [(ENTRYPOINT_SH, "lambda-entrypoint.sh")], root="", comment="entry point",
-        executables={"lambda-entrypoint.sh"},
-    )  # fmt: skip
-    config = {
-        "architecture": oci.PLATFORMS[architecture], "os": "linux",
-        "config": {
-            "Entrypoint": ["/lambda-entrypoint.sh"], "Cmd": ["app.handler"],
-            "WorkingDir": "/var/task",
-            "Env": ["LANG=en_US.UTF-8", "TZ=:/etc/localtime",
-                    "PATH=/var/lang/bin:/usr/local/bin:/usr/bin/:/bin:/opt/bin",
-                    "LAMBDA_TASK_ROOT=/var/task", "LAMBDA_RUNTIME_DIR=/var/runtime"],
-        },
-        "rootfs": {"type": "layers", "diff_ids": [layer.diff_id, scripts.diff_id]},
-        "history": [{"created_by": "dask-lambda: the local Lambda's managed-runtime stand-in"},
-                    {"created_by": "dask-lambda: /lambda-entrypoint.sh"}],
-    }  # fmt: skip
-    config_bytes = json.dumps(config, sort_keys=True).encode()
-    manifest = json.dumps({
-        "schemaVersion": 2, "mediaType": oci.OCI_MANIFEST,
-        "config": {"mediaType": oci.OCI_CONFIG, "digest": oci.sha256_digest(config_bytes),
-                   "size": len(config_bytes)},
-        "layers": [layer.descriptor(), scripts.descriptor()],
-    }, sort_keys=True).encode()  # fmt: skip
-    for blob in (layer, scripts):
-        registry.push_blob(STANDIN_REPOSITORY, blob.digest, blob.path)
-    registry.push_blob(STANDIN_REPOSITORY, oci.sha256_digest(config_bytes), config_bytes)
-    digest = registry.put_manifest(STANDIN_REPOSITORY, oci.sha256_digest(manifest), manifest,
-                                   oci.OCI_MANIFEST)  # fmt: skip
-    index = json.dumps({
-        "schemaVersion": 2, "mediaType": oci.OCI_INDEX,
-        "manifests": [{"mediaType": oci.OCI_MANIFEST, "digest": digest, "size": len(manifest),
-                       "platform": {"architecture": oci.PLATFORMS[architecture],
-                                    "os": "linux"}}],
-    }, sort_keys=True).encode()  # fmt: skip
-    return registry.put_manifest(STANDIN_REPOSITORY, standin_tag(), index, oci.OCI_INDEX)

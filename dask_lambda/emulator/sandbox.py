@@ -34,6 +34,7 @@ from pathlib import Path
 TASK_ROOT = "/var/task"
 RUNTIME_DIR = "/var/runtime"
 BOOTSTRAP = "/var/rapid/bootstrap.py"
+_NETWORK_FILES = ("/etc/resolv.conf", "/etc/hosts")  # Lambda's, bound over an image's own
 _ETC = ("resolv.conf", "hosts", "nsswitch.conf", "host.conf", "ssl", "ca-certificates",
         "localtime", "passwd", "group")  # fmt: skip
 
@@ -81,19 +82,31 @@ def command(
     # a device node for this machine's disk and mount it; on AWS a function holds none.
     privileges = (["--unshare-user", "--uid", "0", "--gid", "0", "--cap-add", "CAP_SYS_ADMIN",
                    "--cap-add", "CAP_SETPCAP"] if snapshot else ["--cap-drop", "ALL"])  # fmt: skip
-    args = [shutil.which("bwrap") or "bwrap", "--unshare-pid", "--unshare-ipc", "--unshare-uts",
-            "--hostname", "localhost", "--die-with-parent", *privileges, "--proc", "/proc",
-            "--dev", "/dev"]  # fmt: skip
+    args = _namespaces(privileges)
     args += _system_binds()
     args += ["--ro-bind", runtime_dir, RUNTIME_DIR, "--ro-bind", bootstrap, BOOTSTRAP]
     args += ["--ro-bind", code_dir, TASK_ROOT]
     for index, layer in enumerate(layer_dirs):
         args += ["--ro-bind", layer, f"/opt/layer-{index}"]
-    args += ["--size", str(max(1, tmp_mb) * 1024 * 1024), "--tmpfs", "/tmp"]
+    args += _writable(tmp_mb, mounts)
+    return [*args, "--chdir", TASK_ROOT, "--", *argv]
+
+
+def _namespaces(privileges: list[str]) -> list[str]:
+    """bwrap and what every runtime gets of its own: PID, IPC and UTS namespaces, a ``/proc``
+    and ``/dev``, its ``privileges``; gone with the server."""
+    return [shutil.which("bwrap") or "bwrap", "--unshare-pid", "--unshare-ipc", "--unshare-uts",
+            "--hostname", "localhost", "--die-with-parent", *privileges, "--proc", "/proc",
+            "--dev", "/dev"]  # fmt: skip
+
+
+def _writable(tmp_mb: int, mounts: tuple[str, ...]) -> list[str]:
+    """The only places a runtime writes: its own ``/tmp`` of ``tmp_mb``, and ``mounts``."""
+    args = ["--size", str(max(1, tmp_mb) * 1024 * 1024), "--tmpfs", "/tmp"]
     for mount in mounts:
         if os.path.isdir(mount):
             args += ["--bind", mount, mount]
-    return [*args, "--chdir", TASK_ROOT, "--", *argv]
+    return args
 
 
 def image_command(
@@ -103,9 +116,7 @@ def image_command(
     the sandbox's root (each of its top-level entries bound read-only where it has them), and
     this machine's ``/usr``, ``/lib*``, ``/bin`` and ``/etc`` files only where it has not
     (the stand-in base image brings no operating system; AWS's brings Amazon Linux)."""
-    args = [shutil.which("bwrap") or "bwrap", "--unshare-pid", "--unshare-ipc", "--unshare-uts",
-            "--hostname", "localhost", "--die-with-parent", "--cap-drop", "ALL",
-            "--proc", "/proc", "--dev", "/dev"]  # fmt: skip
+    args = _namespaces(["--cap-drop", "ALL"])
     root = Path(rootfs)
     present = set()
     for entry in sorted(root.iterdir()):
@@ -122,14 +133,8 @@ def image_command(
         top = target.strip("/").split("/")[0]
         if top not in present or target in _NETWORK_FILES:  # Lambda's own name resolution
             args += [option, source, target]
-    args += ["--size", str(max(1, tmp_mb) * 1024 * 1024), "--tmpfs", "/tmp"]
-    for mount in mounts:
-        if os.path.isdir(mount):
-            args += ["--bind", mount, mount]
+    args += _writable(tmp_mb, mounts)
     return [*args, "--chdir", working_dir, "--", *argv]
-
-
-_NETWORK_FILES = ("/etc/resolv.conf", "/etc/hosts")
 
 
 @functools.cache
