@@ -265,9 +265,9 @@ def fit_tiny_model() -> float:
     return float(model.score(frame[["x"]], frame["y"]))
 
 
-def image_view(client_dir: str) -> dict:
-    """What a task of an image function sees of its filesystem (``client_dir``: the client's
-    working folder, which it must not)."""
+def image_view(client_dir: str, client_pid: int) -> dict:
+    """What a task of an image function sees of its filesystem and processes (``client_dir``
+    and ``client_pid``: the client's working folder and process, which it must not)."""
     import os
 
     import awslambdaric
@@ -277,7 +277,16 @@ def image_view(client_dir: str) -> dict:
         writable = True
     except OSError:
         writable = False
+    try:
+        os.kill(client_pid, 0)
+        client_process = True
+    except OSError:
+        client_process = False
+    with open("/proc/self/status") as status:
+        capabilities = next(line.split()[1] for line in status if line.startswith("CapEff"))
     return {
+        "client_process": client_process,
+        "capabilities": capabilities,
         "awslambdaric": awslambdaric.__file__,
         "entrypoint": os.access("/lambda-entrypoint.sh", os.X_OK),
         "bootstrap": os.access("/var/runtime/bootstrap", os.X_OK),

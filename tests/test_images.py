@@ -16,6 +16,7 @@ from conftest import cli, unique
 
 from dask_lambda import LambdaCluster
 from dask_lambda.deploy import images
+from dask_lambda.emulator.images import shared_root
 from dask_lambda.emulator.registry import registry_binary
 
 
@@ -56,7 +57,8 @@ def test_image_deploy_compute_update_delete(local, image_env, bucket, user_modul
         assert x.compute(scheduler=cluster) == 42
         where = dask.delayed(tasks.module_file)("only_in_zip").compute(scheduler=cluster)
         assert where == "/var/task/only_in_zip.py"  # the image's layer, as Lambda mounts it
-        seen = dask.delayed(tasks.image_view)(os.getcwd()).compute(scheduler=cluster)
+        seen = dask.delayed(tasks.image_view)(os.getcwd(), os.getpid()).compute(
+            scheduler=cluster)  # fmt: skip
         # Its role may not push images (no registry token): IAM, as on AWS.
         denied = dask.delayed(tasks.registry_token_error)().compute(scheduler=cluster)
         assert denied == "AccessDeniedException"
@@ -65,6 +67,8 @@ def test_image_deploy_compute_update_delete(local, image_env, bucket, user_modul
     assert seen["awslambdaric"].startswith("/var/runtime/awslambdaric/")
     assert seen["entrypoint"] and seen["bootstrap"] and seen["task_root"] == "/var/task"
     assert not seen["client_folder"] and seen["writable_task"] is False
+    # ...and its own processes, with no capabilities, as the zip functions' sandbox.
+    assert seen["client_process"] is False and seen["capabilities"] == "0000000000000000"
 
     listed = [line for line in cli("list").output.splitlines() if line.startswith(name)]
     assert listed and listed[0].split()[1] == "image"
@@ -111,6 +115,24 @@ def test_foreign_repository_is_refused(local, image_env, bucket, user_module):
     with pytest.raises(local.client("lambda").exceptions.ResourceNotFoundException):
         local.client("lambda").get_function(FunctionName=name)
     assert not ecr.describe_images(repositoryName=images.repository_name(name))["imageDetails"]
+    # delete --delete-images deletes only dask-lambda's repositories either.
+    assert images.delete_repository(ecr, images.repository_name(name)) is False
+    ecr.describe_repositories(repositoryNames=[images.repository_name(name)])
+
+
+def test_an_image_over_10_gb_unpacked_is_refused(image_env, tmp_path):
+    from dask_lambda import limits
+    from dask_lambda.deploy.build import BuildSpec
+    from dask_lambda.deploy.oci import ImageError
+
+    huge = tmp_path / "huge.bin"
+    with huge.open("wb") as sparse:  # holes: no disk used
+        sparse.truncate(limits.IMAGE_UNPACKED_BYTES)
+    spec = BuildSpec(paths=[huge], with_dependencies=False)
+    packed = []
+    with pytest.raises(ImageError, match="over the 10 GB Lambda runs"):
+        images.build_image(spec, progress=packed.append)
+    assert not [line for line in packed if "packing" in line]  # refused before any layer
 
 
 def test_images_refuse_snapstart_layers_and_a_package_type_change(local, image_env, bucket,
@@ -221,7 +243,12 @@ def _hostile_layer(tmp_path, members) -> tuple[bytes, str]:
     with tarfile.open(fileobj=raw, mode="w") as tar:
         for name, kind, value in members:
             info = tarfile.TarInfo(name)
-            if kind in ("link", "hardlink"):
+            if kind == "huge":  # a header claiming ``value`` bytes that never follow
+                info.size = value
+                header = info.tobuf(tar.format, tar.encoding, tar.errors)
+                tar.fileobj.write(header)
+                tar.offset += len(header)
+            elif kind in ("link", "hardlink"):
                 info.type = tarfile.SYMTYPE if kind == "link" else tarfile.LNKTYPE
                 info.linkname = value
                 tar.addfile(info)
@@ -254,8 +281,6 @@ HARMLESS_ONCE_STACKED = {"link-then-write-across-layers", "link-then-whiteout-ac
 
 @pytest.mark.parametrize("attack", list(HOSTILE_IMAGES))
 def test_an_image_cannot_touch_anything_outside_its_root(local, role_arn, tmp_path, attack):
-    from dask_lambda.deploy import oci
-
     victim = tmp_path / "victim"
     victim.write_text("this machine's file")
     layers = [
@@ -266,7 +291,61 @@ def test_an_image_cannot_touch_anything_outside_its_root(local, role_arn, tmp_pa
         ])
         for members in HOSTILE_IMAGES[attack]
     ]  # fmt: skip
-    ecr, name = local.client("ecr"), unique("hostile")
+    name = unique("hostile")
+    uri = _push_image(local, name, layers)
+    lam = local.client("lambda")
+    try:
+        lam.create_function(FunctionName=name, PackageType="Image", Role=role_arn,
+                            Code={"ImageUri": uri})  # fmt: skip
+    except lam.exceptions.InvalidParameterValueException as e:
+        assert attack not in HARMLESS_ONCE_STACKED, e
+        assert "outside" in str(e) or "link" in str(e)
+        with pytest.raises(lam.exceptions.ResourceNotFoundException):
+            lam.get_function(FunctionName=name)
+    else:
+        assert attack in HARMLESS_ONCE_STACKED, "a hostile image was accepted"
+        lam.delete_function(FunctionName=name)
+    assert not os.path.exists("/tmp/escaped-from-an-image")
+    assert victim.read_text() == "this machine's file"
+
+
+def test_the_local_lambda_refuses_an_image_over_10_gb_unpacked(local, role_arn, tmp_path):
+    from dask_lambda import limits
+
+    name = unique("huge")
+    layer = _hostile_layer(tmp_path, [("var/task/huge.bin", "huge",
+                                       limits.IMAGE_UNPACKED_BYTES + 1)])  # fmt: skip
+    uri = _push_image(local, name, [layer])
+    lam = local.client("lambda")
+    with pytest.raises(lam.exceptions.InvalidParameterValueException,
+                       match="smaller than 10 GB uncompressed"):  # fmt: skip
+        lam.create_function(FunctionName=name, PackageType="Image", Role=role_arn,
+                            Code={"ImageUri": uri})  # fmt: skip
+    with pytest.raises(lam.exceptions.ResourceNotFoundException):
+        lam.get_function(FunctionName=name)
+
+
+def test_a_layer_that_is_not_a_whole_tar_is_the_image_s_fault(local, role_arn, tmp_path):
+    """A truncated layer is refused as the caller's error (400), never a crash of the service."""
+    name = unique("truncated")
+    layer = _hostile_layer(tmp_path, [("var/task/data.bin", "huge", 1 << 20)])  # no data follows
+    uri = _push_image(local, name, [layer])
+    lam = local.client("lambda")
+    with pytest.raises(lam.exceptions.InvalidParameterValueException, match="cannot be unpacked"):
+        lam.create_function(FunctionName=name, PackageType="Image", Role=role_arn,
+                            Code={"ImageUri": uri})  # fmt: skip
+    with pytest.raises(lam.exceptions.ResourceNotFoundException):
+        lam.get_function(FunctionName=name)
+    store = shared_root()
+    assert not [*store.glob("*.partial"), *(store / "layers").glob("*.partial")]  # none half-made
+
+
+def _push_image(local, name: str, layers: list[tuple[bytes, str]]) -> str:
+    """Push an image of ``(gzipped layer, diff id)`` into the repository of function ``name``,
+    as an attacker could with the account's ECR token; its URI by digest."""
+    from dask_lambda.deploy import oci
+
+    ecr = local.client("ecr")
     repository = images.ensure_repository(ecr, images.repository_name(name))
     diff_ids = [diff_id for _, diff_id in layers]
     config = json.dumps({"architecture": "amd64", "os": "linux", "config": {"Cmd": ["x.y"]},
@@ -283,21 +362,8 @@ def test_an_image_cannot_touch_anything_outside_its_root(local, role_arn, tmp_pa
         registry.push_blob(repository["repositoryName"], oci.sha256_digest(blob), blob)
     digest = registry.put_manifest(repository["repositoryName"], "latest", manifest,
                                    oci.OCI_MANIFEST)  # fmt: skip
-    lam = local.client("lambda")
-    uri = f"{repository['repositoryUri']}@{digest}"
-    try:
-        lam.create_function(FunctionName=name, PackageType="Image", Role=role_arn,
-                            Code={"ImageUri": uri})  # fmt: skip
-    except lam.exceptions.InvalidParameterValueException as e:
-        assert attack not in HARMLESS_ONCE_STACKED, e
-        assert "outside" in str(e) or "link" in str(e)
-        with pytest.raises(lam.exceptions.ResourceNotFoundException):
-            lam.get_function(FunctionName=name)
-    else:
-        assert attack in HARMLESS_ONCE_STACKED, "a hostile image was accepted"
-        lam.delete_function(FunctionName=name)
-    assert not os.path.exists("/tmp/escaped-from-an-image")
-    assert victim.read_text() == "this machine's file"
+    registry.close()
+    return f"{repository['repositoryUri']}@{digest}"
 
 
 def test_an_image_runs_without_a_sandbox_too(monkeypatch):

@@ -12,7 +12,7 @@ path leaves its folder, or passes through a link that does, is refused, as is a 
 file outside it (tar's ``tar`` filter, also applied, strips set-id bits but checks no link
 targets); a lower layer's link in an upper layer's way is replaced, never followed; symbolic
 links may point anywhere, as they resolve inside the sandbox. An image over Lambda's 10 GB
-unpacked is refused.
+unpacked, or with a layer that is not a whole (gzipped) tar, is refused as the caller's error.
 
 Layers and root filesystems live in a per-machine cache named by digest (content addressing
 makes sharing between local Lambdas safe), and a runtime of the function starts in a sandbox
@@ -28,6 +28,7 @@ import os
 import shutil
 import tarfile
 import threading
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -152,11 +153,16 @@ class ImageStore:
                 (staging / "files").mkdir()
                 size = 0
                 blob = registry.pull_blob(repository, layer.digest, staging / "blob")
-                with tarfile.open(blob, mode="r:*") as tar:
-                    for member in tar:
-                        size += member.size
-                        _check_size(size)
-                        _extract(tar, member, staging / "files")
+                try:
+                    with tarfile.open(blob, mode="r:*") as tar:
+                        for member in tar:
+                            size += member.size
+                            _check_size(size)
+                            _extract(tar, member, staging / "files")
+                except (tarfile.TarError, EOFError, OSError, zlib.error) as e:
+                    # As Lambda, a layer that is not a whole (gzipped) tar is the image's fault.
+                    raise InvalidImage(f"The image's layer {layer.digest} cannot be unpacked:"
+                                       f" {e}") from e  # fmt: skip
                 blob.unlink()
                 (staging / "size").write_text(str(size))
             return folder / "files", size
